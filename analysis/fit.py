@@ -1,0 +1,138 @@
+"""Least-squares fits of test accuracy across (run, checkpoint) points, threshold choice and uncertainty."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.premem import PremState, checkpoint_premem, checkpoint_table
+
+PREDICTORS = ("premem_train_acc", "train_acc", "ref_nll_mean", "memorized_frac")
+DEFAULT_TAUS = tuple(float(t) for t in np.round(np.geomspace(0.01, 1.0, 41), 6))
+
+
+@dataclass
+class Fit:
+    slope: float
+    intercept: float
+    r2: float
+    n_points: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> Fit:
+    """Ordinary least squares y ~ slope*x + intercept, with R^2 = 1 - SS_res/SS_tot."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 2:
+        return Fit(float("nan"), float("nan"), float("nan"), n)
+    xm, ym = x.mean(), y.mean()
+    sxx = ((x - xm) ** 2).sum()
+    slope = ((x - xm) * (y - ym)).sum() / sxx if sxx > 0 else 0.0
+    intercept = ym - slope * xm
+    ss_tot = ((y - ym) ** 2).sum()
+    ss_res = ((y - (slope * x + intercept)) ** 2).sum()
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+    return Fit(float(slope), float(intercept), float(r2), n)
+
+
+def fit_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The checkpoints that are fit points: both train and test rows present."""
+    return table[(table["n_train"] > 0) & (table["n_test"] > 0)].reset_index(drop=True)
+
+
+def fit_all(points: pd.DataFrame) -> dict[str, Fit]:
+    """test_acc fitted on premem and on each baseline predictor."""
+    return {name: fit_line(points[name].to_numpy(), points["test_acc"].to_numpy()) for name in PREDICTORS}
+
+
+def _premem_by_tau(state: PremState, taus: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.stack([checkpoint_premem(state, float(t))[0][valid] for t in taus])
+
+
+def _valid_points(state: PremState) -> np.ndarray:
+    ck = state.checkpoints
+    return (ck.n_train > 0) & (ck.n_test > 0)
+
+
+def r2_curve(state: PremState, taus: np.ndarray) -> pd.DataFrame:
+    """In-sample R^2 of test accuracy on premem at each threshold."""
+    valid = _valid_points(state)
+    y = state.checkpoints.test_acc[valid]
+    premem = _premem_by_tau(state, taus, valid)
+    fits = [fit_line(x, y) for x in premem]
+    return pd.DataFrame({"tau": taus, "r2": [f.r2 for f in fits], "slope": [f.slope for f in fits],
+                         "intercept": [f.intercept for f in fits]})
+
+
+@dataclass
+class LeaveOneRunOut:
+    tau: float  # chosen on all runs (the threshold to use from here on)
+    oos_r2: float  # pooled out-of-sample R^2 of held-out runs' predictions
+    oos_mae: float
+    oos_rmse: float
+    tau_by_run: dict[str, float]  # threshold each fold chose without seeing its run
+    predictions: pd.DataFrame  # run_id, step, test_acc, predicted_test_acc, tau
+
+
+def leave_one_run_out(state: PremState, taus: np.ndarray) -> LeaveOneRunOut:
+    """Choose tau without peeking: for each run, pick tau on the others and predict the held-out run."""
+    valid = _valid_points(state)
+    ck = state.checkpoints
+    run, y, step = ck.run[valid], ck.test_acc[valid], ck.step[valid]
+    premem = _premem_by_tau(state, taus, valid)
+    runs = np.unique(run)
+    if len(runs) < 3:
+        raise ValueError(f"leave-one-run-out needs at least 3 runs with fit points, got {len(runs)}")
+    predicted = np.full(len(y), np.nan)
+    chosen = np.full(len(y), np.nan)
+    tau_by_run: dict[str, float] = {}
+    for r in runs:
+        held = run == r
+        fits = [fit_line(x[~held], y[~held]) for x in premem]
+        best = int(np.nanargmax([f.r2 for f in fits]))
+        predicted[held] = fits[best].slope * premem[best][held] + fits[best].intercept
+        chosen[held] = taus[best]
+        tau_by_run[str(state.records.runs[r])] = float(taus[best])
+    residual = y - predicted
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    all_r2 = [fit_line(x, y).r2 for x in premem]
+    return LeaveOneRunOut(
+        tau=float(taus[int(np.nanargmax(all_r2))]),
+        oos_r2=float(1 - (residual**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        oos_mae=float(np.abs(residual).mean()),
+        oos_rmse=float(np.sqrt((residual**2).mean())),
+        tau_by_run=tau_by_run,
+        predictions=pd.DataFrame({"run_id": state.records.runs[run].astype(str), "step": step, "test_acc": y,
+                                  "predicted_test_acc": predicted, "tau": chosen}),
+    )
+
+
+def bootstrap_r2(points: pd.DataFrame, x_col: str = "premem_train_acc", n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile confidence interval for R^2, resampling whole runs with replacement."""
+    codes, _ = pd.factorize(points["run_id"])
+    n_runs = codes.max() + 1
+    rng = np.random.default_rng(seed)
+    x, y = points[x_col].to_numpy(float), points["test_acc"].to_numpy(float)
+    # Per-run sufficient statistics make each resample O(runs) instead of O(points).
+    stats = np.stack([np.bincount(codes, weights=w, minlength=n_runs)
+                      for w in (np.ones_like(x), x, y, x * x, y * y, x * y)])
+    draws = rng.integers(0, n_runs, size=(n_boot, n_runs))
+    weight = np.stack([np.bincount(d, minlength=n_runs) for d in draws])  # (n_boot, n_runs)
+    n, sx, sy, sxx, syy, sxy = (weight @ stats.T).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cxx, cyy, cxy = sxx - sx * sx / n, syy - sy * sy / n, sxy - sx * sy / n
+        r2 = cxy * cxy / (cxx * cyy)
+    r2 = r2[np.isfinite(r2)]
+    alpha = (1 - level) / 2
+    return float(np.quantile(r2, alpha)), float(np.quantile(r2, 1 - alpha))
+
+
+def fit_report(state: PremState, tau: float) -> tuple[pd.DataFrame, dict[str, Fit]]:
+    """(fit points at tau, fits of test accuracy on premem and the baselines)."""
+    points = fit_points(checkpoint_table(state, tau))
+    return points, fit_all(points)
