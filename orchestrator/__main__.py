@@ -1,0 +1,143 @@
+"""python -m orchestrator [hydra overrides]: run a sweep from conf/ to records, MLflow and the premem fit.
+
+Validates everything first (one line naming the field, exit 2, nothing written), builds or reuses the
+base model, runs the trials on Ray with the sampling pool streaming every checkpoint, then fits pre-
+memorization train accuracy against test accuracy and prints where to look.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from orchestrator.config import ConfigError, register_configs, to_yaml, tracking_uri, validate
+from orchestrator.plan import TrialSpec, expand_grid
+from orchestrator.store import SweepPaths, base_model_dir, sweep_paths, write_text_atomic
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
+              "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
+
+
+def compose_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "config") -> DictConfig:
+    """Compose conf/ with command-line overrides through Hydra; schema errors become ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_config_message(exc)) from None
+
+
+def _config_message(exc: BaseException) -> str:
+    """One line from Hydra/OmegaConf's nested exceptions: the field and what is wrong with it."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException) and getattr(seen, "full_key", None):
+            msg = (getattr(seen, "msg", None) or str(seen)).splitlines()[0]
+            return f"{seen.full_key}: {msg}"
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split())
+
+
+def plan_sweep(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """Config, sweep id and trial specs; raises ConfigError before anything is written."""
+    cfg = compose_config(overrides)
+    validate(cfg)
+    sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    specs = expand_grid(cfg, sweep_id)
+    return cfg, sweep_id, specs
+
+
+def ensure_base_model(cfg: DictConfig, log=print) -> str:
+    """The model every trial starts from: model.path, or the cached tiny base model (built once)."""
+    if cfg.model.path:
+        return cfg.model.path
+    from workers.train import BaseStage, build_base_model
+
+    stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
+    task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
+    prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
+    path = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
+    if (path / "config.json").is_file():
+        log(f"base model: reusing {path}")
+        return str(path)
+    log(f"base model: building the tiny model and pretraining it on the task family -> {path}")
+    build_base_model(path, stage, task, prompt, threads=int(cfg.cluster.num_cpus or 2), log=log)
+    return str(path)
+
+
+def expected_checkpoints(specs: list[TrialSpec]) -> int:
+    total = 0
+    for spec in specs:
+        t = spec.config["train"]
+        if t["save_every_steps"]:
+            n_train = max(1, round(spec.config["task"]["n_train"] * spec.config["task"]["train_fraction"]))
+            steps = (n_train // t["micro_batch_size"] or 1) // max(1, t["global_batch_size"] // t["micro_batch_size"])
+            total += max(1, steps * t["epochs"] // t["save_every_steps"])
+        else:
+            total += t["epochs"]
+    return total
+
+
+def trial_params(spec: TrialSpec) -> dict:
+    params = {k: OmegaConf.select(OmegaConf.create(spec.config), k) for k in KEY_PARAMS}
+    params.update(spec.grid_values)
+    return {k.split(".")[-1] if k in KEY_PARAMS else k: v for k, v in params.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    show_config = "--cfg" in argv
+    try:
+        cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if show_config:
+        print(to_yaml(cfg))
+        return 0
+    from orchestrator import schedule
+    from orchestrator.finish import finish_sweep, log_result
+    from orchestrator.tracking import Tracker
+
+    paths = sweep_paths(cfg.store.root, sweep_id)
+    paths.sweep.mkdir(parents=True, exist_ok=False)
+    config_yaml = write_text_atomic(paths.sweep / "config.yaml", to_yaml(cfg))
+    plan_json = write_text_atomic(paths.sweep / "plan.json", json.dumps([asdict(s) for s in specs], indent=1))
+    print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
+
+    base_model = ensure_base_model(cfg)
+    uri = tracking_uri(cfg)
+    tracker = Tracker(uri, cfg.tracking.experiment, paths.root / "mlartifacts")
+    parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
+    children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
+
+    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+    s = cfg.sampler
+    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
+    progress = schedule.run_sweep(
+        specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
+        on_result=lambda r: log_result(tracker, children[r.run_id], r),
+        on_failure=lambda job, err: tracker.set_tags(children[job["run_id"]], {f"eval_error_step_{job['step']}": err[:4000]}),
+        expected_checkpoints=expected_checkpoints(specs),
+    )
+    summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
+    print(summary.text(uri, paths, progress))
+    return 0 if not progress.failed and summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Structured configs (registered in Hydra's ConfigStore) and the range checks types cannot express.
+
+Hydra/OmegaConf reject unknown keys and wrong types while composing; `validate` checks values. Both end in
+one `ConfigError` line naming the field and the value, raised before anything is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field and the value."""
+
+
+@dataclass
+class BaseStageConfig:
+    """Pretraining of the built-in tiny model on the task family (cached in the store)."""
+
+    n_examples: int = 4000
+    epochs: int = 4
+    lr: float = 3e-3
+    batch_size: int = 32
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 256
+    seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    path: Optional[str] = None  # an HF directory or hub name; None builds the tiny default model
+    base_stage: BaseStageConfig = field(default_factory=BaseStageConfig)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "synthetic"  # synthetic | gsm8k | math
+    seed: int = 0
+    train_fraction: float = 1.0
+    n_train: int = 256
+    n_test: int = 256
+    min_steps: int = 2
+    max_steps: int = 3
+    max_number: int = 20
+    path: Optional[str] = None  # local JSONL train file (gsm8k/math)
+    test_path: Optional[str] = None
+    question_suffix: str = "\nAnswer:"
+    stop: str = "\nDone."
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    epochs: int = 2
+    micro_batch_size: int = 16
+    global_batch_size: int = 16
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    save_every_steps: int = 0  # 0: a checkpoint per epoch
+    max_seq_len: int = 256
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 1
+
+
+@dataclass
+class SamplerConfig:
+    backend: str = "auto"  # auto | hf | vllm
+    k: int = 5
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+    batch_tokens: int = 32768
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    variant: str = "original"
+    answer_prefix: str = ""
+
+
+@dataclass
+class SweepConfig:
+    name: str = "default"
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    max_concurrent_trials: int = 1
+    nll_threshold: float = 0.1
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # default: sqlite:///<store.root>/mlflow.db
+    experiment: str = "premem"
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # None starts a local Ray; "auto" or ray://... joins a cluster
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+
+
+@dataclass
+class StoreConfig:
+    root: str = "./runs"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="premem_schema", node=Config)
+    for group, node in [("model", ModelConfig), ("task", TaskConfig), ("train", TrainConfig),
+                        ("sampler", SamplerConfig), ("sweep", SweepConfig), ("tracking", TrackingConfig),
+                        ("cluster", ClusterConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check(ok: bool, field_name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}={value!r}: {rule}")
+
+
+def validate(cfg: DictConfig, prefix: str = "") -> None:
+    """Range and existence checks on a composed config (the base config or one trial's)."""
+    t, s, k, m = cfg.train, cfg.sampler, cfg.task, cfg.model
+    _check(t.lr > 0, f"{prefix}train.lr", t.lr, "must be > 0")
+    _check(t.epochs >= 1, f"{prefix}train.epochs", t.epochs, "must be >= 1")
+    _check(t.micro_batch_size >= 1, f"{prefix}train.micro_batch_size", t.micro_batch_size, "must be >= 1")
+    per_step = t.micro_batch_size * t.num_workers
+    _check(t.global_batch_size >= per_step and t.global_batch_size % per_step == 0,
+           f"{prefix}train.global_batch_size", t.global_batch_size,
+           f"must be a multiple of micro_batch_size x num_workers = {per_step}")
+    _check(t.zero_stage in (0, 1, 2, 3), f"{prefix}train.zero_stage", t.zero_stage, "must be 0, 1, 2 or 3")
+    _check(t.precision in ("fp32", "bf16", "fp16"), f"{prefix}train.precision", t.precision,
+           "must be fp32, bf16 or fp16")
+    _check(0 <= t.warmup_frac < 1, f"{prefix}train.warmup_frac", t.warmup_frac, "must be in [0, 1)")
+    _check(t.num_workers >= 1, f"{prefix}train.num_workers", t.num_workers, "must be >= 1")
+    _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
+    _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
+    _check(k.name in ("synthetic", "gsm8k", "math"), f"{prefix}task.name", k.name, "must be synthetic, gsm8k or math")
+    _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
+    _check(1 <= k.min_steps <= k.max_steps, f"{prefix}task.min_steps", k.min_steps, "must be in [1, task.max_steps]")
+    _check(k.max_number >= 2, f"{prefix}task.max_number", k.max_number, "must be >= 2")
+    for name in ("path", "test_path"):
+        path = k[name]
+        _check(path is None or Path(path).is_file(), f"{prefix}task.{name}", path, "dataset file does not exist")
+    _check(k.name == "synthetic" or m.path is not None, f"{prefix}model.path", m.path,
+           "the built-in tiny model is only built for task.name=synthetic; give an HF model path")
+    if m.path is not None:
+        from workers.models import model_exists
+
+        _check(model_exists(m.path), f"{prefix}model.path", m.path,
+               "not an HF model directory (no config.json) or hub name")
+    _check(s.k >= 1, f"{prefix}sampler.k", s.k, "samples per question must be >= 1")
+    _check(s.temperature >= 0, f"{prefix}sampler.temperature", s.temperature, "must be >= 0")
+    _check(0 < s.top_p <= 1, f"{prefix}sampler.top_p", s.top_p, "must be in (0, 1]")
+    _check(s.max_new_tokens >= 1, f"{prefix}sampler.max_new_tokens", s.max_new_tokens, "must be >= 1")
+    _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
+    _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
+    _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
+           cfg.sweep.max_concurrent_trials, "must be >= 1")
+    uri = cfg.tracking.uri
+    _check(uri is None or uri.startswith(("sqlite:///", "http://", "https://", "file:", "databricks")),
+           f"{prefix}tracking.uri", uri, "must be sqlite:///..., http(s)://... or file:...")
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    return f"sqlite:///{Path(cfg.store.root).resolve() / 'mlflow.db'}"
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

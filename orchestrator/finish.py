@@ -1,0 +1,104 @@
+"""What the driver does with results: log each evaluated checkpoint, and at the end compute premem per
+trial and the cross-run fit from the records, log them to MLflow and summarize for the terminal."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from analysis.fit import Fit, fit_line, fit_points
+from analysis.premem import checkpoint_table, prepare
+from analysis.records import ORIGINAL, load_records
+from orchestrator.plan import TrialSpec
+from orchestrator.store import SweepPaths, write_text_atomic
+from orchestrator.tracking import Tracker
+from workers.sample import EvalResult
+
+
+def log_result(tracker: Tracker, mlflow_run_id: str, result: EvalResult) -> None:
+    """An evaluated checkpoint: accuracy metrics at its step, the train losses up to it, its two files."""
+    tracker.log_checkpoint(mlflow_run_id, result.step, result.metrics, result.extra.get("train_loss", []),
+                           [Path(result.records_path), Path(result.completions_path)], variant=result.variant)
+
+
+@dataclass
+class Summary:
+    fit: Fit | None
+    tau: float
+    n_trials: int
+    test_acc_range: tuple[float, float]
+    plot: Path | None
+    failed: dict
+    ok: bool
+
+    def text(self, uri: str, paths: SweepPaths, progress=None) -> str:
+        lines = []
+        if self.fit is not None and self.fit.n_points >= 2:
+            lines.append(f"premem R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem train acc "
+                         f"+ {self.fit.intercept:.3f}; {self.fit.n_points} checkpoints of {self.n_trials} trials, "
+                         f"τ = {self.tau:g})")
+            lo, hi = self.test_acc_range
+            lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
+        else:
+            lines.append("premem R²: not enough evaluated checkpoints to fit")
+        for run_id, error in self.failed.items():
+            lines.append(f"FAILED trial {run_id}: {error}")
+        if progress is not None:
+            lines.append(f"elapsed {progress.line().split('|')[-1].split(',')[0].strip()}")
+        lines.append(f"store: {paths.sweep}")
+        if self.plot:
+            lines.append(f"scatter plot: {self.plot}")
+        if uri.startswith("http"):
+            lines.append(f"MLflow: {uri}")
+        else:
+            lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}")
+        return "\n".join(lines)
+
+
+def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tracker: Tracker, parent: str,
+                 children: dict[str, str], failed: dict[str, str]) -> Summary:
+    """Per-trial premem series on the child runs; R², slope, intercept and the scatter on the parent."""
+    from analysis.plots import scatter_premem_vs_test
+
+    tau = float(cfg.sweep.nll_threshold)
+    if not paths.records.is_dir() or not any(paths.records.rglob(f"*.{ORIGINAL}.parquet")):
+        for run_id, child in children.items():
+            tracker.end_run(child, "FAILED")
+        tracker.end_run(parent, "FAILED")
+        return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False)
+    records = load_records(sorted(paths.records.rglob(f"*.{ORIGINAL}.parquet")))
+    table = checkpoint_table(prepare(records), tau)
+    for run_id, rows in table.groupby("run_id"):
+        if run_id not in children:
+            continue
+        for row in rows.itertuples():
+            tracker.log_metrics(children[run_id], {"premem_train_acc": row.premem_train_acc,
+                                                   "memorized_frac": row.memorized_frac}, row.step)
+    for run_id, child in children.items():
+        tracker.end_run(child, "FAILED" if run_id in failed else "FINISHED")
+
+    points = fit_points(table)
+    fit = fit_line(points["premem_train_acc"].to_numpy(), points["test_acc"].to_numpy())
+    paths.analysis.mkdir(parents=True, exist_ok=True)
+    points_file = paths.analysis / "points.csv"
+    write_text_atomic(points_file, points.to_csv(index=False))
+    plot = None
+    if fit.n_points >= 2:
+        color_key = next(iter(specs[0].grid_values), None) if specs else None
+        color = None
+        if color_key:
+            import pandas as pd
+
+            color = pd.Series({s.run_id: s.grid_values[color_key] for s in specs})
+        plot = scatter_premem_vs_test(points, fit, tau, paths.analysis / "premem_vs_test.png", color,
+                                      color_key or "")
+        tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
+                                     "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
+                                     "nll_threshold": tau}, 0)
+        tracker.log_artifacts(parent, [plot, points_file], "analysis")
+    tracker.end_run(parent, "FAILED" if failed else "FINISHED")
+    acc = points["test_acc"] if len(points) else table["test_acc"]
+    return Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
+                   ok=fit.n_points >= 2)

@@ -1,0 +1,272 @@
+"""Ray wiring: Tune runs one trial per grid point, each trial fits a Train V2 TorchTrainer, a Train callback
+routes every reported checkpoint to the sampling pool, and the driver logs what the pool finishes.
+
+All Ray actor plumbing of the orchestrator lives here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from orchestrator.plan import TrialSpec
+from orchestrator.store import SweepPaths
+from workers.sample import EvalJob, EvalResult, SamplingPool
+from workers.train import TrainJob, TrainSettings, train_loop_per_worker
+
+POOL_NAME = "premem-sampling-pool"
+NAMESPACE = "premem"
+TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes; Tune needs a non-empty request and the driver takes no CPU
+
+
+# --------------------------------------------------------------------------------- ray and the pool
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, log_dir: Path) -> None:
+    """Join a cluster or start a local Ray; Ray's own logs go to a file in the store, not the terminal."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "ray_driver.log")
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    env = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    if not _cuda_available():
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo) on machines without CUDA
+    os.environ.update(env)
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                  runtime_env={"env_vars": env}, include_dashboard=False)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def start_pool(n_actors: int, cpus: float, gpus: float, backend: str):
+    """The named pool actor; it takes no CPU itself, its sampler actors hold the pool's resources."""
+    options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 1}
+    threads = max(1, int(cpus))
+    pool_cls = ray.remote(num_cpus=0)(SamplingPool)
+    return pool_cls.options(name=POOL_NAME, namespace=NAMESPACE, lifetime=None).remote(
+        n_actors, options, backend, threads)
+
+
+# ------------------------------------------------------------------------------- one trial (Tune)
+@dataclass
+class EvalTemplate:
+    """What the pool needs for a trial's checkpoints, apart from the checkpoint itself."""
+
+    run_id: str
+    paths: SweepPaths
+    task: dict
+    prompt: dict
+    sampling: dict
+    variant: str = "original"
+
+    def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
+        return EvalJob(self.run_id, step, epoch, checkpoint_dir,
+                       str(self.paths.records_file(self.run_id, step, self.variant)),
+                       str(self.paths.completions_file(self.run_id, step, self.variant)),
+                       self.task, self.prompt, self.sampling, self.variant, extra)
+
+
+class RouteCheckpoints(UserCallback):
+    """Runs in the Train controller: each persisted checkpoint goes to the sampling pool at once."""
+
+    def __init__(self, template: EvalTemplate):
+        self.template = template
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        if checkpoint is None:
+            return
+        import json
+
+        state = json.loads((Path(checkpoint.path) / "trainer_state.json").read_text())
+        extra = {"train_loss": state["train_loss"], "train_seconds": metrics[0].get("train_seconds")}
+        job = self.template.job(int(state["step"]), float(state["epoch"]), checkpoint.path, extra)
+        ray.get_actor(POOL_NAME, namespace=NAMESPACE).submit.remote(job)
+
+
+def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[TrainJob, EvalTemplate]:
+    """The training job and the evaluation template of one trial, from its resolved config."""
+    c = spec.config
+    task = {k: c["task"][k] for k in ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps",
+                                      "max_steps", "max_number", "path", "test_path")}
+    prompt = {"question_suffix": c["task"]["question_suffix"], "stop": c["task"]["stop"]}
+    train_fields = {k: c["train"][k] for k in TrainSettings.__dataclass_fields__}
+    job = TrainJob(run_id=spec.run_id, base_model=base_model, task=task, prompt=prompt,
+                   train=TrainSettings(**train_fields), seed=c["seed"],
+                   threads_per_worker=max(1, int(c["train"]["cpus_per_worker"])))
+    s = c["sampler"]
+    sampling = {"k": s["k"], "temperature": s["temperature"], "top_p": s["top_p"],
+                "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
+                "batch_tokens": s["batch_tokens"]}
+    template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
+                            s["variant"])
+    return job, template
+
+
+def run_trial(config: dict) -> dict:
+    """The Tune function trainable: build this trial's TorchTrainer and fit it (Train V2)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    job, template, train_cfg = config["job"], config["template"], config["train_cfg"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**asdict(job), "train": asdict(job.train)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
+            resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {})}),
+        run_config=ray.train.RunConfig(
+            name=job.run_id, storage_path=str(template.paths.checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            callbacks=[RouteCheckpoints(template), TuneReportCallback()]),
+    )
+    result = trainer.fit()
+    return {"final_step": (result.metrics or {}).get("step", 0)}
+
+
+# ------------------------------------------------------------------------------- progress and sweep
+@dataclass
+class Progress:
+    total_trials: int
+    expected_checkpoints: int
+    started: float = field(default_factory=time.time)
+    running: set = field(default_factory=set)
+    done: set = field(default_factory=set)
+    failed: dict = field(default_factory=dict)
+    trained: int = 0
+    evaluated: int = 0
+    eval_failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
+
+    def line(self) -> str:
+        elapsed = time.time() - self.started
+        queued = self.total_trials - len(self.running) - len(self.done) - len(self.failed)
+        finished = self.evaluated + self.eval_failed
+        eta = elapsed / finished * (self.expected_checkpoints - finished) if finished else float("nan")
+        eta_text = f"{eta / 60:4.1f}m" if eta == eta else "  ?  "
+        return (f"trials {queued} queued {len(self.running)} running {len(self.done)} done {len(self.failed)} failed"
+                f" | checkpoints {self.trained}/{self.expected_checkpoints} trained {self.evaluated} evaluated"
+                + (f" ({self.eval_failed} failed)" if self.eval_failed else "")
+                + f" | {elapsed / 60:4.1f}m elapsed, ETA {eta_text}")
+
+
+class ProgressCallback(ray.tune.Callback):
+    """Tune driver-side callback: trial state changes and trained checkpoints feed the progress line."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def _run_id(self, trial) -> str:
+        return trial.config["trial"]["job"].run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        with self.progress.lock:
+            self.progress.running.add(self._run_id(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "checkpoint_path" in result:
+            with self.progress.lock:
+                self.progress.trained += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        with self.progress.lock:
+            self.progress.running.discard(self._run_id(trial))
+            self.progress.done.add(self._run_id(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = str(getattr(trial, "error_file", "") or "error")
+        with self.progress.lock:
+            self.progress.running.discard(self._run_id(trial))
+            self.progress.failed[self._run_id(trial)] = error
+
+
+def show(progress: Progress, final: bool = False) -> None:
+    line = progress.line()
+    if sys.stdout.isatty():
+        sys.stdout.write("\r\033[K" + line + ("\n" if final else ""))
+    else:
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_concurrent: int,
+              pool, on_result, on_failure, expected_checkpoints: int,
+              refresh_seconds: float = 2.0) -> Progress:
+    """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end."""
+    progress = Progress(len(specs), expected_checkpoints)
+    trials = []
+    for spec in specs:
+        job, template = trial_jobs(spec, paths, base_model)
+        trials.append({"job": job, "template": template, "train_cfg": spec.config["train"]})
+
+    stop = threading.Event()
+
+    def monitor() -> None:
+        last_shown = 0.0
+        while True:
+            finished, failed = ray.get(pool.drain.remote())
+            for result in finished:
+                on_result(result)
+            for job, error in failed:
+                on_failure(job, error)
+            with progress.lock:
+                progress.evaluated += len(finished)
+                progress.eval_failed += len(failed)
+            with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
+                all_back = progress.evaluated + progress.eval_failed >= progress.trained
+            if stop.is_set() and all_back:
+                break
+            interval = refresh_seconds if sys.stdout.isatty() else 30.0
+            if time.time() - last_shown >= interval:
+                show(progress)
+                last_shown = time.time()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=monitor, name="premem-monitor", daemon=True)
+    thread.start()
+    tuner = _tuner(trials, paths, max_concurrent, ProgressCallback(progress))
+    tuner.fit()
+    stop.set()
+    thread.join()
+    show(progress, final=True)
+    return progress
+
+
+def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback) -> ray.tune.Tuner:
+    """One Tune trial per trial spec; the trial function holds memory but no CPU (its Train workers do)."""
+
+    def trainable(config: dict) -> dict:
+        return run_trial(config["trial"])
+
+    return ray.tune.Tuner(
+        ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
+        param_space={"trial": ray.tune.grid_search(trials)},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=str(paths.sweep), verbose=0,
+                                      callbacks=[callback]),
+    )

@@ -1,0 +1,98 @@
+"""MLflow: a parent run per sweep, a nested child run per trial, per-step metrics, artifacts.
+
+The only module that writes to MLflow. Metric names are the records' vocabulary.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+RUN_ID_TAG = "premem.run_id"  # same tag analysis.sources reads
+SWEEP_TAG = "premem.sweep"
+CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            # A local store keeps artifacts beside it; a server decides (and proxies) its own location.
+            location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # ------------------------------------------------------------------------------------- runs
+    def start_sweep(self, sweep_id: str, name: str, config_yaml: Path, plan_json: Path) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=sweep_id,
+                                     tags={SWEEP_TAG: sweep_id, "sweep_name": name, "git_commit": git_commit()})
+        self.client.log_artifact(run.info.run_id, str(config_yaml))
+        self.client.log_artifact(run.info.run_id, str(plan_json))
+        return run.info.run_id
+
+    def start_trial(self, parent_id: str, run_id: str, label: str, params: dict[str, object]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=label,
+            tags={"mlflow.parentRunId": parent_id, RUN_ID_TAG: run_id})
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        return run.info.run_id
+
+    def end_run(self, mlflow_run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(mlflow_run_id, status=status)
+
+    # ---------------------------------------------------------------------------------- metrics
+    def log_metrics(self, mlflow_run_id: str, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items() if v is not None and math.isfinite(v)]
+        if metrics:
+            self.client.log_batch(mlflow_run_id, metrics=metrics)
+
+    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, train_loss: list, artifacts: list[Path],
+                       variant: str = "original") -> None:
+        """One evaluated checkpoint: its accuracy metrics, the train losses since the last one, its files."""
+        suffix = "" if variant == "original" else f"_{variant}"
+        self.log_metrics(mlflow_run_id, {f"{k}{suffix}": metrics[k] for k in CHECKPOINT_METRICS if k in metrics},
+                         step)
+        now = int(time.time() * 1000)
+        losses = [Metric("train_loss", float(loss), now, int(s)) for s, loss in train_loss if math.isfinite(loss)]
+        for start in range(0, len(losses), 1000):
+            self.client.log_batch(mlflow_run_id, metrics=losses[start:start + 1000])
+        for path in artifacts:
+            self.client.log_artifact(mlflow_run_id, str(path), artifact_path=path.parent.parent.name)
+
+    def log_artifacts(self, mlflow_run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(mlflow_run_id, str(path), artifact_path=artifact_path)
+
+    def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_analysis(uri: str | None, mlflow_run_id: str, result: dict, outputs: list[Path]) -> None:
+    """Log an analysis result's numbers as metrics and its files as artifacts on an existing run."""
+    client = MlflowClient(uri)
+    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    names = {"r2": "premem_r2", "slope": "premem_slope", "intercept": "premem_intercept", "tau": "premem_tau",
+             "oos_r2": "premem_oos_r2", "n_points": "premem_n_points"}
+    now = int(time.time() * 1000)
+    metrics = [Metric(names.get(k, k), float(v), now, 0) for k, v in numbers.items() if math.isfinite(float(v))]
+    for name, fit in result.get("baselines", {}).items():
+        metrics.append(Metric(f"baseline_{name}_r2", float(fit["r2"]), now, 0))
+    client.log_batch(mlflow_run_id, metrics=metrics)
+    for path in outputs:
+        client.log_artifact(mlflow_run_id, str(path), artifact_path="analysis")

@@ -1,0 +1,188 @@
+"""Analysis: exact premem against a brute-force loop, the paper's numbers, validation errors, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.__main__ import main as analysis_main
+from analysis.curate import curation_picks, robustness
+from analysis.fit import bootstrap_r2, fit_line, fit_report, leave_one_run_out
+from analysis.premem import checkpoint_table, prepare
+from analysis.records import RecordsError, load_records
+from tests.unit.records_factory import make_records
+
+
+def brute_force_premem(frame: pd.DataFrame, tau: float) -> pd.DataFrame:
+    """The paper's definition, one example at a time, in plain Python."""
+    rows = []
+    train = frame[(frame.split == "train") & (frame.variant == "original")]
+    for (run, example), g in train.groupby(["run_id", "example_id"]):
+        best = 0.0
+        for step, nc, ns, nll in sorted(zip(g.step, g.n_correct, g.n_samples, g.ref_nll)):
+            acc = nc / ns
+            best = max(best, acc * (not nll < tau))
+            rows.append((run, step, min(best, acc)))
+    out = pd.DataFrame(rows, columns=["run_id", "step", "premem"])
+    return out.groupby(["run_id", "step"], as_index=False)["premem"].mean()
+
+
+def write(table: pa.Table, path) -> str:
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_premem_matches_brute_force_definition(tmp_path):
+    table = make_records(4, 5, 30, seed=1, n_samples=7)
+    frame = table.to_pandas()
+    # Shuffle rows and split across two files: order and file layout must not matter.
+    perm = np.random.default_rng(0).permutation(len(frame))
+    shuffled = pa.Table.from_pandas(frame.iloc[perm].reset_index(drop=True), preserve_index=False)
+    half = len(perm) // 2
+    paths = [write(shuffled.slice(0, half), tmp_path / "a.parquet"),
+             write(shuffled.slice(half), tmp_path / "b.parquet")]
+    state = prepare(load_records(paths))
+    for tau in (0.05, 0.2, 0.5):
+        got = checkpoint_table(state, tau)[["run_id", "step", "premem_train_acc"]]
+        want = brute_force_premem(frame.astype({"run_id": str, "example_id": str, "split": str, "variant": str}), tau)
+        merged = got.merge(want, on=["run_id", "step"])
+        assert len(merged) == 20
+        np.testing.assert_allclose(merged.premem_train_acc, merged.premem, rtol=0, atol=1e-12)
+
+
+def test_premem_is_capped_by_current_accuracy_and_ignores_memorized_peaks(tmp_path):
+    # One example: acc 0.8 while memorized (nll 0.01), then 0.4 unmemorized, then 1.0 memorized.
+    rows = [("r", 1, "train", "e", 5, 4, 0.01), ("r", 2, "train", "e", 5, 2, 0.5), ("r", 3, "train", "e", 5, 5, 0.01)]
+    rows += [("r", s, "test", "t", 5, 1, float("nan")) for s in (1, 2, 3)]
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "split", "example_id", "n_samples", "n_correct", "ref_nll"])
+    frame["epoch"], frame["variant"] = frame.step.astype(float), "original"
+    state = prepare(load_records([write(pa.Table.from_pandas(frame), tmp_path / "r.parquet")]))
+    table = checkpoint_table(state, 0.1)
+    # step 1: memorized -> 0; step 2: min(0.4, 0.4); step 3: max so far 0.4, capped by acc 1.0 -> 0.4
+    assert table.premem_train_acc.tolist() == pytest.approx([0.0, 0.4, 0.4])
+    assert table.memorized_frac.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_reproduces_paper_r2(kang_dir):
+    cases = [("gsm8k", 0.100259, 0.939, 51, 0.3975), ("math", 0.182684, 0.950, 42, 0.0051)]
+    for task, tau, r2, n_points, train_r2 in cases:
+        state = prepare(load_records([kang_dir / f"kang_{task}_records.parquet"]))
+        points, fits = fit_report(state, tau)
+        assert fits["premem_train_acc"].n_points == n_points
+        assert fits["premem_train_acc"].r2 == pytest.approx(r2, abs=1e-3)
+        # The paper states 0.40 and 0.005 for plain train accuracy (two decimals / one significant digit).
+        assert fits["train_acc"].r2 == pytest.approx(train_r2, abs=1e-3)
+        assert round(fits["train_acc"].r2, 2) == round(train_r2, 2)
+
+
+def test_leave_one_run_out_and_bootstrap(kang_dir):
+    state = prepare(load_records([kang_dir / "kang_gsm8k_records.parquet"]))
+    loro = leave_one_run_out(state, np.geomspace(0.02, 0.5, 25))
+    assert 0.05 < loro.tau < 0.15
+    assert 0.85 < loro.oos_r2 < 0.95  # out of sample is honest: below the in-sample best
+    assert set(loro.tau_by_run) == set(state.records.runs)
+    points, _ = fit_report(state, loro.tau)
+    lo, hi = bootstrap_r2(points, n_boot=300)
+    assert lo < fit_line(points.premem_train_acc, points.test_acc).r2 < hi
+
+
+def test_fit_line_closed_form():
+    fit = fit_line(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]))
+    assert (fit.slope, fit.intercept, fit.r2, fit.n_points) == (2.0, 1.0, 1.0, 3)
+
+
+def test_curation_picks_lowest(tmp_path):
+    path = write(make_records(2, 3, 20, seed=3), tmp_path / "r.parquet")
+    state = prepare(load_records([path]))
+    picks = curation_picks(state, 0.1, count=5)
+    assert len(picks) == 5
+    assert picks.premem_train_acc.is_monotonic_increasing
+    everything = curation_picks(state, 0.1, fraction=1.0)
+    assert picks.premem_train_acc.max() <= everything.premem_train_acc.iloc[5:].min()
+
+
+def test_robustness_bins_variants(tmp_path):
+    table = make_records(1, 2, 50, seed=4).to_pandas()
+    perturbed = table[table.split == "train"].copy()
+    perturbed["variant"] = "prefix_first"
+    perturbed["n_correct"] = perturbed["n_correct"] // 2
+    both = pa.Table.from_pandas(pd.concat([table.astype({"variant": str}), perturbed.astype({"variant": str})]),
+                                preserve_index=False)
+    state = prepare(load_records([write(both, tmp_path / "r.parquet")]))
+    out = robustness(state, 0.1)
+    assert set(out.variant) == {"prefix_first"}
+    assert out.n.sum() == 100
+    assert (out.acc_drop >= 0).all()
+
+
+# ------------------------------------------------------------------------------------- bad input
+BAD_CASES = [
+    ("missing column", lambda f: f.drop(columns=["ref_nll"]), "missing column 'ref_nll'"),
+    ("wrong type", lambda f: f.assign(n_correct=f.n_correct.astype(str)), "column 'n_correct' has type"),
+    ("n_correct > n_samples", lambda f: f.assign(n_correct=np.where(f.index == 7, 9, f.n_correct)),
+     "column 'n_correct' row 7"),
+    ("negative n_correct", lambda f: f.assign(n_correct=np.where(f.index == 3, -1, f.n_correct)),
+     "column 'n_correct' row 3"),
+    ("NaN ref_nll on train", lambda f: f.assign(ref_nll=np.where(f.index == 5, np.nan, f.ref_nll)),
+     "column 'ref_nll' row 5"),
+    ("negative ref_nll on train", lambda f: f.assign(ref_nll=np.where(f.index == 2, -0.5, f.ref_nll)),
+     "column 'ref_nll' row 2"),
+    ("duplicate key", lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True), "duplicate key"),
+    ("run without test rows", lambda f: f[~((f.run_id == "run001") & (f.split == "test"))].reset_index(drop=True),
+     "has no test rows"),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,message", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_records_exit_2_naming_file_column_row(tmp_path, capsys, name, corrupt, message):
+    frame = make_records(2, 2, 10, seed=0).to_pandas().astype(
+        {"run_id": str, "split": str, "example_id": str, "variant": str})
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pandas(corrupt(frame), preserve_index=False), bad)
+    out_json, plots = tmp_path / "out" / "fit.json", tmp_path / "plots"
+    code = analysis_main(["fit", "--records", str(bad), "--nll-threshold", "0.1", "--json", str(out_json),
+                          "--plots", str(plots)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(bad) in err and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out_json.exists() and not plots.exists()
+
+
+def test_cli_fit_contract(tmp_path, kang_dir):
+    out = tmp_path / "fit.json"
+    code = analysis_main(["fit", "--records", str(kang_dir / "kang_gsm8k_records.parquet"), "--nll-threshold",
+                          "0.100259", "--json", str(out), "--plots", str(tmp_path / "plots"), "--runs-table",
+                          str(kang_dir / "kang_gsm8k_runs.parquet"), "--color-by", "lr", "--bootstrap", "200"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["r2"] == pytest.approx(0.939, abs=1e-3) and result["n_points"] == 51
+    assert {"r2", "slope", "intercept", "n_points", "points"} <= set(result)
+    assert set(result["points"][0]) >= {"run_id", "step", "premem_train_acc", "test_acc"}
+    assert len(result["points"]) == 51 and math.isfinite(result["slope"])
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"premem_vs_test.png", "r2_vs_tau.png"}
+
+
+def test_cli_fit_chooses_tau_by_leave_one_run_out(tmp_path):
+    path = write(make_records(5, 4, 40, seed=2), tmp_path / "r.parquet")
+    out = tmp_path / "fit.json"
+    assert analysis_main(["fit", "--records", str(tmp_path), "--json", str(out), "--bootstrap", "0"]) == 0
+    result = json.loads(out.read_text())
+    assert result["threshold_choice"] == "leave_one_run_out"
+    assert "oos_r2" in result and result["tau"] > 0 and len(result["tau_by_run"]) == 5
+    assert path
+
+
+def test_cli_curate_writes_jsonl(tmp_path):
+    path = write(make_records(2, 3, 30, seed=5), tmp_path / "r.parquet")
+    out = tmp_path / "picks.jsonl"
+    assert analysis_main(["curate", "--records", path, "--nll-threshold", "0.1", "--count", "7", "--out", str(out),
+                          "--plots", str(tmp_path / "p"), "--run", "run000"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 7 and {"example_id", "premem_train_acc"} <= set(lines[0])
+    assert (tmp_path / "p" / "examples.png").is_file()

@@ -1,0 +1,199 @@
+"""The sampling pool: takes a checkpoint directory, samples, grades and scores per example, writes records.
+
+`evaluate_checkpoint` is the whole evaluation of one checkpoint and is plain Python; `SamplerActor` and
+`SamplingPool` are its Ray edge: the pool is a named actor that accepts checkpoints from any trial while
+training continues and hands them to its sampler actors (each on its own CPUs/GPU).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.records import write_records
+from workers.backends import Backend, SamplingSettings, make_backend
+from workers.grading import GRADERS
+from workers.tasks import Example, PromptFormat, Splits, load_task
+
+ORIGINAL = "original"
+
+
+@dataclass
+class EvalJob:
+    run_id: str
+    step: int
+    epoch: float
+    checkpoint_dir: str
+    records_path: str
+    completions_path: str
+    task: dict  # workers.tasks.load_task keyword arguments
+    prompt: dict  # PromptFormat fields (answer_prefix set for a prompt variant)
+    sampling: dict  # SamplingSettings fields
+    variant: str = ORIGINAL
+    extra: dict = field(default_factory=dict)  # passed through to the result (e.g. train metrics)
+
+
+@dataclass
+class EvalResult:
+    run_id: str
+    step: int
+    epoch: float
+    variant: str
+    records_path: str
+    completions_path: str
+    metrics: dict  # train_acc, test_acc, ref_nll_mean, unparsed fractions, timings
+    extra: dict
+
+
+def _grade_all(examples: list[Example], completions: list[list[str]], grader, prefix: str):
+    """(n_correct per example, n_unparsed per example, completion rows for the completions file)."""
+    n_correct = np.zeros(len(examples), np.int64)
+    n_unparsed = np.zeros(len(examples), np.int64)
+    rows = []
+    for i, (example, samples) in enumerate(zip(examples, completions)):
+        for j, text in enumerate(samples):
+            full = (prefix + " " + text) if prefix else text
+            grade = grader(full, example.answer)
+            n_correct[i] += grade.correct
+            n_unparsed[i] += not grade.parsed
+            rows.append((example.example_id, j, full, grade.extracted, grade.correct, grade.parsed))
+    return n_correct, n_unparsed, rows
+
+
+def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalResult:
+    """k graded samples per train and test question, and ref NLL per train example, as records."""
+    t0 = time.perf_counter()
+    settings = SamplingSettings(**job.sampling)
+    fmt = PromptFormat(**job.prompt)
+    original_fmt = PromptFormat(**{**job.prompt, "answer_prefix": ""})
+    backend.load(job.checkpoint_dir)
+    t_load = time.perf_counter()
+
+    # One deduplicated prompt list for both splits: a question in train and test is sampled once.
+    questions = [e.question for e in splits.train] + [e.question for e in splits.test]
+    unique = list(dict.fromkeys(questions))
+    prompts = [fmt.prompt(q) for q in unique]
+    score_prompts = [original_fmt.prompt(e.question) for e in splits.train]
+    score_targets = [original_fmt.target(e.solution) for e in splits.train]
+    if hasattr(backend, "sample_and_score"):  # vLLM: sampling and scoring share one engine pass
+        completions_unique, ref_nll = backend.sample_and_score(prompts, settings, score_prompts, score_targets)
+    else:
+        completions_unique = backend.sample(prompts, settings)
+        ref_nll = backend.score(score_prompts, score_targets, settings.batch_tokens)
+    t_sample = time.perf_counter()
+    by_question = dict(zip(unique, completions_unique))
+
+    grader = GRADERS[splits.grader]
+    tables, completion_tables, metrics = [], [], {}
+    for split, examples in (("train", splits.train), ("test", splits.test)):
+        completions = [by_question[e.question] for e in examples]
+        n_correct, n_unparsed, rows = _grade_all(examples, completions, grader, fmt.answer_prefix)
+        n = len(examples)
+        tables.append(pa.table({
+            "run_id": [job.run_id] * n, "step": [job.step] * n, "epoch": [float(job.epoch)] * n,
+            "split": [split] * n, "example_id": [e.example_id for e in examples],
+            "n_samples": [settings.k] * n, "n_correct": n_correct,
+            "ref_nll": ref_nll if split == "train" else np.full(n, np.nan), "variant": [job.variant] * n,
+        }))
+        ids, sample_index, text, extracted, correct, parsed = zip(*rows) if rows else ([],) * 6
+        completion_tables.append(pa.table({
+            "run_id": [job.run_id] * len(rows), "step": [job.step] * len(rows), "split": [split] * len(rows),
+            "variant": [job.variant] * len(rows), "example_id": list(ids), "sample_index": list(sample_index),
+            "completion": list(text), "extracted": list(extracted), "correct": list(correct),
+            "parsed": list(parsed),
+        }))
+        metrics[f"{split}_acc"] = float(n_correct.sum() / max(1, n * settings.k))
+        metrics[f"{split}_unparsed_frac"] = float(n_unparsed.sum() / max(1, n * settings.k))
+    metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
+
+    _write_atomic_parquet(pa.concat_tables(completion_tables), job.completions_path)
+    write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done
+    t_end = time.perf_counter()
+    metrics.update(eval_seconds=t_end - t0, load_seconds=t_load - t0, sample_score_seconds=t_sample - t_load,
+                   n_prompts=len(unique))
+    return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path,
+                      metrics, job.extra)
+
+
+def _write_atomic_parquet(table: pa.Table, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------- Ray edge
+class SamplerActor:
+    """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
+
+    def __init__(self, backend: str, threads: int):
+        self.backend = make_backend(backend, threads)
+        self._splits: dict[str, Splits] = {}
+
+    def evaluate(self, job: EvalJob) -> EvalResult:
+        key = repr(sorted(job.task.items()))
+        if key not in self._splits:
+            self._splits[key] = load_task(**job.task)
+        return evaluate_checkpoint(self.backend, job, self._splits[key])
+
+
+class SamplingPool:
+    """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors."""
+
+    def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int):
+        import ray
+
+        remote_cls = ray.remote(SamplerActor)
+        self.actors = [remote_cls.options(**actor_options).remote(backend, threads) for _ in range(n_actors)]
+        self.idle: asyncio.Queue | None = None
+        self.finished: list[EvalResult] = []
+        self.failed: list[tuple[dict, str]] = []
+        self.queued = 0
+        self.running = 0
+        self.done = 0
+        self.tasks: set = set()
+
+    async def _ensure_idle(self) -> asyncio.Queue:
+        if self.idle is None:
+            self.idle = asyncio.Queue()
+            for a in self.actors:
+                self.idle.put_nowait(a)
+        return self.idle
+
+    async def submit(self, job: EvalJob) -> None:
+        await self._ensure_idle()
+        self.queued += 1
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, job: EvalJob) -> None:
+        idle = await self._ensure_idle()
+        actor = await idle.get()
+        self.queued -= 1
+        self.running += 1
+        try:
+            result = await actor.evaluate.remote(job)  # await first: drain() swaps the list meanwhile
+            self.finished.append(result)
+        except Exception as exc:  # reported to the driver, which marks the checkpoint failed
+            self.failed.append((asdict(job), f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.running -= 1
+            self.done += 1
+            idle.put_nowait(actor)
+
+    async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str]]]:
+        """Results finished since the last drain (and failures), handed over once."""
+        finished, failed = self.finished, self.failed
+        self.finished, self.failed = [], []
+        return finished, failed
+
+    async def status(self) -> dict:
+        return {"queued": self.queued, "running": self.running, "done": self.done}

@@ -1,0 +1,118 @@
+"""The built-in offline task: seeded multi-step arithmetic word problems in GSM8k's answer style.
+
+Every problem has several equally valid reasoning traces (different step order and phrasing); the
+reference solution is one of them, drawn at random. A model that solves the problem may write any
+trace, while a model that memorized the reference reproduces that exact one — which is what makes the
+reference NLL a memorization signal rather than a correctness signal.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from workers.tasks import Example, Splits
+
+PRONOUN = {"Ava": "she", "Ben": "he", "Cara": "she", "Dan": "he", "Eli": "he", "Fay": "she", "Gus": "he",
+           "Hana": "she", "Ivan": "he", "Jo": "she", "Kim": "she", "Leo": "he", "Mia": "she", "Noa": "she",
+           "Omar": "he", "Pia": "she", "Raj": "he", "Sam": "he", "Tess": "she", "Uma": "she"}
+NAMES = sorted(PRONOUN)
+ITEMS = ["apples", "books", "coins", "shells", "stamps", "pens", "cards", "marbles", "stickers", "eggs"]
+GAIN = [("buys {n} more {item}", "buying {n}"), ("finds {n} more {item}", "finding {n}"),
+        ("gets {n} {item} from a friend", "getting {n}")]
+LOSS = [("gives away {n} {item}", "giving away {n}"), ("loses {n} {item}", "losing {n}"),
+        ("sells {n} {item}", "selling {n}")]
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    item: str
+    start: int
+    changes: tuple[tuple[int, int], ...]  # (signed amount, phrase index)
+
+    @property
+    def answer(self) -> int:
+        return self.start + sum(c for c, _ in self.changes)
+
+
+def _phrase(change: tuple[int, int], item: str, form: int) -> str:
+    amount, which = change
+    table = GAIN if amount > 0 else LOSS
+    return table[which][form].format(n=abs(amount), item=item)
+
+
+def question_text(p: Problem) -> str:
+    steps = [_phrase(c, p.item, 0) for c in p.changes]
+    actions = ". Then ".join(f"{PRONOUN[p.name]} {s}" for s in steps)
+    return f"{p.name} has {p.start} {p.item}. {actions[0].upper()}{actions[1:]}. How many {p.item} does {p.name} have now?"
+
+
+def _running(p: Problem) -> list[tuple[int, int, int]]:
+    """(before, change, after) for each step in question order."""
+    out, total = [], p.start
+    for c, _ in p.changes:
+        out.append((total, c, total + c))
+        total += c
+    return out
+
+
+def _eq(a: int, c: int) -> str:
+    return f"{a} + {c} = {a + c}" if c > 0 else f"{a} - {-c} = {a + c}"
+
+
+def traces(p: Problem) -> list[str]:
+    """All valid reasoning traces for a problem, each ending in GSM8k's '#### N' line."""
+    steps = _running(p)
+    narrative = f"{p.name} starts with {p.start} {p.item}. " + " ".join(
+        f"After {_phrase((c, w), p.item, 1)} there are {_eq(a, c)}." for (a, c, _), (_, w) in zip(steps, p.changes))
+    terse = " ".join(f"{_eq(a, c)}." for a, c, _ in steps)
+    gains = sum(c for c, _ in p.changes if c > 0)
+    losses = -sum(c for c, _ in p.changes if c < 0)
+    net = gains - losses
+    if net >= 0:
+        net_line = f"The net change is {gains} - {losses} = {net}. {p.start} + {net} = {p.answer}."
+    else:
+        net_line = f"The net loss is {losses} - {gains} = {-net}. {p.start} - {-net} = {p.answer}."
+    totals = f"In total {p.name} gains {gains} and loses {losses}. " + net_line
+    out = [narrative, terse, totals]
+    return [f"{t}\n#### {p.answer}" for t in out]
+
+
+def make_problem(rng: random.Random, min_steps: int, max_steps: int, max_number: int) -> Problem:
+    n_steps = rng.randint(min_steps, max_steps)
+    start = rng.randint(max_number // 2, max_number)
+    total, changes = start, []
+    for _ in range(n_steps):
+        if total > 1 and rng.random() < 0.5:
+            amount = -rng.randint(1, min(total - 1, max_number))
+        else:
+            amount = rng.randint(1, max_number)
+        changes.append((amount, rng.randrange(3)))
+        total += amount
+    return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(changes))
+
+
+def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps: int = 3,
+                  max_number: int = 20, exclude: set[str] | None = None) -> list[Example]:
+    """n distinct problems (by question text), each with one randomly chosen trace as its reference."""
+    rng = random.Random(f"{prefix}:{seed}")
+    seen = set(exclude or ())
+    out: list[Example] = []
+    while len(out) < n:
+        problem = make_problem(rng, min_steps, max_steps, max_number)
+        question = question_text(problem)
+        if question in seen:
+            continue
+        seen.add(question)
+        solution = rng.choice(traces(problem))
+        out.append(Example(f"{prefix}-{len(out)}", question, solution, str(problem.answer)))
+    return out
+
+
+def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 3,
+                max_number: int = 20) -> Splits:
+    """Disjoint seeded train/test splits of the synthetic task."""
+    test = make_examples(seed, n_test, "test", min_steps, max_steps, max_number)
+    train = make_examples(seed, n_train, "train", min_steps, max_steps, max_number,
+                          exclude={e.question for e in test})
+    return Splits(train, test, "gsm8k")

@@ -1,0 +1,278 @@
+"""The per-worker finetuning recipe (DeepSpeed engine, loop, HF checkpoints) and the base-model stage.
+
+A trial's workers each run `train_loop_per_worker`; it reads top to bottom: load model and data, build the
+engine, train with solution-only loss, save an HF checkpoint every epoch (or every N steps) and report it to
+Ray Train, which routes it to the sampling pool.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from workers.tasks import Example, PromptFormat, load_task
+
+IGNORE = -100
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 1e-3
+    epochs: int = 2
+    micro_batch_size: int = 16
+    global_batch_size: int = 16
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    save_every_steps: int = 0  # 0: one checkpoint per epoch
+    max_seq_len: int = 256
+
+
+@dataclass
+class TrainJob:
+    """Everything a training worker needs; built by the orchestrator from a trial spec."""
+
+    run_id: str
+    base_model: str
+    task: dict  # keyword arguments of workers.tasks.load_task
+    prompt: dict  # PromptFormat fields
+    train: TrainSettings
+    seed: int = 0
+    threads_per_worker: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class SupervisedData(Dataset):
+    """Tokenized (prompt, target) pairs; labels are IGNORE on prompt tokens so loss is on the solution only."""
+
+    def __init__(self, examples: list[Example], tokenizer, fmt: PromptFormat, max_len: int):
+        self.items = [encode_pair(tokenizer, fmt.prompt(e.question), fmt.target(e.solution), max_len)
+                      for e in examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.items[i]
+
+
+def encode_pair(tokenizer, prompt: str, target: str, max_len: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with the prompt masked; prompt and target tokenized apart so the mask is exact."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + target_ids)[:max_len]
+    labels = ([IGNORE] * len(prompt_ids) + target_ids)[:max_len]
+    return ids, labels
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def linear_warmup_decay(total_steps: int, warmup_frac: float):
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def deepspeed_config(s: TrainSettings, world_size: int) -> dict:
+    accumulation = s.global_batch_size // (s.micro_batch_size * world_size)
+    return {
+        "train_micro_batch_size_per_gpu": s.micro_batch_size,
+        "gradient_accumulation_steps": max(1, accumulation),
+        "train_batch_size": s.micro_batch_size * world_size * max(1, accumulation),
+        "gradient_clipping": s.grad_clip,
+        "zero_optimization": {"stage": s.zero_stage, **({"stage3_gather_16bit_weights_on_model_save": True}
+                                                       if s.zero_stage == 3 else {})},
+        "bf16": {"enabled": s.precision == "bf16"},
+        "fp16": {"enabled": s.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _resume_point(checkpoint) -> tuple[str | None, dict]:
+    """(weights dir, trainer state) of Ray Train's latest checkpoint after a worker-group restart."""
+    if checkpoint is None:
+        return None, {}
+    path = checkpoint.path  # local filesystem store: the HF directory itself
+    state = json.loads((Path(path) / TRAINER_STATE).read_text())
+    return path, state
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One worker of a trial's TorchTrainer: DeepSpeed finetuning with an HF checkpoint per save point."""
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+
+    from workers.models import load_model, load_tokenizer
+
+    job = TrainJob(**{**config, "train": TrainSettings(**config["train"])})
+    s = job.train
+    torch.set_num_threads(job.threads_per_worker)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(job.seed)
+
+    # Model (or the weights of the last reported checkpoint, after a restart) and data.
+    resume_dir, resume_state = _resume_point(ray.train.get_checkpoint())
+    tokenizer = load_tokenizer(job.base_model)
+    model = load_model(resume_dir or job.base_model)
+    splits = load_task(**job.task)
+    fmt = PromptFormat(**job.prompt)
+    data = SupervisedData(splits.train, tokenizer, fmt, s.max_seq_len)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=job.seed)
+    loader = DataLoader(data, batch_size=s.micro_batch_size, sampler=sampler, drop_last=False,
+                        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+
+    # Engine: the optimizer and schedule are torch's; DeepSpeed owns ZeRO, precision and accumulation.
+    ds_config = deepspeed_config(s, world)
+    accumulation = ds_config["gradient_accumulation_steps"]
+    steps_per_epoch = max(1, len(loader) // accumulation)
+    total_steps = steps_per_epoch * s.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, s.warmup_frac))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=ds_config, dist_init_required=False)
+    step = int(resume_state.get("step", 0))
+    for _ in range(step):  # a restart continues the schedule where the checkpoint left it
+        schedule.step()
+    start_epoch = int(round(resume_state.get("epoch", 0))) if resume_state else 0
+
+    # Train: loss on solution tokens only; report a checkpoint at each save point.
+    losses: list[tuple[int, float]] = []
+    window: list[float] = []
+    t_train = time.perf_counter()
+    for epoch in range(start_epoch, s.epochs):
+        sampler.set_epoch(epoch)
+        engine.train()
+        for micro_step, batch in enumerate(loader):
+            if micro_step >= steps_per_epoch * accumulation:
+                break  # every epoch ends on an optimizer-step boundary
+            loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
+            engine.backward(loss)
+            engine.step()
+            window.append(loss.item())
+            if len(window) == accumulation:
+                step += 1
+                losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
+                window = []
+                if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
+                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, t_train)
+                    losses = []
+        if not s.save_every_steps or step == total_steps:
+            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, t_train)
+            losses = []
+
+
+def _mean_across_ranks(value: float, dist) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item() / dist.get_world_size())
+
+
+def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
+                     losses: list[tuple[int, float]], t_train: float) -> None:
+    """Write an HF checkpoint (rank 0; ZeRO-3 gathers 16-bit weights first) and report it to Ray Train."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
+    metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
+               "train_seconds": time.perf_counter() - t_train}
+    with tempfile.TemporaryDirectory(prefix="premem-ckpt-") as tmp:
+        checkpoint = None
+        if rank == 0:
+            module = engine.module
+            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            state = {"run_id": job.run_id, "step": step, "epoch": epoch, "train_loss": losses}
+            Path(tmp, TRAINER_STATE).write_text(json.dumps(state))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+
+
+# ------------------------------------------------------------------------------------------ base stage
+@dataclass
+class BaseStage:
+    """A short pretraining of the tiny model on the task family, so the grid finetunes a model with some skill."""
+
+    n_examples: int = 4000
+    epochs: int = 4
+    lr: float = 3e-3
+    batch_size: int = 32
+    vocab_size: int = 320
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 256
+    seed: int = 1234
+
+
+def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
+                     log=print) -> Path:
+    """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory."""
+    from workers.models import build_tiny_model, build_tokenizer, save_pretrained_atomic
+    from workers.tasks.synthetic import make_examples
+
+    torch.set_num_threads(threads)
+    difficulty = {k: task[k] for k in ("min_steps", "max_steps", "max_number") if k in task}
+    examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty)
+    fmt = PromptFormat(**prompt)
+    corpus = [fmt.prompt(e.question) + fmt.target(e.solution) for e in examples]
+    tokenizer = build_tokenizer(corpus, stage.vocab_size)
+    model = build_tiny_model(tokenizer, stage.hidden_size, stage.num_layers, stage.num_heads,
+                             stage.max_positions, stage.seed)
+    data = SupervisedData(examples, tokenizer, fmt, stage.max_positions)
+    generator = torch.Generator().manual_seed(stage.seed)
+    loader = DataLoader(data, batch_size=stage.batch_size, shuffle=True, generator=generator,
+                        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+    total = len(loader) * stage.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total, 0.05))
+    model.train()
+    step, started = 0, time.perf_counter()
+    for epoch in range(stage.epochs):
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % 50 == 0 or step == total:
+                log(f"base model: step {step}/{total} loss {loss.item():.3f} "
+                    f"({time.perf_counter() - started:.0f}s)")
+    model.eval()
+    path = save_pretrained_atomic(model, tokenizer, out_dir)
+    (path / "base_stage.json").write_text(json.dumps({"stage": asdict(stage), "task": difficulty, "steps": total}))
+    return path
