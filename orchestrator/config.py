@@ -49,7 +49,7 @@ class TaskConfig:
     n_test: int = 256
     min_steps: int = 2
     max_steps: int = 3
-    max_number: int = 20
+    max_number: int = 10
     path: Optional[str] = None  # local JSONL train file (gsm8k/math)
     test_path: Optional[str] = None
     question_suffix: str = "\nAnswer:"
@@ -83,7 +83,7 @@ class SamplerConfig:
     top_p: float = 0.95
     max_new_tokens: int = 128
     seed: int = 0
-    batch_tokens: int = 32768
+    batch_tokens: int = 131072
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -94,7 +94,8 @@ class SamplerConfig:
 @dataclass
 class SweepConfig:
     name: str = "default"
-    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    # {dotted.field: [values]}, nested or dotted: `train: {lr: [...]}` and `train.lr: [...]` are the same axis
+    grid: Dict[str, Any] = field(default_factory=dict)
     max_concurrent_trials: int = 1
     nll_threshold: float = 0.1
 

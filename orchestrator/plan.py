@@ -26,9 +26,20 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def flatten_grid(grid: dict, prefix: str = "") -> dict[str, object]:
+    """{"train": {"lr": [..]}, "seed": [..]} -> {"train.lr": [..], "seed": [..]}, order kept."""
+    flat: dict[str, object] = {}
+    for key, value in grid.items():
+        if isinstance(value, dict):
+            flat.update(flatten_grid(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
     """One validated TrialSpec per point of cfg.sweep.grid (declared order; last key varies fastest)."""
-    grid = OmegaConf.to_container(cfg.sweep.grid, resolve=True)
+    grid = flatten_grid(OmegaConf.to_container(cfg.sweep.grid, resolve=True))
     keys = list(grid)
     for key in keys:
         values = grid[key]

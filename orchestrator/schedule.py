@@ -38,7 +38,8 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False
-    env = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    env = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+           "RAY_AIR_NEW_OUTPUT": "0"}  # our progress line replaces Tune's tables
     if not _cuda_available():
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo) on machines without CUDA
     os.environ.update(env)
@@ -225,29 +226,8 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_co
         trials.append({"job": job, "template": template, "train_cfg": spec.config["train"]})
 
     stop = threading.Event()
-
-    def monitor() -> None:
-        last_shown = 0.0
-        while True:
-            finished, failed = ray.get(pool.drain.remote())
-            for result in finished:
-                on_result(result)
-            for job, error in failed:
-                on_failure(job, error)
-            with progress.lock:
-                progress.evaluated += len(finished)
-                progress.eval_failed += len(failed)
-            with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
-                all_back = progress.evaluated + progress.eval_failed >= progress.trained
-            if stop.is_set() and all_back:
-                break
-            interval = refresh_seconds if sys.stdout.isatty() else 30.0
-            if time.time() - last_shown >= interval:
-                show(progress)
-                last_shown = time.time()
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=monitor, name="premem-monitor", daemon=True)
+    thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds),
+                              name="premem-monitor", daemon=True)
     thread.start()
     tuner = _tuner(trials, paths, max_concurrent, ProgressCallback(progress))
     tuner.fit()
@@ -255,6 +235,29 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_co
     thread.join()
     show(progress, final=True)
     return progress
+
+
+def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
+                 refresh_seconds: float = 2.0) -> None:
+    """Hand finished evaluations to the driver's callbacks until `stop` is set and all are back."""
+    last_shown = 0.0
+    while True:
+        finished, failed = ray.get(pool.drain.remote())
+        for result in finished:
+            on_result(result)
+        for job, error in failed:
+            on_failure(job, error)
+        with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
+            progress.evaluated += len(finished)
+            progress.eval_failed += len(failed)
+            all_back = progress.evaluated + progress.eval_failed >= progress.trained
+        if stop.is_set() and all_back:
+            return
+        interval = refresh_seconds if sys.stdout.isatty() else 30.0
+        if time.time() - last_shown >= interval:
+            show(progress)
+            last_shown = time.time()
+        time.sleep(0.5)
 
 
 def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback) -> ray.tune.Tuner:

@@ -52,6 +52,16 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         return run.info.run_id
 
+    def find_sweep(self, sweep_id: str) -> tuple[str, dict[str, str]]:
+        """(parent run id, {records run_id: child run id}) of an earlier sweep, for re-evaluation."""
+        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
+        if not parents:
+            raise LookupError(f"no MLflow run tagged {SWEEP_TAG}={sweep_id} in {self.uri}")
+        parent = parents[0].info.run_id
+        children = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+        return parent, {c.data.tags[RUN_ID_TAG]: c.info.run_id for c in children if RUN_ID_TAG in c.data.tags}
+
     def end_run(self, mlflow_run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(mlflow_run_id, status=status)
 

@@ -15,7 +15,7 @@ class SamplingSettings:
     max_new_tokens: int = 96
     stop: str = "\nDone."
     seed: int = 0
-    batch_tokens: int = 16384  # token budget of one forward batch (rows x padded length)
+    batch_tokens: int = 131072  # token budget of one forward batch (rows x padded length)
 
 
 class Backend(Protocol):

@@ -1,0 +1,111 @@
+"""python -m orchestrator.reeval SWEEP_DIR [sampler.* overrides]: re-run the sampling pool over a finished
+sweep's stored checkpoints — new sampler settings or a prompt variant — without retraining.
+
+Records are written with `sampler.variant` into the same store and logged to the same MLflow runs
+(metrics get a `_<variant>` suffix). Checkpoints that already have records for the variant are skipped, so
+an interrupted re-evaluation resumes. Example:
+    python -m orchestrator.reeval runs/sweeps/default-20261123-120000 sampler.variant=first \\
+        sampler.answer_prefix=First
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import Config, ConfigError, tracking_uri, validate
+from orchestrator.plan import TrialSpec
+from orchestrator.store import SweepPaths, open_sweep, write_text_atomic
+
+ALLOWED = ("sampler.", "sweep.nll_threshold", "tracking.", "cluster.")
+
+
+def load_reeval_config(paths: SweepPaths, overrides: list[str]):
+    """The sweep's stored config with sampler/tracking/cluster overrides applied and validated."""
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+")
+        if "=" not in item or not key.startswith(ALLOWED):
+            raise ConfigError(f"{key}: re-evaluation only changes sampler.*, sweep.nll_threshold, tracking.* and "
+                              "cluster.* (the checkpoints are already trained)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(paths.sweep / "config.yaml"),
+                              OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {str(exc.msg).splitlines()[0]}") from None
+    validate(cfg)
+    if cfg.sampler.variant == "original":
+        raise ConfigError("sampler.variant='original': name the new records' variant (e.g. sampler.variant=first)")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print(__doc__)
+        return 2
+    try:
+        paths = open_sweep(argv[0])
+        cfg = load_reeval_config(paths, argv[1:])
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from orchestrator import schedule
+    from orchestrator.finish import log_result
+    from orchestrator.tracking import Tracker
+
+    specs = [TrialSpec(**d) for d in json.loads((paths.sweep / "plan.json").read_text())]
+    variant = cfg.sampler.variant
+    jobs = []
+    for spec in specs:
+        trial_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(spec.config),
+                                                           {"sampler": OmegaConf.to_container(cfg.sampler)}))
+        _, template = schedule.trial_jobs(TrialSpec(spec.run_id, spec.index, spec.grid_values, trial_cfg), paths, "")
+        for ckpt in paths.trial_checkpoints(spec.run_id):
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            if paths.records_file(spec.run_id, state["step"], variant).is_file():
+                continue  # done by an earlier, interrupted re-evaluation
+            jobs.append(template.job(state["step"], state["epoch"], str(ckpt), {}))
+    print(f"re-evaluating {len(jobs)} checkpoints of {paths.sweep_id} as variant '{variant}'")
+
+    uri = tracking_uri(cfg)
+    tracker = Tracker(uri, cfg.tracking.experiment, paths.root / "mlartifacts")
+    parent, children = tracker.find_sweep(paths.sweep_id)
+    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+    s = cfg.sampler
+    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
+    progress = schedule.Progress(len(specs), len(jobs), trained=len(jobs))
+    for job in jobs:
+        pool.submit.remote(job)
+    stop = threading.Event()
+    stop.set()
+    failures: list[str] = []
+    schedule.monitor_pool(pool, progress, lambda r: log_result(tracker, children[r.run_id], r),
+                          lambda job, err: failures.append(f"{job['run_id']} step {job['step']}: {err}"), stop)
+    schedule.show(progress, final=True)
+    for line in failures:
+        print(f"FAILED {line}")
+    print(robustness_summary(paths, cfg, variant, tracker, parent))
+    print(f"records: {paths.records}")
+    return 1 if failures else 0
+
+
+def robustness_summary(paths: SweepPaths, cfg, variant: str, tracker, parent: str) -> str:
+    """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
+    from analysis.curate import robustness
+    from analysis.premem import prepare
+    from analysis.records import ORIGINAL, load_records
+
+    files = sorted(paths.records.rglob(f"*.{ORIGINAL}.parquet")) + sorted(paths.records.rglob(f"*.{variant}.parquet"))
+    table = robustness(prepare(load_records(files)), float(cfg.sweep.nll_threshold))
+    out = write_text_atomic(paths.analysis / f"robustness_{variant}.json",
+                            json.dumps(table.to_dict(orient="records"), indent=1))
+    tracker.log_artifacts(parent, [out], "analysis")
+    return f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

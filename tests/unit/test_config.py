@@ -1,0 +1,56 @@
+"""Config composition, validation (one line, exit 2, nothing written) and grid expansion."""
+import pytest
+
+from orchestrator.__main__ import compose_config, main, plan_sweep
+from orchestrator.config import ConfigError, validate
+from orchestrator.plan import expand_grid, flatten_grid
+
+
+def test_defaults_compose_and_expand_to_six_trials():
+    cfg, sweep_id, specs = plan_sweep([])
+    assert cfg.train.zero_stage == 2 and cfg.sampler.k == 5 and cfg.sampler.temperature == 0.8
+    assert len(specs) == 6
+    assert [s.grid_values for s in specs[:2]] == [{"train.lr": 3e-4, "train.epochs": 1},
+                                                  {"train.lr": 3e-4, "train.epochs": 3}]
+    assert len({s.run_id for s in specs}) == 6
+    assert specs[3].config["train"]["lr"] == 1e-3 and specs[3].config["train"]["epochs"] == 3
+
+
+def test_grid_from_command_line():
+    cfg = compose_config(["~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001]",
+                          "+sweep.grid.task.train_fraction=[0.5,1.0]", "+sweep.grid.seed=[0,1,2]"])
+    specs = expand_grid(cfg, "x")
+    assert len(specs) == 6 and specs[-1].config["seed"] == 2 and specs[0].config["task"]["train_fraction"] == 0.5
+    assert specs[0].grid_values == {"train.lr": 0.001, "task.train_fraction": 0.5, "seed": 0}
+    # Dotted keys (as a YAML file may write them) name the same axes as nested ones.
+    assert flatten_grid({"train.lr": [1], "task": {"seed": [2]}}) == {"train.lr": [1], "task.seed": [2]}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.foo=1"], "train.foo: Key 'foo' not in 'TrainConfig'"),
+    (["train.lr=abc"], "train.lr: Value 'abc' of type 'str' could not be converted to Float"),
+    (["train.lr=0"], "train.lr=0.0: must be > 0"),
+    (["task.train_fraction=1.5"], "task.train_fraction=1.5: must be in (0, 1]"),
+    (["task.train_fraction=0"], "task.train_fraction=0.0: must be in (0, 1]"),
+    (["sampler.k=0"], "sampler.k=0: samples per question must be >= 1"),
+    (["task.name=gsm8k", "task.path=/no/such.jsonl", "model.path=/tmp"], "task.path='/no/such.jsonl': dataset file"),
+    (["model.path=/no/such/model"], "model.path='/no/such/model': not an HF model directory"),
+    (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.train.epochs"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
+    (["+sweep.grid.train.nope=[1]"], "sweep.grid.train.nope: not a config field"),
+    (["train.global_batch_size=24"], "train.global_batch_size=24: must be a multiple of micro_batch_size"),
+])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, overrides, message):
+    store = tmp_path / "store"
+    code = main([f"store.root={store}", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not store.exists()
+
+
+def test_validate_accepts_gpu_settings():
+    cfg = compose_config(["train=gpu", "sampler=vllm"])
+    validate(cfg)
+    assert cfg.train.zero_stage == 3 and cfg.train.precision == "bf16" and cfg.sampler.backend == "vllm"
+    with pytest.raises(ConfigError):
+        validate(compose_config(["train.precision=fp8"]))
