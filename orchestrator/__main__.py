@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         on_failure=lambda job, err: tracker.set_tags(children[job["run_id"]], {f"eval_error_step_{job['step']}": err[:4000]}),
         expected_checkpoints=expected_checkpoints(specs),
     )
+    write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))
     summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
     print(summary.text(uri, paths, progress))
     return 0 if not progress.failed and summary.ok else 1

@@ -99,7 +99,7 @@ class RouteCheckpoints(UserCallback):
         import json
 
         state = json.loads((Path(checkpoint.path) / "trainer_state.json").read_text())
-        extra = {"train_loss": state["train_loss"], "train_seconds": metrics[0].get("train_seconds")}
+        extra = {"train_loss": state["train_loss"]}
         job = self.template.job(int(state["step"]), float(state["epoch"]), checkpoint.path, extra)
         ray.get_actor(POOL_NAME, namespace=NAMESPACE).submit.remote(job)
 
@@ -140,8 +140,11 @@ def run_trial(config: dict) -> dict:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[RouteCheckpoints(template), TuneReportCallback()]),
     )
+    started = time.perf_counter()
     result = trainer.fit()
-    return {"final_step": (result.metrics or {}).get("step", 0)}
+    metrics = result.metrics or {}
+    return {"final_step": metrics.get("step", 0), "trial_seconds": time.perf_counter() - started,
+            "train_compute_seconds": metrics.get("train_compute_seconds", float("nan"))}
 
 
 # ------------------------------------------------------------------------------- progress and sweep
@@ -156,6 +159,7 @@ class Progress:
     trained: int = 0
     evaluated: int = 0
     eval_failed: int = 0
+    timings: dict = field(default_factory=dict)  # run_id -> trial wall and training compute seconds
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
@@ -190,9 +194,12 @@ class ProgressCallback(ray.tune.Callback):
             self.progress.running.add(self._run_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "checkpoint_path" in result:
-            with self.progress.lock:
+        with self.progress.lock:
+            if "checkpoint_path" in result:
                 self.progress.trained += 1
+            if "trial_seconds" in result:
+                self.progress.timings[self._run_id(trial)] = {
+                    "trial_seconds": result["trial_seconds"], "train_compute_seconds": result["train_compute_seconds"]}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         with self.progress.lock:

@@ -168,26 +168,28 @@ def train_loop_per_worker(config: dict) -> None:
     # Train: loss on solution tokens only; report a checkpoint at each save point.
     losses: list[tuple[int, float]] = []
     window: list[float] = []
-    t_train = time.perf_counter()
+    compute_seconds = 0.0  # forward/backward/step only: the rest of a trial's wall time is overhead
     for epoch in range(start_epoch, s.epochs):
         sampler.set_epoch(epoch)
         engine.train()
         for micro_step, batch in enumerate(loader):
             if micro_step >= steps_per_epoch * accumulation:
                 break  # every epoch ends on an optimizer-step boundary
+            t_step = time.perf_counter()
             loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
             engine.backward(loss)
             engine.step()
             window.append(loss.item())
+            compute_seconds += time.perf_counter() - t_step
             if len(window) == accumulation:
                 step += 1
                 losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
                 window = []
                 if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
-                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, t_train)
+                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, compute_seconds)
                     losses = []
         if not s.save_every_steps or step == total_steps:
-            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, t_train)
+            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, compute_seconds)
             losses = []
 
 
@@ -200,14 +202,14 @@ def _mean_across_ranks(value: float, dist) -> float:
 
 
 def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
-                     losses: list[tuple[int, float]], t_train: float) -> None:
+                     losses: list[tuple[int, float]], compute_seconds: float) -> None:
     """Write an HF checkpoint (rank 0; ZeRO-3 gathers 16-bit weights first) and report it to Ray Train."""
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
-               "train_seconds": time.perf_counter() - t_train}
+               "train_compute_seconds": compute_seconds}
     with tempfile.TemporaryDirectory(prefix="premem-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:

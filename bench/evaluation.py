@@ -1,0 +1,189 @@
+"""Benchmark: per-example evaluation, measured side by side in one process run.
+
+(1) reference-NLL tokens/s: the batched, length-bucketed scorer vs one forward pass per example (the paper's loop);
+(2) sampled completions/s: batched HF sampling (k return sequences, left padding, token-budget batches)
+    vs per-prompt `generate`;
+(3) the default sweep: checkpoint-to-records latency and orchestration overhead per trial (trial wall time
+    not spent in training steps) as a fraction of trial time;
+(4) on a CUDA machine with vllm: vLLM vs HF tokens/s on the same checkpoint.
+Medians of --repeats runs. Prints a table and writes BENCH_OUT (default bench.json).
+    python -m bench.evaluation [--repeats 3] [--sweep-dir runs/sweeps/X | --no-sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchestrator.__main__ import compose_config, ensure_base_model
+from workers.backends import SamplingSettings
+from workers.backends.hf import HFBackend
+from workers.tasks import PromptFormat, load_task
+from workers.train import encode_pair
+
+
+def naive_score(model, tokenizer, prompts: list[str], targets: list[str]) -> np.ndarray:
+    """One forward pass per example, as the paper's pipeline did."""
+    out = []
+    with torch.inference_mode():
+        for p, t in zip(prompts, targets):
+            ids, labels = encode_pair(tokenizer, p, t, 10**9)
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            target = torch.tensor(labels[1:])
+            nll = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=-100)
+            out.append(nll.item())
+    return np.array(out)
+
+
+def naive_sample(backend: HFBackend, prompts: list[str], s: SamplingSettings) -> list[list[str]]:
+    """`generate` one prompt at a time (k return sequences each)."""
+    tok, model = backend.tokenizer, backend.model
+    torch.manual_seed(s.seed)
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = torch.tensor([[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]])
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
+                                 num_return_sequences=s.k, stop_strings=[s.stop], tokenizer=tok,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out.append([t.split(s.stop)[0] for t in tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)])
+    return out
+
+
+def timed(fn, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+def bench_scoring(backend: HFBackend, prompts, targets, repeats: int) -> dict:
+    n_tokens = sum(len(encode_pair(backend.tokenizer, p, t, 10**9)[1]) - encode_pair(
+        backend.tokenizer, p, t, 10**9)[1].count(-100) for p, t in zip(prompts, targets))
+    fast_s, fast_all, fast = timed(lambda: backend.score(prompts, targets), repeats)
+    slow_s, slow_all, slow = timed(lambda: naive_score(backend.model, backend.tokenizer, prompts, targets), repeats)
+    return {"examples": len(prompts), "target_tokens": n_tokens, "batched_s": fast_s, "loop_s": slow_s,
+            "batched_tokens_per_s": n_tokens / fast_s, "loop_tokens_per_s": n_tokens / slow_s,
+            "speedup": slow_s / fast_s, "max_rel_diff": float(np.max(np.abs(fast - slow) / np.abs(slow))),
+            "batched_runs_s": fast_all, "loop_runs_s": slow_all}
+
+
+def bench_sampling(backend: HFBackend, prompts, settings: SamplingSettings, repeats: int) -> dict:
+    n = len(prompts) * settings.k
+    fast_s, fast_all, first = timed(lambda: backend.sample(prompts, settings), repeats)
+    again = backend.sample(prompts, settings)
+    slow_s, slow_all, _ = timed(lambda: naive_sample(backend, prompts, settings), repeats)
+    return {"prompts": len(prompts), "k": settings.k, "completions": n, "batched_s": fast_s, "per_prompt_s": slow_s,
+            "batched_completions_per_s": n / fast_s, "per_prompt_completions_per_s": n / slow_s,
+            "speedup": slow_s / fast_s, "reproducible": first == again,
+            "batched_runs_s": fast_all, "per_prompt_runs_s": slow_all}
+
+
+def bench_vllm(checkpoint: str, prompts, targets, settings: SamplingSettings, hf: HFBackend) -> dict:
+    from workers.backends import vllm_available
+
+    if not vllm_available():
+        return {"skipped": "no CUDA device or vllm not installed"}
+    from workers.backends.vllm import VLLMBackend
+
+    engine = VLLMBackend()
+    engine.load(checkpoint)
+    start = time.perf_counter()
+    completions, nll = engine.sample_and_score(prompts, settings, prompts, targets)
+    v_s = time.perf_counter() - start
+    tokens = sum(len(engine.tokenizer(c)["input_ids"]) for cs in completions for c in cs)
+    start = time.perf_counter()
+    hf_completions = hf.sample(prompts, settings)
+    hf_s = time.perf_counter() - start
+    hf_tokens = sum(len(hf.tokenizer(c)["input_ids"]) for cs in hf_completions for c in cs)
+    return {"vllm_tokens_per_s": tokens / v_s, "hf_tokens_per_s": hf_tokens / hf_s,
+            "ratio": (tokens / v_s) / (hf_tokens / hf_s)}
+
+
+def sweep_timings(sweep_dir: Path) -> dict:
+    """Checkpoint-to-records latency and per-trial orchestration overhead from a finished sweep's files."""
+    latencies = []
+    for state in sweep_dir.glob("checkpoints/*/step_*/trainer_state.json"):
+        run_id, step = state.parent.parent.name, state.parent.name
+        records = sweep_dir / "records" / run_id / f"{step}.original.parquet"
+        if records.is_file():
+            latencies.append(records.stat().st_mtime - state.stat().st_mtime)
+    timings = json.loads((sweep_dir / "analysis" / "timings.json").read_text())
+    fractions = {run: 1 - t["train_compute_seconds"] / t["trial_seconds"] for run, t in timings.items()}
+    return {"sweep_dir": str(sweep_dir), "checkpoints": len(latencies),
+            "checkpoint_to_records_median_s": statistics.median(latencies) if latencies else None,
+            "checkpoint_to_records_max_s": max(latencies) if latencies else None,
+            "overhead_fraction_median": statistics.median(fractions.values()),
+            "per_trial": {run: {**timings[run], "overhead_fraction": f} for run, f in fractions.items()}}
+
+
+def run_default_sweep(store: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "orchestrator", f"store.root={store}"], check=True)
+    return max((store / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sample-prompts", type=int, default=32, help="prompts in the sampling comparison")
+    parser.add_argument("--sweep-dir", type=Path, help="a finished default sweep to read timings from")
+    parser.add_argument("--no-sweep", action="store_true", help="skip (3): do not run the default sweep")
+    parser.add_argument("--store", type=Path, default=Path("runs"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # what one sampler actor gets in the default sweep
+
+    cfg = compose_config([f"store.root={args.store}"])
+    checkpoint = ensure_base_model(cfg)
+    backend = HFBackend(threads=1)
+    backend.load(checkpoint)
+    task = {k: cfg.task[k] for k in ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps",
+                                     "max_steps", "max_number", "path", "test_path")}
+    splits = load_task(**task)
+    fmt = PromptFormat(cfg.task.question_suffix, cfg.task.stop)
+    prompts = [fmt.prompt(e.question) for e in splits.train]
+    targets = [fmt.target(e.solution) for e in splits.train]
+    settings = SamplingSettings(k=cfg.sampler.k, temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p,
+                                max_new_tokens=cfg.sampler.max_new_tokens, stop=cfg.task.stop,
+                                seed=cfg.sampler.seed, batch_tokens=cfg.sampler.batch_tokens)
+
+    result: dict = {"model": checkpoint, "threads": 1, "repeats": args.repeats}
+    result["scoring"] = bench_scoring(backend, prompts, targets, args.repeats)
+    result["sampling"] = bench_sampling(backend, prompts[: args.sample_prompts], settings, args.repeats)
+    result["vllm"] = bench_vllm(checkpoint, prompts, targets, settings, backend)
+    if not args.no_sweep:
+        sweep_dir = args.sweep_dir or run_default_sweep(args.store)
+        result["sweep"] = sweep_timings(sweep_dir)
+    result["scoring_speedup"] = result["scoring"]["speedup"]
+    result["sampling_speedup"] = result["sampling"]["speedup"]
+    result["overhead_fraction"] = result.get("sweep", {}).get("overhead_fraction_median")
+
+    sc, sa = result["scoring"], result["sampling"]
+    print(f"\n{'measure':<44}{'fast':>14}{'naive':>14}{'ratio':>9}")
+    print(f"{'ref-NLL scoring, tokens/s':<44}{sc['batched_tokens_per_s']:>14.0f}{sc['loop_tokens_per_s']:>14.0f}"
+          f"{sc['speedup']:>8.1f}x   (max rel diff {sc['max_rel_diff']:.1e})")
+    print(f"{'sampling, completions/s':<44}{sa['batched_completions_per_s']:>14.1f}"
+          f"{sa['per_prompt_completions_per_s']:>14.1f}{sa['speedup']:>8.1f}x   (reproducible: {sa['reproducible']})")
+    if "sweep" in result:
+        sw = result["sweep"]
+        print(f"default sweep: checkpoint-to-records median {sw['checkpoint_to_records_median_s']:.1f}s "
+              f"(max {sw['checkpoint_to_records_max_s']:.1f}s); orchestration overhead per trial "
+              f"median {sw['overhead_fraction_median']:.1%} of trial wall time")
+    print(f"vLLM: {result['vllm']}")
+    out = Path(os.environ.get("BENCH_OUT", "bench.json"))
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

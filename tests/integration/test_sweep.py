@@ -1,0 +1,155 @@
+"""A 2-trial sweep through Ray Tune/Train + DeepSpeed (CPU) + the HF sampling pool, logging to a real
+`mlflow server` subprocess on localhost; then re-evaluation of its checkpoints with a prompt variant."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
+         "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1",
+         "cluster.num_cpus=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, mlflow_server):
+    store = tmp_path_factory.mktemp("store")
+    result = _run(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+                   "tracking.experiment=integration", *SMALL], timeout=1200)
+    sweep_dir = next((store / "sweeps").iterdir())
+    return store, sweep_dir, result.stdout
+
+
+def test_sweep_writes_records_for_every_checkpoint(sweep):
+    from analysis.records import load_records
+
+    store, sweep_dir, stdout = sweep
+    files = sorted((sweep_dir / "records").rglob("*.original.parquet"))
+    assert len(files) == 4  # 2 trials x 2 epochs
+    frame = pd.concat(pd.read_parquet(f) for f in files)
+    assert list(frame.columns) == ["run_id", "step", "epoch", "split", "example_id", "n_samples", "n_correct",
+                                   "ref_nll", "variant"]
+    assert frame.groupby(["run_id", "step", "split"]).size().tolist() == [48] * 8
+    train, test = frame[frame.split == "train"], frame[frame.split == "test"]
+    assert (train.ref_nll > 0).all() and test.ref_nll.isna().all()
+    assert (frame.n_samples == 3).all() and frame.n_correct.between(0, 3).all()
+    assert sorted(frame.epoch.unique()) == [1.0, 2.0]
+    load_records(files)  # passes the analysis contract
+    completions = pd.concat(pd.read_parquet(f) for f in (sweep_dir / "completions").rglob("*.parquet"))
+    assert len(completions) == 4 * 96 * 3 and completions.completion.str.len().gt(0).mean() > 0.9
+    # Checkpoints are HF directories a person (or vLLM) can load.
+    ckpts = sorted((sweep_dir / "checkpoints").glob("*/step_*"))
+    assert len(ckpts) == 4 and all((c / "config.json").is_file() and (c / "model.safetensors").is_file()
+                                   for c in ckpts)
+    assert "premem R² =" in stdout and f"store: {sweep_dir}" in stdout
+
+
+def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
+    from mlflow import MlflowClient
+
+    _, sweep_dir, _ = sweep
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("integration")
+    parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`premem.sweep` = '{sweep_dir.name}'")[0]
+    assert {"premem_r2", "premem_slope", "premem_intercept"} <= set(parent.data.metrics)
+    assert parent.data.tags["git_commit"] and parent.info.status == "FINISHED"
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "plan.json", "analysis"} <= parent_artifacts
+    assert "analysis/premem_vs_test.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["lr"] in ("0.001", "0.003")
+        for name in ("train_loss", "train_acc", "test_acc", "ref_nll_mean", "memorized_frac", "premem_train_acc"):
+            assert name in child.data.metrics, name
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")]
+        assert len(steps) == 2 and steps == sorted(steps)
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == max(steps)
+        records = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
+        assert len(records) == 2 and all(p.endswith(".original.parquet") for p in records)
+
+
+def test_records_from_mlflow_feed_analysis(sweep, mlflow_server, tmp_path):
+    from analysis.__main__ import main as analysis_main
+    from mlflow import MlflowClient
+
+    _, sweep_dir, _ = sweep
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("integration")
+    parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`premem.sweep` = '{sweep_dir.name}'")[0]
+    out = tmp_path / "fit.json"
+    code = analysis_main(["fit", "--mlflow-parent-run", parent.info.run_id, "--tracking-uri", mlflow_server,
+                          "--nll-threshold", "0.1", "--json", str(out), "--plots", str(tmp_path / "p"),
+                          "--color-by", "lr", "--bootstrap", "0"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["n_points"] == 4
+    assert result["r2"] == pytest.approx(parent.data.metrics["premem_r2"], abs=1e-9)
+
+
+def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server):
+    store, sweep_dir, _ = sweep
+    result = _run(["-m", "orchestrator.reeval", str(sweep_dir), "sampler.variant=first",
+                   "sampler.answer_prefix=First", "sampler.k=2", f"tracking.uri={mlflow_server}",
+                   "tracking.experiment=integration", "cluster.num_cpus=2"], timeout=900)
+    files = sorted((sweep_dir / "records").rglob("*.first.parquet"))
+    assert len(files) == 4
+    frame = pd.concat(pd.read_parquet(f) for f in files)
+    assert (frame.variant == "first").all() and (frame.n_samples == 2).all()
+    completions = pd.concat(pd.read_parquet(f) for f in (sweep_dir / "completions").rglob("*.first.parquet"))
+    assert completions.completion.str.startswith("First").all()
+    assert "accuracy under variant 'first' by premem bin" in result.stdout
+    assert (sweep_dir / "analysis" / "robustness_first.json").is_file()
+    # Nothing was retrained: still the same four checkpoints.
+    assert len(list((sweep_dir / "checkpoints").glob("*/step_*"))) == 4
