@@ -30,7 +30,7 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
     numeric = run_values is not None and pd.api.types.is_numeric_dtype(run_values)
     if run_values is not None:
         levels = sorted(run_values.dropna().unique())
-        if numeric and len(levels) > 1 and min(levels) > 0 and max(levels) / min(levels) > 20:
+        if numeric and len(levels) > 1 and min(levels) > 0 and max(levels) / min(levels) >= 5:
             norm = matplotlib.colors.LogNorm(min(levels), max(levels))
         else:
             norm = matplotlib.colors.Normalize(0, max(len(levels) - 1, 1)) if not numeric else \

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class BaseStageConfig:
     """Pretraining of the built-in tiny model on the task family (cached in the store)."""
 
-    n_examples: int = 4000
+    n_examples: int = 6000
     epochs: int = 4
     lr: float = 3e-3
     batch_size: int = 32
@@ -31,6 +31,7 @@ class BaseStageConfig:
     num_heads: int = 4
     max_positions: int = 256
     seed: int = 1234
+    final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's answer format
 
 
 @dataclass

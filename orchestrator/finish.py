@@ -46,7 +46,10 @@ class Summary:
         for run_id, error in self.failed.items():
             lines.append(f"FAILED trial {run_id}: {error}")
         if progress is not None:
-            lines.append(f"elapsed {progress.line().split('|')[-1].split(',')[0].strip()}")
+            import time
+
+            lines.append(f"elapsed: {(time.time() - progress.started) / 60:.1f} min "
+                         f"({progress.evaluated} checkpoints evaluated, {progress.eval_failed} failed)")
         lines.append(f"store: {paths.sweep}")
         if self.plot:
             lines.append(f"scatter plot: {self.plot}")

@@ -237,6 +237,7 @@ class BaseStage:
     num_heads: int = 4
     max_positions: int = 256
     seed: int = 1234
+    final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's format
 
 
 def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
@@ -247,7 +248,7 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
 
     torch.set_num_threads(threads)
     difficulty = {k: task[k] for k in ("min_steps", "max_steps", "max_number") if k in task}
-    examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty)
+    examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty, final_answer=stage.final_answer)
     fmt = PromptFormat(**prompt)
     corpus = [fmt.prompt(e.question) + fmt.target(e.solution) for e in examples]
     tokenizer = build_tokenizer(corpus, stage.vocab_size)

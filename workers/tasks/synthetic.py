@@ -60,8 +60,8 @@ def _eq(a: int, c: int) -> str:
     return f"{a} + {c} = {a + c}" if c > 0 else f"{a} - {-c} = {a + c}"
 
 
-def traces(p: Problem) -> list[str]:
-    """All valid reasoning traces for a problem, each ending in GSM8k's '#### N' line."""
+def traces(p: Problem, final_answer: bool = True) -> list[str]:
+    """All valid reasoning traces for a problem, each ending in GSM8k's '#### N' line (unless not asked)."""
     steps = _running(p)
     narrative = f"{p.name} starts with {p.start} {p.item}. " + " ".join(
         f"After {_phrase((c, w), p.item, 1)} there are {_eq(a, c)}." for (a, c, _), (_, w) in zip(steps, p.changes))
@@ -75,7 +75,7 @@ def traces(p: Problem) -> list[str]:
         net_line = f"The net loss is {losses} - {gains} = {-net}. {p.start} - {-net} = {p.answer}."
     totals = f"In total {p.name} gains {gains} and loses {losses}. " + net_line
     out = [narrative, terse, totals]
-    return [f"{t}\n#### {p.answer}" for t in out]
+    return [f"{t}\n#### {p.answer}" if final_answer else t for t in out]
 
 
 def make_problem(rng: random.Random, min_steps: int, max_steps: int, max_number: int) -> Problem:
@@ -93,8 +93,12 @@ def make_problem(rng: random.Random, min_steps: int, max_steps: int, max_number:
 
 
 def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps: int = 3,
-                  max_number: int = 20, exclude: set[str] | None = None) -> list[Example]:
-    """n distinct problems (by question text), each with one randomly chosen trace as its reference."""
+                  max_number: int = 20, exclude: set[str] | None = None, final_answer: bool = True) -> list[Example]:
+    """n distinct problems (by question text), each with one randomly chosen trace as its reference.
+
+    final_answer=False drops the '#### N' line: the base stage's text, so that the base model can do the
+    arithmetic but does not know the dataset's answer format, as a pretrained LLM before finetuning.
+    """
     rng = random.Random(f"{prefix}:{seed}")
     seen = set(exclude or ())
     out: list[Example] = []
@@ -104,7 +108,7 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps:
         if question in seen:
             continue
         seen.add(question)
-        solution = rng.choice(traces(problem))
+        solution = rng.choice(traces(problem, final_answer))
         out.append(Example(f"{prefix}-{len(out)}", question, solution, str(problem.answer)))
     return out
 
