@@ -68,7 +68,9 @@ class Tracker:
     # ---------------------------------------------------------------------------------- metrics
     def log_metrics(self, mlflow_run_id: str, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items() if v is not None and math.isfinite(v)]
+        # NaN is a real outcome (e.g. R² when every point has the same premem); infinities are not logged.
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()
+                   if v is not None and not math.isinf(v)]
         if metrics:
             self.client.log_batch(mlflow_run_id, metrics=metrics)
 
