@@ -12,33 +12,18 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from workers.settings import BaseStage, TrainSettings
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and the value."""
 
 
 @dataclass
-class BaseStageConfig:
-    """Pretraining of the built-in tiny model on the task family (cached in the store)."""
-
-    n_examples: int = 6000
-    epochs: int = 4
-    lr: float = 3e-3
-    batch_size: int = 32
-    vocab_size: int = 512
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    max_positions: int = 256
-    seed: int = 1234
-    final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's answer format
-
-
-@dataclass
 class ModelConfig:
     name: str = "tiny"
     path: Optional[str] = None  # an HF directory or hub name; None builds the tiny default model
-    base_stage: BaseStageConfig = field(default_factory=BaseStageConfig)
+    base_stage: BaseStage = field(default_factory=BaseStage)
 
 
 @dataclass
@@ -58,18 +43,9 @@ class TaskConfig:
 
 
 @dataclass
-class TrainConfig:
-    lr: float = 1e-3
-    epochs: int = 2
-    micro_batch_size: int = 16
-    global_batch_size: int = 16
-    zero_stage: int = 2
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    save_every_steps: int = 0  # 0: a checkpoint per epoch
-    max_seq_len: int = 256
+class TrainConfig(TrainSettings):
+    """The worker's TrainSettings plus how a trial is placed on the cluster."""
+
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

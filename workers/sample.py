@@ -22,6 +22,11 @@ from workers.grading import GRADERS
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
 ORIGINAL = "original"
+COMPLETIONS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("variant", pa.string()),
+    ("example_id", pa.string()), ("sample_index", pa.int64()), ("completion", pa.string()),
+    ("extracted", pa.string()), ("correct", pa.bool_()), ("parsed", pa.bool_()),
+])
 
 
 @dataclass
@@ -107,7 +112,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
             "variant": [job.variant] * len(rows), "example_id": list(ids), "sample_index": list(sample_index),
             "completion": list(text), "extracted": list(extracted), "correct": list(correct),
             "parsed": list(parsed),
-        }))
+        }, schema=COMPLETIONS_SCHEMA))  # explicit: a split where nothing parsed has no strings to infer from
         metrics[f"{split}_acc"] = float(n_correct.sum() / max(1, n * settings.k))
         metrics[f"{split}_unparsed_frac"] = float(n_unparsed.sum() / max(1, n * settings.k))
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")

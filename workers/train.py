@@ -17,25 +17,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from workers.settings import BaseStage, TrainSettings
 from workers.tasks import Example, PromptFormat, load_task
 
 IGNORE = -100
 TRAINER_STATE = "trainer_state.json"
-
-
-@dataclass
-class TrainSettings:
-    lr: float = 1e-3
-    epochs: int = 2
-    micro_batch_size: int = 16
-    global_batch_size: int = 16
-    zero_stage: int = 2
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    save_every_steps: int = 0  # 0: one checkpoint per epoch
-    max_seq_len: int = 256
 
 
 @dataclass
@@ -223,23 +209,6 @@ def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
 
 
 # ------------------------------------------------------------------------------------------ base stage
-@dataclass
-class BaseStage:
-    """A short pretraining of the tiny model on the task family, so the grid finetunes a model with some skill."""
-
-    n_examples: int = 4000
-    epochs: int = 4
-    lr: float = 3e-3
-    batch_size: int = 32
-    vocab_size: int = 320
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    max_positions: int = 256
-    seed: int = 1234
-    final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's format
-
-
 def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
                      log=print) -> Path:
     """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory."""

@@ -37,7 +37,7 @@ def test_grid_from_command_line():
     (["model.path=/no/such/model"], "model.path='/no/such/model': not an HF model directory"),
     (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.train.epochs"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
     (["+sweep.grid.train.nope=[1]"], "sweep.grid.train.nope: not a config field"),
-    (["train.global_batch_size=24"], "train.global_batch_size=24: must be a multiple of micro_batch_size"),
+    (["train.global_batch_size=12"], "train.global_batch_size=12: must be a multiple of micro_batch_size"),
 ])
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, overrides, message):
     store = tmp_path / "store"

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from analysis.records import RECORDS_SCHEMA, load_records
 from workers.backends import SamplingSettings
 from workers.backends.hf import HFBackend
-from workers.sample import EvalJob, evaluate_checkpoint
+from workers.sample import COMPLETIONS_SCHEMA, EvalJob, evaluate_checkpoint
 from workers.tasks import load_task
 
 TASK = dict(name="synthetic", seed=0, train_fraction=1.0, n_train=12, n_test=8, min_steps=2, max_steps=2,
@@ -35,7 +35,9 @@ def test_records_schema_and_contents(tiny_model_dir, tmp_path):
     assert (frame.variant == "original").all()
     load_records([job.records_path])  # passes analysis validation
     assert not [p for p in (tmp_path / "rec").iterdir() if p.name.startswith(".")]  # no temp files left
-    completions = pq.read_table(job.completions_path).to_pandas()
+    completions_table = pq.read_table(job.completions_path)
+    assert completions_table.schema.equals(COMPLETIONS_SCHEMA)  # typed even where nothing parsed
+    completions = completions_table.to_pandas()
     assert len(completions) == 60
     assert set(completions.columns) >= {"example_id", "sample_index", "completion", "extracted", "correct", "parsed"}
     assert result.metrics["train_acc"] == train.n_correct.sum() / 36

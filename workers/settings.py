@@ -1,0 +1,37 @@
+"""Settings of the training worker and of the base-model stage: plain dataclasses (no torch import), so
+the config schemas in orchestrator/config.py extend them instead of repeating their fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 1e-3
+    epochs: int = 2
+    micro_batch_size: int = 16
+    global_batch_size: int = 16
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    save_every_steps: int = 0  # 0: one checkpoint per epoch
+    max_seq_len: int = 256
+
+
+@dataclass
+class BaseStage:
+    """A short pretraining of the tiny model on the task family, so the grid finetunes a model with some skill."""
+
+    n_examples: int = 6000
+    epochs: int = 4
+    lr: float = 3e-3
+    batch_size: int = 32
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 256
+    seed: int = 1234
+    final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's format
