@@ -73,7 +73,8 @@ def r2_vs_threshold(curve: pd.DataFrame, path: Path, chosen_tau: float | None = 
     ax.set_xscale("log")
     ax.set_xlabel("memorization threshold τ on reference NLL")
     ax.set_ylabel("R² (test accuracy)")
-    ax.set_ylim(min(0.0, float(np.nanmin(curve["r2"]))), 1.0)
+    finite = curve["r2"][np.isfinite(curve["r2"])]
+    ax.set_ylim(min(0.0, float(finite.min())) if len(finite) else 0.0, 1.0)
     ax.set_title("R² of test accuracy vs memorization threshold")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, which="both")

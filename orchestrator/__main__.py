@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))
     summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
     print(summary.text(uri, paths, progress))
-    return 0 if not progress.failed and summary.ok else 1
+    return 0 if not progress.failed and not progress.eval_failed and summary.ok else 1
 
 
 if __name__ == "__main__":
