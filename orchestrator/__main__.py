@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from orchestrator.config import ConfigError, register_configs, to_yaml, tracking_uri, validate
 from orchestrator.plan import TrialSpec, expand_grid
-from orchestrator.store import SweepPaths, base_model_dir, sweep_paths, write_text_atomic
+from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",

@@ -67,7 +67,7 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
 
     tau = float(cfg.sweep.nll_threshold)
     if not paths.records.is_dir() or not any(paths.records.rglob(f"*.{ORIGINAL}.parquet")):
-        for run_id, child in children.items():
+        for child in children.values():
             tracker.end_run(child, "FAILED")
         tracker.end_run(parent, "FAILED")
         return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException

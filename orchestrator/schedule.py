@@ -21,7 +21,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths
-from workers.sample import EvalJob, EvalResult, SamplingPool
+from workers.sample import EvalJob, SamplingPool
 from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 
 POOL_NAME = "premem-sampling-pool"

@@ -7,8 +7,6 @@ Ray Train, which routes it to the sampling pool.
 from __future__ import annotations
 
 import json
-import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -232,7 +230,7 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total, 0.05))
     model.train()
     step, started = 0, time.perf_counter()
-    for epoch in range(stage.epochs):
+    for _ in range(stage.epochs):
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
