@@ -51,6 +51,18 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    _link_ray_logs(log_dir)
+
+
+def _link_ray_logs(log_dir: Path) -> None:
+    """Point <sweep>/logs/ray at this Ray session's logs (workers' stdout/stderr, raylet, GCS)."""
+    try:
+        session = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    except AttributeError:  # a client connection (ray://) has no local session directory
+        return
+    link = log_dir / "ray"
+    if not link.exists():
+        link.symlink_to(session, target_is_directory=True)
 
 
 def _cuda_available() -> bool:
