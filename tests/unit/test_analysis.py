@@ -186,3 +186,15 @@ def test_cli_curate_writes_jsonl(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 7 and {"example_id", "premem_train_acc"} <= set(lines[0])
     assert (tmp_path / "p" / "examples.png").is_file()
+
+
+def test_cli_robustness(tmp_path, capsys):
+    table = make_records(2, 2, 30, seed=6).to_pandas().astype({"variant": str, "run_id": str, "split": str,
+                                                               "example_id": str})
+    perturbed = table[table.split == "train"].assign(variant="we_know_that", n_correct=lambda f: f.n_correct // 3)
+    path = write(pa.Table.from_pandas(pd.concat([table, perturbed]), preserve_index=False), tmp_path / "r.parquet")
+    out = tmp_path / "rob.json"
+    assert analysis_main(["robustness", "--records", path, "--nll-threshold", "0.1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tau"] == 0.1 and sum(b["n"] for b in result["bins"]) == 120
+    assert "we_know_that" in capsys.readouterr().out
