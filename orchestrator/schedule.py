@@ -5,6 +5,7 @@ All Ray actor plumbing of the orchestrator lives here.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -108,8 +109,6 @@ class RouteCheckpoints(UserCallback):
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is None:
             return
-        import json
-
         state = json.loads((Path(checkpoint.path) / "trainer_state.json").read_text())
         extra = {"train_loss": state["train_loss"]}
         job = self.template.job(int(state["step"]), float(state["epoch"]), checkpoint.path, extra)
