@@ -125,17 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
 
-    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
-    s = cfg.sampler
-    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
-    progress = schedule.run_sweep(
-        specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
-        on_result=lambda r: log_result(tracker, children[r.run_id], r),
-        on_failure=lambda job, err: tracker.set_tags(children[job["run_id"]], {f"eval_error_step_{job['step']}": err[:4000]}),
-        expected_checkpoints=expected_checkpoints(specs),
-    )
-    write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))
-    summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
+    try:
+        schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+        s = cfg.sampler
+        pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
+        progress = schedule.run_sweep(
+            specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
+            on_result=lambda r: log_result(tracker, children[r.run_id], r),
+            on_failure=lambda job, err: tracker.set_tags(children[job["run_id"]],
+                                                         {f"eval_error_step_{job['step']}": err[:4000]}),
+            expected_checkpoints=expected_checkpoints(specs),
+        )
+        write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))
+        summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
+    except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in [*children.values(), parent]:
+            tracker.end_run(run, status)
+        raise
     print(summary.text(uri, paths, progress))
     return 0 if not progress.failed and not progress.eval_failed and summary.ok else 1
 
