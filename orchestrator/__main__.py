@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator import schedule
     from orchestrator.finish import finish_sweep, log_result
     from orchestrator.tracking import Tracker
+    from workers.train import prepare_deepspeed_ops
 
     paths = sweep_paths(cfg.store.root, sweep_id)
     paths.sweep.mkdir(parents=True, exist_ok=False)
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+        prepare_deepspeed_ops()
         s = cfg.sampler
         pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
         progress = schedule.run_sweep(
