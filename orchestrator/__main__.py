@@ -19,6 +19,15 @@ from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+HELP = f"""usage: python -m orchestrator [--cfg] [hydra overrides ...]
+
+{__doc__.strip()}
+
+Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))}
+  e.g.  python -m orchestrator train=gpu sampler=vllm cluster=ray model=hf model.path=/models/llama3-8b
+        python -m orchestrator sweep.grid.train.lr=[1e-3,3e-3] +sweep.grid.seed=[0,1] store.root=/data/runs
+  --cfg   print the composed config and exit
+Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]"""
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
               "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
 
@@ -100,6 +109,9 @@ def trial_params(spec: TrialSpec) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(HELP)
+        return 0
     show_config = "--cfg" in argv
     try:
         cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])

@@ -54,3 +54,9 @@ def test_validate_accepts_gpu_settings():
     assert cfg.train.zero_stage == 3 and cfg.train.precision == "bf16" and cfg.sampler.backend == "vllm"
     with pytest.raises(ConfigError):
         validate(compose_config(["train.precision=fp8"]))
+
+
+def test_help_lists_groups(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m orchestrator" in out and "sampler" in out and "sweep" in out
