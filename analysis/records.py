@@ -238,7 +238,12 @@ def write_records(table: pa.Table | Iterable[dict], path: str | os.PathLike) -> 
     path = Path(path)
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pylist(list(table), schema=RECORDS_SCHEMA)
-    table = table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA)
+    return write_parquet_atomic(table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA), path)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write a table under a temp name in the same directory, then rename: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)

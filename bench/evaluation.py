@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from orchestrator.__main__ import compose_config, ensure_base_model
-from workers.backends import SamplingSettings
+from workers.backends import SamplingSettings, cut_at_stop
 from workers.backends.hf import HFBackend
-from workers.tasks import PromptFormat, load_task
+from workers.tasks import PromptFormat, load_task, task_args
 from workers.train import encode_pair
 
 
@@ -55,7 +55,7 @@ def naive_sample(backend: HFBackend, prompts: list[str], s: SamplingSettings) ->
                                  temperature=s.temperature, top_p=s.top_p, top_k=0, max_new_tokens=s.max_new_tokens,
                                  num_return_sequences=s.k, stop_strings=[s.stop], tokenizer=tok,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            out.append([t.split(s.stop)[0] for t in tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)])
+            out.append([cut_at_stop(t, s.stop) for t in tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)])
     return out
 
 
@@ -147,9 +147,7 @@ def main() -> None:
     checkpoint = ensure_base_model(cfg)
     backend = HFBackend(threads=1)
     backend.load(checkpoint)
-    task = {k: cfg.task[k] for k in ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps",
-                                     "max_steps", "max_number", "path", "test_path")}
-    splits = load_task(**task)
+    splits = load_task(**task_args(cfg.task))
     fmt = PromptFormat(cfg.task.question_suffix, cfg.task.stop)
     prompts = [fmt.prompt(e.question) for e in splits.train]
     targets = [fmt.target(e.solution) for e in splits.train]

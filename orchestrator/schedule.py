@@ -23,6 +23,7 @@ from ray.train.v2.api.callback import UserCallback
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths
 from workers.sample import EvalJob, SamplingPool
+from workers.tasks import task_args
 from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 
 POOL_NAME = "premem-sampling-pool"
@@ -118,8 +119,7 @@ class RouteCheckpoints(UserCallback):
 def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[TrainJob, EvalTemplate]:
     """The training job and the evaluation template of one trial, from its resolved config."""
     c = spec.config
-    task = {k: c["task"][k] for k in ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps",
-                                      "max_steps", "max_number", "path", "test_path")}
+    task = task_args(c["task"])
     prompt = {"question_suffix": c["task"]["question_suffix"], "stop": c["task"]["stop"]}
     train_fields = {k: c["train"][k] for k in TrainSettings.__dataclass_fields__}
     job = TrainJob(run_id=spec.run_id, base_model=base_model, task=task, prompt=prompt,

@@ -12,7 +12,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-RUN_ID_TAG = "premem.run_id"  # same tag analysis.sources reads
+from analysis.sources import RUN_ID_TAG
+
 SWEEP_TAG = "premem.sweep"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac")
 

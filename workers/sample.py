@@ -7,21 +7,17 @@ training continues and hands them to its sampler actors (each on its own CPUs/GP
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from analysis.records import write_records
+from analysis.records import ORIGINAL, write_parquet_atomic, write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import GRADERS
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
-ORIGINAL = "original"
 COMPLETIONS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("variant", pa.string()),
     ("example_id", pa.string()), ("sample_index", pa.int64()), ("completion", pa.string()),
@@ -117,21 +113,13 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
         metrics[f"{split}_unparsed_frac"] = float(n_unparsed.sum() / max(1, n * settings.k))
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
 
-    _write_atomic_parquet(pa.concat_tables(completion_tables), job.completions_path)
+    write_parquet_atomic(pa.concat_tables(completion_tables), job.completions_path)
     write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done
     t_end = time.perf_counter()
     metrics.update(eval_seconds=t_end - t0, load_seconds=t_load - t0, sample_score_seconds=t_sample - t_load,
                    n_prompts=len(unique))
     return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path,
                       metrics, job.extra)
-
-
-def _write_atomic_parquet(table: pa.Table, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- Ray edge
@@ -160,10 +148,7 @@ class SamplingPool:
         self.idle: asyncio.Queue | None = None
         self.finished: list[EvalResult] = []
         self.failed: list[tuple[dict, str]] = []
-        self.queued = 0
-        self.running = 0
-        self.done = 0
-        self.tasks: set = set()
+        self.tasks: set = set()  # keeps the dispatch tasks referenced until they finish
 
     async def _ensure_idle(self) -> asyncio.Queue:
         if self.idle is None:
@@ -174,7 +159,6 @@ class SamplingPool:
 
     async def submit(self, job: EvalJob) -> None:
         await self._ensure_idle()
-        self.queued += 1
         task = asyncio.get_running_loop().create_task(self._run(job))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -182,16 +166,12 @@ class SamplingPool:
     async def _run(self, job: EvalJob) -> None:
         idle = await self._ensure_idle()
         actor = await idle.get()
-        self.queued -= 1
-        self.running += 1
         try:
             result = await actor.evaluate.remote(job)  # await first: drain() swaps the list meanwhile
             self.finished.append(result)
         except Exception as exc:  # reported to the driver, which marks the checkpoint failed
             self.failed.append((asdict(job), f"{type(exc).__name__}: {exc}"))
         finally:
-            self.running -= 1
-            self.done += 1
             idle.put_nowait(actor)
 
     async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str]]]:
@@ -199,6 +179,3 @@ class SamplingPool:
         finished, failed = self.finished, self.failed
         self.finished, self.failed = [], []
         return finished, failed
-
-    async def status(self) -> dict:
-        return {"queued": self.queued, "running": self.running, "done": self.done}

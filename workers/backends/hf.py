@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.backends import SamplingSettings, cut_at_stop
-from workers.train import IGNORE, encode_pair
+from workers.train import IGNORE, collate, encode_pair
 
 
 def length_batches(lengths: list[int], budget: int, extra: int = 0, rows_per_item: int = 1) -> list[list[int]]:
@@ -51,17 +51,10 @@ class HFBackend:
         out = np.empty(len(pairs))
         pad = self.tokenizer.pad_token_id
         for batch in length_batches([len(ids) for ids, _ in pairs], batch_tokens):
-            width = max(len(pairs[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                n = len(pairs[i][0])
-                ids[row, :n] = torch.tensor(pairs[i][0])
-                labels[row, :n] = torch.tensor(pairs[i][1])
-                mask[row, :n] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-            shifted = labels[:, 1:].to(self.device)
+            padded = collate([pairs[i] for i in batch], pad)  # the same masking as the training loss
+            logits = self.model(input_ids=padded["input_ids"].to(self.device),
+                                attention_mask=padded["attention_mask"].to(self.device)).logits
+            shifted = padded["labels"][:, 1:].to(self.device)
             nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=IGNORE,
                                   reduction="none")
             counts = (shifted != IGNORE).sum(1).clamp(min=1)

@@ -34,6 +34,15 @@ class Splits:
     grader: str  # "gsm8k" or "math": which grading function applies
 
 
+TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
+             "path", "test_path")
+
+
+def task_args(task) -> dict:
+    """The keyword arguments of `load_task` picked from a task config (dict or DictConfig)."""
+    return {k: task[k] for k in TASK_ARGS}
+
+
 def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_test: int,
               path: str | None = None, test_path: str | None = None, **difficulty) -> Splits:
     """Build or read the task's splits; train_fraction subsamples the train split (seeded)."""
