@@ -68,12 +68,13 @@ def timed(fn, repeats: int):
     return statistics.median(times), times, result
 
 
-def bench_scoring(backend: HFBackend, prompts, targets, repeats: int) -> dict:
-    n_tokens = sum(len(encode_pair(backend.tokenizer, p, t, 10**9)[1]) - encode_pair(
-        backend.tokenizer, p, t, 10**9)[1].count(-100) for p, t in zip(prompts, targets))
-    fast_s, fast_all, fast = timed(lambda: backend.score(prompts, targets), repeats)
+def bench_scoring(backend: HFBackend, prompts, targets, batch_tokens: int, repeats: int) -> dict:
+    labels = [encode_pair(backend.tokenizer, p, t, 10**9)[1] for p, t in zip(prompts, targets)]
+    n_tokens = sum(len(lab) - lab.count(-100) for lab in labels)
+    fast_s, fast_all, fast = timed(lambda: backend.score(prompts, targets, batch_tokens), repeats)
     slow_s, slow_all, slow = timed(lambda: naive_score(backend.model, backend.tokenizer, prompts, targets), repeats)
-    return {"examples": len(prompts), "target_tokens": n_tokens, "batched_s": fast_s, "loop_s": slow_s,
+    return {"examples": len(prompts), "target_tokens": n_tokens, "batch_tokens": batch_tokens,
+            "batched_s": fast_s, "loop_s": slow_s,
             "batched_tokens_per_s": n_tokens / fast_s, "loop_tokens_per_s": n_tokens / slow_s,
             "speedup": slow_s / fast_s, "max_rel_diff": float(np.max(np.abs(fast - slow) / np.abs(slow))),
             "batched_runs_s": fast_all, "loop_runs_s": slow_all}
@@ -84,7 +85,8 @@ def bench_sampling(backend: HFBackend, prompts, settings: SamplingSettings, repe
     fast_s, fast_all, first = timed(lambda: backend.sample(prompts, settings), repeats)
     again = backend.sample(prompts, settings)
     slow_s, slow_all, _ = timed(lambda: naive_sample(backend, prompts, settings), repeats)
-    return {"prompts": len(prompts), "k": settings.k, "completions": n, "batched_s": fast_s, "per_prompt_s": slow_s,
+    return {"prompts": len(prompts), "k": settings.k, "batch_tokens": settings.batch_tokens,
+            "completions": n, "batched_s": fast_s, "per_prompt_s": slow_s,
             "batched_completions_per_s": n / fast_s, "per_prompt_completions_per_s": n / slow_s,
             "speedup": slow_s / fast_s, "reproducible": first == again,
             "batched_runs_s": fast_all, "per_prompt_runs_s": slow_all}
@@ -120,11 +122,15 @@ def sweep_timings(sweep_dir: Path) -> dict:
         if records.is_file():
             latencies.append(records.stat().st_mtime - state.stat().st_mtime)
     timings = json.loads((sweep_dir / "analysis" / "timings.json").read_text())
-    fractions = {run: 1 - t["train_compute_seconds"] / t["trial_seconds"] for run, t in timings.items()}
+    # Training compute over the trial's wall time as Tune saw it (trial actor start to completion).
+    fractions = {run: 1 - t["train_compute_seconds"] / t.get("tune_trial_seconds", t["trial_seconds"])
+                 for run, t in timings.items()}
+    phases = sorted({k for t in timings.values() for k in t})
     return {"sweep_dir": str(sweep_dir), "checkpoints": len(latencies),
             "checkpoint_to_records_median_s": statistics.median(latencies) if latencies else None,
             "checkpoint_to_records_max_s": max(latencies) if latencies else None,
             "overhead_fraction_median": statistics.median(fractions.values()),
+            "phase_medians_s": {k: statistics.median(t[k] for t in timings.values() if k in t) for k in phases},
             "per_trial": {run: {**timings[run], "overhead_fraction": f} for run, f in fractions.items()}}
 
 
@@ -136,7 +142,8 @@ def run_default_sweep(store: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sample-prompts", type=int, default=32, help="prompts in the sampling comparison")
+    parser.add_argument("--sample-prompts", type=int, default=None,
+                        help="prompts in the sampling comparison (default: the whole train split)")
     parser.add_argument("--sweep-dir", type=Path, help="a finished default sweep to read timings from")
     parser.add_argument("--no-sweep", action="store_true", help="skip (3): do not run the default sweep")
     parser.add_argument("--store", type=Path, default=Path("runs"))
@@ -153,10 +160,11 @@ def main() -> None:
     targets = [fmt.target(e.solution) for e in splits.train]
     settings = SamplingSettings(k=cfg.sampler.k, temperature=cfg.sampler.temperature, top_p=cfg.sampler.top_p,
                                 max_new_tokens=cfg.sampler.max_new_tokens, stop=cfg.task.stop,
-                                seed=cfg.sampler.seed, batch_tokens=cfg.sampler.batch_tokens)
+                                seed=cfg.sampler.seed, batch_tokens=cfg.sampler.batch_tokens,
+                                score_batch_tokens=cfg.sampler.score_batch_tokens)
 
     result: dict = {"model": checkpoint, "threads": 1, "repeats": args.repeats}
-    result["scoring"] = bench_scoring(backend, prompts, targets, args.repeats)
+    result["scoring"] = bench_scoring(backend, prompts, targets, settings.score_batch_tokens, args.repeats)
     result["sampling"] = bench_sampling(backend, prompts[: args.sample_prompts], settings, args.repeats)
     result["vllm"] = bench_vllm(checkpoint, prompts, targets, settings, backend)
     if not args.no_sweep:
@@ -177,6 +185,8 @@ def main() -> None:
         print(f"default sweep: checkpoint-to-records median {sw['checkpoint_to_records_median_s']:.1f}s "
               f"(max {sw['checkpoint_to_records_max_s']:.1f}s); orchestration overhead per trial "
               f"median {sw['overhead_fraction_median']:.1%} of trial wall time")
+        print("  trial phases, median seconds: " + ", ".join(
+            f"{k.removesuffix('_seconds')} {v:.1f}" for k, v in sw["phase_medians_s"].items()))
     print(f"vLLM: {result['vllm']}")
     out = Path(os.environ.get("BENCH_OUT", "bench.json"))
     out.write_text(json.dumps(result, indent=1, default=str))

@@ -60,7 +60,8 @@ class SamplerConfig:
     top_p: float = 0.95
     max_new_tokens: int = 128
     seed: int = 0
-    batch_tokens: int = 131072
+    batch_tokens: int = 131072  # sampling: rows x (prompt + max_new_tokens) per batch
+    score_batch_tokens: int = 16384  # reference scoring: padded tokens per forward batch
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -158,6 +159,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.temperature >= 0, f"{prefix}sampler.temperature", s.temperature, "must be >= 0")
     _check(0 < s.top_p <= 1, f"{prefix}sampler.top_p", s.top_p, "must be in (0, 1]")
     _check(s.max_new_tokens >= 1, f"{prefix}sampler.max_new_tokens", s.max_new_tokens, "must be >= 1")
+    _check(s.batch_tokens >= 1, f"{prefix}sampler.batch_tokens", s.batch_tokens, "must be >= 1")
+    _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
     _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")

@@ -128,7 +128,7 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[Tra
     s = c["sampler"]
     sampling = {"k": s["k"], "temperature": s["temperature"], "top_p": s["top_p"],
                 "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
-                "batch_tokens": s["batch_tokens"]}
+                "batch_tokens": s["batch_tokens"], "score_batch_tokens": s["score_batch_tokens"]}
     template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
                             s["variant"])
     return job, template
@@ -151,11 +151,24 @@ def run_trial(config: dict) -> dict:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[RouteCheckpoints(template), TuneReportCallback()]),
     )
-    started = time.perf_counter()
+    started = time.time()
     result = trainer.fit()
-    metrics = result.metrics or {}
-    return {"final_step": metrics.get("step", 0), "trial_seconds": time.perf_counter() - started,
-            "train_compute_seconds": metrics.get("train_compute_seconds", float("nan"))}
+    ended = time.time()
+    return {"final_step": (result.metrics or {}).get("step", 0), **trial_timings(started, ended, result.metrics)}
+
+
+def trial_timings(started: float, ended: float, last_metrics: dict | None) -> dict:
+    """A trial's wall time split into phases from its workers' last report (see workers.train.PhaseClock)."""
+    m = last_metrics or {}
+    nan = float("nan")
+    trial = ended - started
+    phases = {
+        "startup_seconds": m.get("worker_entered_at", nan) - started,  # Train controller, worker group, imports
+        "setup_seconds": m.get("worker_ready_at", nan) - m.get("worker_entered_at", nan),  # model, data, engine
+        "train_compute_seconds": m.get("train_compute_seconds", nan),
+        "checkpoint_seconds": m.get("checkpoint_seconds", nan),
+    }
+    return {"trial_seconds": trial, **phases, "other_seconds": trial - sum(phases.values())}
 
 
 # ------------------------------------------------------------------------------- progress and sweep
@@ -170,7 +183,8 @@ class Progress:
     trained: int = 0
     evaluated: int = 0
     eval_failed: int = 0
-    timings: dict = field(default_factory=dict)  # run_id -> trial wall and training compute seconds
+    timings: dict = field(default_factory=dict)  # run_id -> phases of the trial's wall time (run_trial)
+    trial_started: dict = field(default_factory=dict)  # run_id -> when Tune started the trial
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
@@ -203,6 +217,7 @@ class ProgressCallback(ray.tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         with self.progress.lock:
             self.progress.running.add(self._run_id(trial))
+            self.progress.trial_started[self._run_id(trial)] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         with self.progress.lock:
@@ -210,12 +225,16 @@ class ProgressCallback(ray.tune.Callback):
                 self.progress.trained += 1
             if "trial_seconds" in result:
                 self.progress.timings[self._run_id(trial)] = {
-                    "trial_seconds": result["trial_seconds"], "train_compute_seconds": result["train_compute_seconds"]}
+                    k: v for k, v in result.items() if k.endswith("_seconds")}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         with self.progress.lock:
-            self.progress.running.discard(self._run_id(trial))
-            self.progress.done.add(self._run_id(trial))
+            run_id = self._run_id(trial)
+            self.progress.running.discard(run_id)
+            self.progress.done.add(run_id)
+            if run_id in self.progress.timings and run_id in self.progress.trial_started:
+                # Tune's view: also counts starting the trial's own actor, which run_trial cannot see
+                self.progress.timings[run_id]["tune_trial_seconds"] = time.time() - self.progress.trial_started[run_id]
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = str(getattr(trial, "error_file", "") or "error")

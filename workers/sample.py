@@ -86,7 +86,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
         completions_unique, ref_nll = backend.sample_and_score(prompts, settings, score_prompts, score_targets)
     else:
         completions_unique = backend.sample(prompts, settings)
-        ref_nll = backend.score(score_prompts, score_targets, settings.batch_tokens)
+        ref_nll = backend.score(score_prompts, score_targets, settings.score_batch_tokens)
     t_sample = time.perf_counter()
     by_question = dict(zip(unique, completions_unique))
 

@@ -117,6 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from workers.models import load_model, load_tokenizer
 
+    entered_at = time.time()  # wall clock: the trial compares it with when its TorchTrainer started
     job = TrainJob(**{**config, "train": TrainSettings(**config["train"])})
     s = job.train
     torch.set_num_threads(job.threads_per_worker)
@@ -148,11 +149,11 @@ def train_loop_per_worker(config: dict) -> None:
     for _ in range(step):  # a restart continues the schedule where the checkpoint left it
         schedule.step()
     start_epoch = int(round(resume_state.get("epoch", 0))) if resume_state else 0
+    clock = PhaseClock(entered_at=entered_at, ready_at=time.time())
 
     # Train: loss on solution tokens only; report a checkpoint at each save point.
     losses: list[tuple[int, float]] = []
     window: list[float] = []
-    compute_seconds = 0.0  # forward/backward/step only: the rest of a trial's wall time is overhead
     for epoch in range(start_epoch, s.epochs):
         sampler.set_epoch(epoch)
         engine.train()
@@ -164,17 +165,31 @@ def train_loop_per_worker(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             window.append(loss.item())
-            compute_seconds += time.perf_counter() - t_step
+            clock.compute_seconds += time.perf_counter() - t_step
             if len(window) == accumulation:
                 step += 1
                 losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
                 window = []
                 if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
-                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, compute_seconds)
+                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, clock)
                     losses = []
         if not s.save_every_steps or step == total_steps:
-            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, compute_seconds)
+            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, clock)
             losses = []
+
+
+@dataclass
+class PhaseClock:
+    """Where a worker's time went, reported with every checkpoint: the trial turns it into its overhead."""
+
+    entered_at: float  # the loop function started (wall clock)
+    ready_at: float  # model, data and DeepSpeed engine ready (wall clock)
+    compute_seconds: float = 0.0  # forward/backward/step
+    checkpoint_seconds: float = 0.0  # HF save and Ray Train report (checkpoint persisted to storage)
+
+    def metrics(self) -> dict:
+        return {"worker_entered_at": self.entered_at, "worker_ready_at": self.ready_at,
+                "train_compute_seconds": self.compute_seconds, "checkpoint_seconds": self.checkpoint_seconds}
 
 
 def _mean_across_ranks(value: float, dist) -> float:
@@ -186,14 +201,15 @@ def _mean_across_ranks(value: float, dist) -> float:
 
 
 def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
-                     losses: list[tuple[int, float]], compute_seconds: float) -> None:
+                     losses: list[tuple[int, float]], clock: PhaseClock) -> None:
     """Write an HF checkpoint (rank 0; ZeRO-3 gathers 16-bit weights first) and report it to Ray Train."""
     import ray.train
 
+    started = time.perf_counter()
     rank = ray.train.get_context().get_world_rank()
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
-               "train_compute_seconds": compute_seconds}
+               **clock.metrics()}
     with tempfile.TemporaryDirectory(prefix="premem-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:
@@ -204,6 +220,7 @@ def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+    clock.checkpoint_seconds += time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------ base stage

@@ -15,7 +15,8 @@ class SamplingSettings:
     max_new_tokens: int = 96
     stop: str = "\nDone."
     seed: int = 0
-    batch_tokens: int = 131072  # token budget of one forward batch (rows x padded length)
+    batch_tokens: int = 131072  # sampling: rows x (prompt + max_new_tokens) per batch
+    score_batch_tokens: int = 16384  # reference scoring: padded tokens per forward batch
 
 
 class Backend(Protocol):
