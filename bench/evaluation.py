@@ -80,6 +80,33 @@ def bench_scoring(backend: HFBackend, prompts, targets, batch_tokens: int, repea
             "batched_runs_s": fast_all, "loop_runs_s": slow_all}
 
 
+def matmul_peak_gflops(hidden: int, out: int, rows: int = 8192, repeats: int = 20) -> float:
+    """fp32 GFLOP/s of one large matmul shaped like the model's projections: this thread's ceiling."""
+    x, w = torch.randn(rows, hidden), torch.randn(out, hidden)
+    for _ in range(3):
+        x @ w.T
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ w.T
+    return 2 * rows * hidden * out * repeats / (time.perf_counter() - start) / 1e9
+
+
+def scoring_roofline(model, scoring: dict, all_tokens: int) -> dict:
+    """How far any fp32 scorer can go past the loop here: the loop's GFLOP/s against the matmul ceiling.
+
+    FLOPs per token count the projections only (2 x weights of every Linear, the vocabulary head included),
+    a lower bound: attention and the elementwise ops come on top.
+    """
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    flops_per_token = 2 * sum(m.weight.numel() for m in linear)
+    widest = max(linear, key=lambda m: m.weight.numel())
+    peak = matmul_peak_gflops(widest.in_features, widest.out_features)
+    loop = flops_per_token * all_tokens / scoring["loop_s"] / 1e9
+    batched = flops_per_token * all_tokens / scoring["batched_s"] / 1e9
+    return {"flops_per_token": flops_per_token, "matmul_peak_gflops": peak, "loop_gflops": loop,
+            "batched_gflops": batched, "speedup_ceiling": peak / loop}
+
+
 def bench_sampling(backend: HFBackend, prompts, settings: SamplingSettings, repeats: int) -> dict:
     n = len(prompts) * settings.k
     fast_s, fast_all, first = timed(lambda: backend.sample(prompts, settings), repeats)
@@ -165,6 +192,8 @@ def main() -> None:
 
     result: dict = {"model": checkpoint, "threads": 1, "repeats": args.repeats}
     result["scoring"] = bench_scoring(backend, prompts, targets, settings.score_batch_tokens, args.repeats)
+    all_tokens = sum(len(encode_pair(backend.tokenizer, p, t, 10**9)[0]) for p, t in zip(prompts, targets))
+    result["scoring_roofline"] = scoring_roofline(backend.model, result["scoring"], all_tokens)
     result["sampling"] = bench_sampling(backend, prompts[: args.sample_prompts], settings, args.repeats)
     result["vllm"] = bench_vllm(checkpoint, prompts, targets, settings, backend)
     if not args.no_sweep:
@@ -174,10 +203,13 @@ def main() -> None:
     result["sampling_speedup"] = result["sampling"]["speedup"]
     result["overhead_fraction"] = result.get("sweep", {}).get("overhead_fraction_median")
 
-    sc, sa = result["scoring"], result["sampling"]
+    sc, sa, roof = result["scoring"], result["sampling"], result["scoring_roofline"]
     print(f"\n{'measure':<44}{'fast':>14}{'naive':>14}{'ratio':>9}")
     print(f"{'ref-NLL scoring, tokens/s':<44}{sc['batched_tokens_per_s']:>14.0f}{sc['loop_tokens_per_s']:>14.0f}"
           f"{sc['speedup']:>8.1f}x   (max rel diff {sc['max_rel_diff']:.1e})")
+    print(f"  scoring roofline: loop {roof['loop_gflops']:.0f} GFLOP/s, batched {roof['batched_gflops']:.0f}, fp32 "
+          f"matmul peak {roof['matmul_peak_gflops']:.0f}: a scorer doing the same fp32 FLOPs tops out at "
+          f"{roof['speedup_ceiling']:.1f}x the loop")
     print(f"{'sampling, completions/s':<44}{sa['batched_completions_per_s']:>14.1f}"
           f"{sa['per_prompt_completions_per_s']:>14.1f}{sa['speedup']:>8.1f}x   (reproducible: {sa['reproducible']})")
     if "sweep" in result:

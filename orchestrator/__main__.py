@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
         prepare_deepspeed_ops()
         s = cfg.sampler
-        pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
+        pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend, s.nice)
         progress = schedule.run_sweep(
             specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
             on_result=lambda r: log_result(tracker, children[r.run_id], r),

@@ -64,6 +64,7 @@ class SamplerConfig:
     score_batch_tokens: int = 16384  # reference scoring: padded tokens per forward batch
     num_actors: int = 1
     cpus_per_actor: float = 1.0
+    nice: int = 0  # CPU priority of sampler processes (0-19): above 0, training wins when they share cores
     gpus_per_actor: float = 0.0
     variant: str = "original"
     answer_prefix: str = ""
@@ -163,6 +164,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
     _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")

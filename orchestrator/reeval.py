@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     s = cfg.sampler
-    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend)
+    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend, s.nice)
     progress = schedule.Progress(len(specs), len(jobs), trained=len(jobs))
     for job in jobs:
         pool.submit.remote(job)

@@ -7,6 +7,7 @@ training continues and hands them to its sampler actors (each on its own CPUs/GP
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -126,7 +127,9 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
 class SamplerActor:
     """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
 
-    def __init__(self, backend: str, threads: int):
+    def __init__(self, backend: str, threads: int, nice: int = 0):
+        if nice:  # on a machine shared with training, sample with the cycles training leaves
+            os.nice(nice)
         self.backend = make_backend(backend, threads)
         self._splits: dict[str, Splits] = {}
 
@@ -140,11 +143,11 @@ class SamplerActor:
 class SamplingPool:
     """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors."""
 
-    def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int):
+    def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int, nice: int = 0):
         import ray
 
         remote_cls = ray.remote(SamplerActor)
-        self.actors = [remote_cls.options(**actor_options).remote(backend, threads) for _ in range(n_actors)]
+        self.actors = [remote_cls.options(**actor_options).remote(backend, threads, nice) for _ in range(n_actors)]
         self.idle: asyncio.Queue | None = None
         self.finished: list[EvalResult] = []
         self.failed: list[tuple[dict, str]] = []

@@ -33,6 +33,8 @@ def test_grid_from_command_line():
     (["task.train_fraction=1.5"], "task.train_fraction=1.5: must be in (0, 1]"),
     (["task.train_fraction=0"], "task.train_fraction=0.0: must be in (0, 1]"),
     (["sampler.k=0"], "sampler.k=0: samples per question must be >= 1"),
+    (["sampler.nice=20"], "sampler.nice=20: must be in 0..19"),
+    (["sampler.score_batch_tokens=0"], "sampler.score_batch_tokens=0: must be >= 1"),
     (["task.name=gsm8k", "task.path=/no/such.jsonl", "model.path=/tmp"], "task.path='/no/such.jsonl': dataset file"),
     (["model.path=/no/such/model"], "model.path='/no/such/model': not an HF model directory"),
     (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.train.epochs"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
