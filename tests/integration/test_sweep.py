@@ -112,8 +112,9 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
         assert child.data.params["lr"] in ("0.001", "0.003")
         for name in ("train_loss", "train_acc", "test_acc", "ref_nll_mean", "memorized_frac", "premem_train_acc"):
             assert name in child.data.metrics, name
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")]
-        assert len(steps) == 2 and steps == sorted(steps)
+        # two sampler actors: a later checkpoint can finish (and be logged) first; MLflow plots by step
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "test_acc"))
+        assert len(steps) == 2 and steps[0] < steps[1]
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == max(steps)
         records = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
         assert len(records) == 2 and all(p.endswith(".original.parquet") for p in records)
