@@ -67,11 +67,10 @@ def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
     above = probs.cumsum(-1) - probs  # mass of the tokens more likely than each candidate
     keep = above < top_p
     wide = keep[:, -1] & (width < scores.shape[-1])  # the nucleus may extend past the candidates
-    if wide.any():
-        full = draw(logits[wide], temperature, top_p, generator, candidates=scores.shape[-1])
+    full = draw(logits[wide], temperature, top_p, generator, candidates=scores.shape[-1]) if wide.any() else None
     choice = torch.multinomial(probs * keep, 1, generator=generator).squeeze(1)
     tokens = top_tokens.gather(1, choice[:, None]).squeeze(1)
-    if wide.any():
+    if full is not None:
         tokens[wide] = full
     return tokens
 
@@ -186,9 +185,10 @@ class HFBackend:
                 break
             if live.sum() < COMPACT_BELOW * len(live):  # drop finished rows from the cache and the batch
                 keep = torch.nonzero(live).flatten()
-                _map_cache_rows(cache, lambda t: t[keep.to(dev)])
+                keep_on_device = keep.to(dev)
+                _map_cache_rows(cache, lambda t: t[keep_on_device])
                 rows, tokens, live = rows[keep], tokens[keep], live[keep]
-                attention, next_position = attention[keep.to(dev)], next_position[keep.to(dev)]
+                attention, next_position = attention[keep_on_device], next_position[keep_on_device]
             logits = self.model(input_ids=tokens[:, None].to(dev), attention_mask=attention[:, : width + step + 1],
                                 position_ids=(next_position + step)[:, None], past_key_values=cache,
                                 use_cache=True).logits[:, -1]
