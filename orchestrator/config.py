@@ -68,6 +68,7 @@ class SamplerConfig:
     gpus_per_actor: float = 0.0
     variant: str = "original"
     answer_prefix: str = ""
+    grade_timeout_s: float = 5.0  # per answer (MATH's symbolic check): longer is graded wrong and counted
 
 
 @dataclass
@@ -164,6 +165,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
     _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",

@@ -96,12 +96,13 @@ class EvalTemplate:
     prompt: dict
     sampling: dict
     variant: str = "original"
+    grade_timeout_s: float = 5.0
 
     def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
         return EvalJob(self.run_id, step, epoch, checkpoint_dir,
                        str(self.paths.records_file(self.run_id, step, self.variant)),
                        str(self.paths.completions_file(self.run_id, step, self.variant)),
-                       self.task, self.prompt, self.sampling, self.variant, extra)
+                       self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s)
 
 
 class RouteCheckpoints(UserCallback):
@@ -133,7 +134,7 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[Tra
                 "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
                 "batch_tokens": s["batch_tokens"], "score_batch_tokens": s["score_batch_tokens"]}
     template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
-                            s["variant"])
+                            s["variant"], s["grade_timeout_s"])
     return job, template
 
 

@@ -4,7 +4,13 @@ Each grader returns a Grade; output with no recognizable final answer is wrong a
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import select
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -14,6 +20,7 @@ class Grade:
     correct: bool
     parsed: bool
     extracted: str | None
+    timed_out: bool = False  # equivalence was not decided within the time limit: graded wrong
 
 
 # ----------------------------------------------------------------------------------------------- GSM8k
@@ -59,7 +66,7 @@ def last_boxed(text: str) -> str | None:
     if start < 0:
         return None
     rest = text[start:]
-    if rest.startswith("\\boxed ") :
+    if rest.startswith("\\boxed "):
         return rest[len("\\boxed "):].split("$")[0].strip()
     brace = rest.find("{")
     if brace < 0:
@@ -73,23 +80,32 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-_UNIT_TEXT = re.compile(r"\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]*\}")
+_TEXT = r"\\(?:text|textbf|mbox|mathrm)\{\s*([^{}]*?)\s*\}"
+_UNIT_AFTER_NUMBER = re.compile(r"(?<=[\d}])\s*" + _TEXT)  # '10\text{ cm}': a unit, dropped
+_TEXT_WRAPPER = re.compile(_TEXT)  # '\text{Evelyn}': the answer itself, unwrapped
 _FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")  # \frac12 -> \frac{1}{2}
+_FRAC_SHORT_NUM = re.compile(r"\\frac(\d)\{")  # \frac1{10} -> \frac{1}{10}
 _FRAC_SEMI = re.compile(r"\\frac\{(\w+)\}(\d)")  # \frac{1}2 -> \frac{1}{2}
 _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 
 
 def normalize_math(answer: str) -> str:
-    """Canonical string form of a MATH answer (after Hendrycks et al.'s normalization, extended)."""
+    """Canonical string form of a MATH answer (after Hendrycks et al.'s normalization, extended).
+
+    Two answers with the same canonical form are equivalent; different forms may still be (math-verify
+    decides those).
+    """
     s = answer.strip()
     s = s.replace("\n", "").replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", "")
     s = s.replace("\\left", "").replace("\\right", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("\\degree", "")
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    s = _UNIT_TEXT.sub("", s)
+    s = _UNIT_AFTER_NUMBER.sub("", s)
+    s = _TEXT_WRAPPER.sub(r"\1", s)
     s = s.replace(" ", "")
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_SHORT_NUM.sub(r"\\frac{\1}{", s)
     s = _FRAC_SEMI.sub(r"\\frac{\1}{\2}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     if s.startswith("x=") or s.startswith("y=") or s.startswith("k="):
@@ -118,22 +134,42 @@ def math_value(answer: str) -> Fraction | None:
     return normalize_number(answer) if re.fullmatch(r"-?[\d,]*\.?\d+", answer) else None
 
 
-def math_equivalent(a: str, b: str) -> bool:
-    na, nb = normalize_math(a), normalize_math(b)
+def same_normal_form(answer: str, gold: str) -> bool:
+    """The cheap check: equal canonical strings, or equal exact rationals."""
+    na, nb = normalize_math(answer), normalize_math(gold)
     if na == nb:
-        return True
+        return bool(na)
     va, vb = math_value(na), math_value(nb)
     return va is not None and vb is not None and va == vb
 
 
+def _math_verify_parse(latex: str) -> list:
+    from math_verify import LatexExtractionConfig, parse
+
+    # The answer is already cut out of its \boxed{}; boxing it again makes math-verify read it as LaTeX.
+    return parse("$\\boxed{" + latex + "}$", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
+                 parsing_timeout=None)
+
+
+def math_verify_equivalent(answer: str, gold: str) -> bool:
+    """Symbolic equivalence by math-verify (no time limit of its own: see MathVerifier)."""
+    from math_verify import verify
+
+    return verify(_math_verify_parse(gold), _math_verify_parse(answer), timeout_seconds=None)
+
+
+def math_equivalent(answer: str, gold: str) -> bool:
+    """Whether a MATH answer equals the gold answer: the cheap normal form first, then math-verify."""
+    return same_normal_form(answer, gold) or math_verify_equivalent(answer, gold)
+
+
 def grade_math(completion: str, gold: str) -> Grade:
+    """One sample, graded in this process without a time limit (tests, notebooks); the pool grades through
+    `Grader`, which bounds each answer's time."""
     extracted = last_boxed(completion)
     if extracted is None:
         return Grade(False, False, None)
     return Grade(math_equivalent(extracted, gold), True, extracted)
-
-
-GRADERS = {"gsm8k": grade_gsm8k, "math": grade_math}
 
 
 def gold_answer_gsm8k(solution: str) -> str:
@@ -148,3 +184,124 @@ def gold_answer_math(solution: str) -> str:
     if answer is None:
         raise ValueError("reference solution has no \\boxed{} final answer")
     return answer
+
+
+# ------------------------------------------------------------------------- grading with a time limit
+class MathVerifier:
+    """math-verify in a child process, each answer bounded by `timeout_s`.
+
+    sympy can spend minutes, or memory without end, on one pathological answer (`9^{9^{9^{9}}}` is a big
+    integer power computed in C, where no signal reaches): only a process that can be killed bounds it.
+    The child serves batches over a pipe, one result line per answer; a result that is late, or a child that
+    dies, makes that answer wrong and timed out, and a fresh child takes the rest of the batch.
+    """
+
+    def __init__(self, timeout_s: float, start_timeout_s: float = 120.0):
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._proc = None
+        self._buffer = b""
+
+    def equivalent(self, pairs: list[tuple[str, str]]) -> list[bool | None]:
+        """For each (answer, gold): True/False, or None when it ran out of time."""
+        results: list[bool | None] = []
+        while len(results) < len(pairs):
+            pending = pairs[len(results):]
+            self._ensure_started()
+            self._proc.stdin.write((json.dumps(pending) + "\n").encode())
+            self._proc.stdin.flush()
+            for _ in pending:
+                line = self._read_line(time.monotonic() + self.timeout_s)
+                if line is None:  # late or dead: this answer is timed out, the rest go to a new child
+                    self.close()
+                    results.append(None)
+                    break
+                results.append(line == b"1")
+        return results
+
+    def _ensure_started(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._proc = subprocess.Popen([sys.executable, "-m", "workers.grading"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._buffer = b""
+        if self._read_line(time.monotonic() + self.start_timeout_s) != b"ready":
+            self.close()
+            raise RuntimeError("the math-verify grading process did not start")
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:  # the child died
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def __del__(self):
+        self.close()
+
+
+def _serve_math_verify() -> None:
+    """The child's loop: a JSON list of [answer, gold] pairs per line in, one '1'/'0' line per pair out."""
+    import logging
+
+    logging.disable(logging.WARNING)  # math-verify warns once that its own timeouts are off: ours are on
+    import math_verify  # noqa: F401  (imported before 'ready', so the first answer's time is its own)
+
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        for answer, gold in json.loads(line):
+            try:
+                ok = math_verify_equivalent(answer, gold)
+            except Exception:  # an answer math-verify cannot handle is not equivalent
+                ok = False
+            out.write(b"1\n" if ok else b"0\n")
+            out.flush()
+
+
+class Grader:
+    """Grades a task's samples: GSM8k in place; MATH by normal form, then math-verify with a time limit."""
+
+    def __init__(self, task: str, timeout_s: float = 5.0):
+        if task not in ("gsm8k", "math"):
+            raise ValueError(f"no grader for task {task!r}")
+        self.task = task
+        self.verifier = MathVerifier(timeout_s) if task == "math" else None
+
+    def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
+        if self.task == "gsm8k":
+            return [grade_gsm8k(c, g) for c, g in zip(completions, golds)]
+        extracted = [last_boxed(c) for c in completions]
+        # k samples of a question often box the same answer: each distinct (answer, gold) is decided once
+        undecided = list(dict.fromkeys((a, g) for a, g in zip(extracted, golds)
+                                       if a is not None and not same_normal_form(a, g)))
+        verdicts = dict(zip(undecided, self.verifier.equivalent(undecided))) if undecided else {}
+        grades = []
+        for answer, gold in zip(extracted, golds):
+            if answer is None:
+                grades.append(Grade(False, False, None))
+                continue
+            verdict = verdicts.get((answer, gold), True)  # absent: equal normal forms
+            grades.append(Grade(bool(verdict), True, answer, timed_out=verdict is None))
+        return grades
+
+    def close(self) -> None:
+        if self.verifier is not None:
+            self.verifier.close()
+
+
+if __name__ == "__main__":
+    _serve_math_verify()

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from analysis.records import ORIGINAL, write_parquet_atomic, write_records
 from workers.backends import Backend, SamplingSettings, make_backend
-from workers.grading import GRADERS
+from workers.grading import Grader
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
 COMPLETIONS_SCHEMA = pa.schema([
@@ -39,6 +39,7 @@ class EvalJob:
     sampling: dict  # SamplingSettings fields
     variant: str = ORIGINAL
     extra: dict = field(default_factory=dict)  # passed through to the result (e.g. train metrics)
+    grade_timeout_s: float = 5.0  # per answer: longer is graded wrong and counted (`*_grade_timeouts`)
 
 
 @dataclass
@@ -53,22 +54,22 @@ class EvalResult:
     extra: dict
 
 
-def _grade_all(examples: list[Example], completions: list[list[str]], grader, prefix: str):
-    """(n_correct per example, n_unparsed per example, completion rows for the completions file)."""
-    n_correct = np.zeros(len(examples), np.int64)
-    n_unparsed = np.zeros(len(examples), np.int64)
-    rows = []
-    for i, (example, samples) in enumerate(zip(examples, completions)):
-        for j, text in enumerate(samples):
-            full = (prefix + " " + text) if prefix else text
-            grade = grader(full, example.answer)
-            n_correct[i] += grade.correct
-            n_unparsed[i] += not grade.parsed
-            rows.append((example.example_id, j, full, grade.extracted, grade.correct, grade.parsed))
-    return n_correct, n_unparsed, rows
+def _grade_all(examples: list[Example], completions: list[list[str]], grader: Grader, prefix: str):
+    """(n_correct, n_unparsed, n_timed_out per example, completion rows for the completions file)."""
+    owner = np.repeat(np.arange(len(examples)), [len(samples) for samples in completions])
+    texts = [(prefix + " " + text) if prefix else text for samples in completions for text in samples]
+    grades = grader.grade(texts, [examples[i].answer for i in owner])
+    counts = [np.bincount(owner, [getattr(g, flag) for g in grades], len(examples)).astype(np.int64)
+              for flag in ("correct", "parsed", "timed_out")]
+    n_correct, n_parsed, n_timed_out = counts
+    n_samples = np.array([len(samples) for samples in completions], np.int64)
+    sample_index = [j for samples in completions for j in range(len(samples))]
+    rows = [(examples[i].example_id, j, text, g.extracted, g.correct, g.parsed)
+            for i, j, text, g in zip(owner, sample_index, texts, grades)]
+    return n_correct, n_samples - n_parsed, n_timed_out, rows
 
 
-def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalResult:
+def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: Grader) -> EvalResult:
     """k graded samples per train and test question, and ref NLL per train example, as records."""
     t0 = time.perf_counter()
     settings = SamplingSettings(**job.sampling)
@@ -91,11 +92,10 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
     t_sample = time.perf_counter()
     by_question = dict(zip(unique, completions_unique))
 
-    grader = GRADERS[splits.grader]
     tables, completion_tables, metrics = [], [], {}
     for split, examples in (("train", splits.train), ("test", splits.test)):
         completions = [by_question[e.question] for e in examples]
-        n_correct, n_unparsed, rows = _grade_all(examples, completions, grader, fmt.answer_prefix)
+        n_correct, n_unparsed, n_timed_out, rows = _grade_all(examples, completions, grader, fmt.answer_prefix)
         n = len(examples)
         tables.append(pa.table({
             "run_id": [job.run_id] * n, "step": [job.step] * n, "epoch": [float(job.epoch)] * n,
@@ -112,13 +112,15 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits) -> EvalR
         }, schema=COMPLETIONS_SCHEMA))  # explicit: a split where nothing parsed has no strings to infer from
         metrics[f"{split}_acc"] = float(n_correct.sum() / max(1, n * settings.k))
         metrics[f"{split}_unparsed_frac"] = float(n_unparsed.sum() / max(1, n * settings.k))
+        metrics[f"{split}_grade_timeouts"] = int(n_timed_out.sum())
+    t_grade = time.perf_counter()
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
 
     write_parquet_atomic(pa.concat_tables(completion_tables), job.completions_path)
     write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done
     t_end = time.perf_counter()
     metrics.update(eval_seconds=t_end - t0, load_seconds=t_load - t0, sample_score_seconds=t_sample - t_load,
-                   n_prompts=len(unique))
+                   grade_seconds=t_grade - t_sample, n_prompts=len(unique))
     return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path,
                       metrics, job.extra)
 
@@ -132,12 +134,17 @@ class SamplerActor:
             os.nice(nice)
         self.backend = make_backend(backend, threads)
         self._splits: dict[str, Splits] = {}
+        self._graders: dict[tuple, Grader] = {}
 
     def evaluate(self, job: EvalJob) -> EvalResult:
         key = repr(sorted(job.task.items()))
         if key not in self._splits:
             self._splits[key] = load_task(**job.task)
-        return evaluate_checkpoint(self.backend, job, self._splits[key])
+        splits = self._splits[key]
+        grader_key = (splits.grader, job.grade_timeout_s)
+        if grader_key not in self._graders:
+            self._graders[grader_key] = Grader(*grader_key)
+        return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
 
 
 class SamplingPool:

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 from analysis.records import RECORDS_SCHEMA, load_records
 from workers.backends import SamplingSettings
 from workers.backends.hf import HFBackend
+from workers.grading import Grader
 from workers.sample import COMPLETIONS_SCHEMA, EvalJob, evaluate_checkpoint
 from workers.tasks import load_task
 
@@ -19,7 +20,8 @@ def _evaluate(model_dir, tmp_path, variant="original", prefix=""):
                   str(tmp_path / "comp" / f"step_7.{variant}.parquet"), TASK, {"answer_prefix": prefix},
                   asdict(SamplingSettings(k=3, max_new_tokens=12, batch_tokens=4096)), variant)
     backend = HFBackend(threads=1)
-    return evaluate_checkpoint(backend, job, load_task(**TASK)), job
+    splits = load_task(**TASK)
+    return evaluate_checkpoint(backend, job, splits, Grader(splits.grader)), job
 
 
 def test_records_schema_and_contents(tiny_model_dir, tmp_path):
