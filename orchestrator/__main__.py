@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(cfg))
         return 0
     from orchestrator import schedule
-    from orchestrator.finish import finish_sweep, log_result
+    from orchestrator.finish import finish_sweep, log_failure, log_result
     from orchestrator.tracking import Tracker
     from workers.train import prepare_deepspeed_ops
 
@@ -141,13 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
         prepare_deepspeed_ops()
-        s = cfg.sampler
-        pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend, s.nice)
+        pool = schedule.start_pool(cfg.sampler)
         progress = schedule.run_sweep(
             specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
             on_result=lambda r: log_result(tracker, children[r.run_id], r),
-            on_failure=lambda job, err: tracker.set_tags(children[job["run_id"]],
-                                                         {f"eval_error_step_{job['step']}": err[:4000]}),
+            on_failure=lambda job, line, details: log_failure(tracker, children[job["run_id"]], paths, job, line,
+                                                              details),
             expected_checkpoints=expected_checkpoints(specs),
         )
         write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))

@@ -68,7 +68,13 @@ class SamplerConfig:
     gpus_per_actor: float = 0.0
     variant: str = "original"
     answer_prefix: str = ""
+    # vLLM only: auto = bfloat16 on GPUs, float32 on CPU; one engine of tensor_parallel_size GPUs per actor
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    enforce_eager: bool = False
     grade_timeout_s: float = 5.0  # per answer (MATH's symbolic check): longer is graded wrong and counted
+    grade_workers: int = 1  # MATH: math-verify processes per sampler actor
 
 
 @dataclass
@@ -164,7 +170,16 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.batch_tokens >= 1, f"{prefix}sampler.batch_tokens", s.batch_tokens, "must be >= 1")
     _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
     _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
+    _check(s.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}sampler.dtype", s.dtype,
+           "must be auto, float32, bfloat16 or float16")
+    _check(s.tensor_parallel_size >= 1, f"{prefix}sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
+    _check(s.gpus_per_actor == 0 or s.gpus_per_actor == s.tensor_parallel_size, f"{prefix}sampler.gpus_per_actor",
+           s.gpus_per_actor, f"must be 0 (CPU) or sampler.tensor_parallel_size = {s.tensor_parallel_size}: "
+           "one engine's GPUs per sampler actor")
+    _check(0 < s.gpu_memory_utilization <= 1, f"{prefix}sampler.gpu_memory_utilization", s.gpu_memory_utilization,
+           "must be in (0, 1]")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
     _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")

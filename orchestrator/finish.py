@@ -23,6 +23,17 @@ def log_result(tracker: Tracker, mlflow_run_id: str, result: EvalResult) -> None
                            [Path(result.records_path), Path(result.completions_path)], variant=result.variant)
 
 
+def log_failure(tracker: Tracker, mlflow_run_id: str, paths: SweepPaths, job: dict, line: str, details: str) -> str:
+    """A checkpoint whose evaluation failed: one line on the terminal, the traceback in the sweep's logs and
+    as an artifact of the trial's MLflow run, the line as a tag. Returns the line."""
+    print(f"evaluation FAILED: {line}", flush=True)
+    name = f"{job['run_id']}.step_{job['step']:06d}.{job['variant']}.txt"
+    trace = write_text_atomic(paths.logs / "errors" / name, f"{line}\n\n{details}\n")
+    tracker.log_artifacts(mlflow_run_id, [trace], "errors")
+    tracker.set_tags(mlflow_run_id, {f"eval_error_step_{job['step']}": line[:4000]})
+    return line
+
+
 @dataclass
 class Summary:
     fit: Fit | None

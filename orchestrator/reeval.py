@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from orchestrator import schedule
-    from orchestrator.finish import log_result
+    from orchestrator.finish import log_failure, log_result
     from orchestrator.tracking import Tracker
 
     specs = [TrialSpec(**d) for d in json.loads((paths.sweep / "plan.json").read_text())]
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(uri, cfg.tracking.experiment, paths.root / "mlartifacts")
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
-    s = cfg.sampler
-    pool = schedule.start_pool(s.num_actors, s.cpus_per_actor, s.gpus_per_actor, s.backend, s.nice)
+    pool = schedule.start_pool(cfg.sampler)
     progress = schedule.Progress(len(specs), len(jobs), trained=len(jobs))
     for job in jobs:
         pool.submit.remote(job)
@@ -83,10 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.set()
     failures: list[str] = []
     schedule.monitor_pool(pool, progress, lambda r: log_result(tracker, children[r.run_id], r),
-                          lambda job, err: failures.append(f"{job['run_id']} step {job['step']}: {err}"), stop)
+                          lambda job, line, details: failures.append(
+                              log_failure(tracker, children[job["run_id"]], paths, job, line, details)), stop)
     schedule.show(progress, final=True)
-    for line in failures:
-        print(f"FAILED {line}")
     print(robustness_summary(paths, cfg, variant, tracker, parent))
     print(f"records: {paths.records}")
     return 1 if failures else 0

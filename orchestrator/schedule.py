@@ -76,13 +76,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def start_pool(n_actors: int, cpus: float, gpus: float, backend: str, nice: int = 0):
-    """The named pool actor; it takes no CPU itself, its sampler actors hold the pool's resources."""
-    options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 1}
-    threads = max(1, int(cpus))
+VLLM_OPTIONS = ("dtype", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
+
+
+def start_pool(sampler):
+    """The named pool actor (from the `sampler` config); it takes no CPU itself, its sampler actors hold the
+    pool's resources: each one engine's CPUs and GPUs (tensor_parallel_size GPUs for a vLLM engine)."""
+    options = {"num_cpus": sampler.cpus_per_actor, "num_gpus": sampler.gpus_per_actor, "max_restarts": 1}
+    threads = max(1, int(sampler.cpus_per_actor))
+    vllm_options = {k: sampler[k] for k in VLLM_OPTIONS}
     pool_cls = ray.remote(num_cpus=0)(SamplingPool)
     return pool_cls.options(name=POOL_NAME, namespace=NAMESPACE, lifetime=None).remote(
-        n_actors, options, backend, threads, nice)
+        sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options)
 
 
 # ------------------------------------------------------------------------------- one trial (Tune)
@@ -97,12 +102,14 @@ class EvalTemplate:
     sampling: dict
     variant: str = "original"
     grade_timeout_s: float = 5.0
+    grade_workers: int = 1
 
     def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
         return EvalJob(self.run_id, step, epoch, checkpoint_dir,
                        str(self.paths.records_file(self.run_id, step, self.variant)),
                        str(self.paths.completions_file(self.run_id, step, self.variant)),
-                       self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s)
+                       self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s,
+                       self.grade_workers)
 
 
 class RouteCheckpoints(UserCallback):
@@ -134,7 +141,7 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[Tra
                 "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
                 "batch_tokens": s["batch_tokens"], "score_batch_tokens": s["score_batch_tokens"]}
     template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
-                            s["variant"], s["grade_timeout_s"])
+                            s["variant"], s["grade_timeout_s"], s["grade_workers"])
     return job, template
 
 
@@ -286,8 +293,8 @@ def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threadin
         finished, failed = ray.get(pool.drain.remote())
         for result in finished:
             on_result(result)
-        for job, error in failed:
-            on_failure(job, error)
+        for job, line, details in failed:
+            on_failure(job, line, details)
         with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
             progress.evaluated += len(finished)
             progress.eval_failed += len(failed)

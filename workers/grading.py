@@ -118,6 +118,8 @@ def normalize_math(answer: str) -> str:
 
 
 _LATEX_FRACTION = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
+# commas only as thousands separators: '2,3' is a list of answers, '1,000' a number
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?|-?\d+\.")
 
 
 def math_value(answer: str) -> Fraction | None:
@@ -131,16 +133,24 @@ def math_value(answer: str) -> Fraction | None:
         return -value if sign else value
     if re.fullmatch(r"-?\d+/\d+", answer) and not answer.endswith("/0"):
         return Fraction(answer)
-    return normalize_number(answer) if re.fullmatch(r"-?[\d,]*\.?\d+", answer) else None
+    return normalize_number(answer) if _PLAIN_NUMBER.fullmatch(answer) else None
+
+
+def quick_verdict(answer: str, gold: str) -> bool | None:
+    """The cheap check, decided when it can be: True for equal canonical strings or equal exact rationals,
+    False for two different exact rationals, None when only symbolic equivalence can tell."""
+    na, nb = normalize_math(answer), normalize_math(gold)
+    if na == nb and na:
+        return True
+    va, vb = math_value(na), math_value(nb)
+    if va is not None and vb is not None:
+        return va == vb
+    return False if not na else None
 
 
 def same_normal_form(answer: str, gold: str) -> bool:
-    """The cheap check: equal canonical strings, or equal exact rationals."""
-    na, nb = normalize_math(answer), normalize_math(gold)
-    if na == nb:
-        return bool(na)
-    va, vb = math_value(na), math_value(nb)
-    return va is not None and vb is not None and va == vb
+    """Equal canonical strings, or equal exact rationals."""
+    return quick_verdict(answer, gold) is True
 
 
 def _math_verify_parse(latex: str) -> list:
@@ -159,8 +169,9 @@ def math_verify_equivalent(answer: str, gold: str) -> bool:
 
 
 def math_equivalent(answer: str, gold: str) -> bool:
-    """Whether a MATH answer equals the gold answer: the cheap normal form first, then math-verify."""
-    return same_normal_form(answer, gold) or math_verify_equivalent(answer, gold)
+    """Whether a MATH answer equals the gold answer: the cheap check first, then math-verify."""
+    verdict = quick_verdict(answer, gold)
+    return verdict if verdict is not None else math_verify_equivalent(answer, gold)
 
 
 def grade_math(completion: str, gold: str) -> Grade:
@@ -273,34 +284,51 @@ def _serve_math_verify() -> None:
 
 
 class Grader:
-    """Grades a task's samples: GSM8k in place; MATH by normal form, then math-verify with a time limit."""
+    """Grades a task's samples: GSM8k in place; MATH by the cheap check, then math-verify with a time limit
+    in `workers` child processes side by side (sympy is single-threaded; a GPU node's sampler has cores)."""
 
-    def __init__(self, task: str, timeout_s: float = 5.0):
+    def __init__(self, task: str, timeout_s: float = 5.0, workers: int = 1):
         if task not in ("gsm8k", "math"):
             raise ValueError(f"no grader for task {task!r}")
         self.task = task
-        self.verifier = MathVerifier(timeout_s) if task == "math" else None
+        self.verifiers = [MathVerifier(timeout_s) for _ in range(workers)] if task == "math" else []
 
     def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
         if self.task == "gsm8k":
             return [grade_gsm8k(c, g) for c, g in zip(completions, golds)]
         extracted = [last_boxed(c) for c in completions]
-        # k samples of a question often box the same answer: each distinct (answer, gold) is decided once
-        undecided = list(dict.fromkeys((a, g) for a, g in zip(extracted, golds)
-                                       if a is not None and not same_normal_form(a, g)))
-        verdicts = dict(zip(undecided, self.verifier.equivalent(undecided))) if undecided else {}
+        # k samples of a question often box the same answer: each distinct (answer, gold) is decided once,
+        # by the cheap check where it can, else by math-verify
+        verdicts = {pair: quick_verdict(*pair) for pair in zip(extracted, golds) if pair[0] is not None}
+        undecided = [pair for pair, verdict in verdicts.items() if verdict is None]
+        if undecided:
+            verdicts.update(zip(undecided, self._verify(undecided)))
         grades = []
         for answer, gold in zip(extracted, golds):
             if answer is None:
                 grades.append(Grade(False, False, None))
                 continue
-            verdict = verdicts.get((answer, gold), True)  # absent: equal normal forms
+            verdict = verdicts[(answer, gold)]
             grades.append(Grade(bool(verdict), True, answer, timed_out=verdict is None))
         return grades
 
+    def _verify(self, pairs: list[tuple[str, str]]) -> list[bool | None]:
+        n = min(len(self.verifiers), len(pairs))
+        if n == 1:
+            return self.verifiers[0].equivalent(pairs)
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = [pairs[i::n] for i in range(n)]  # threads only wait on their child's pipe
+        with ThreadPoolExecutor(n) as pool:
+            parts = list(pool.map(MathVerifier.equivalent, self.verifiers[:n], chunks))
+        out: list[bool | None] = [None] * len(pairs)
+        for i, part in enumerate(parts):
+            out[i::n] = part
+        return out
+
     def close(self) -> None:
-        if self.verifier is not None:
-            self.verifier.close()
+        for verifier in self.verifiers:
+            verifier.close()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -40,6 +41,26 @@ class EvalJob:
     variant: str = ORIGINAL
     extra: dict = field(default_factory=dict)  # passed through to the result (e.g. train metrics)
     grade_timeout_s: float = 5.0  # per answer: longer is graded wrong and counted (`*_grade_timeouts`)
+    grade_workers: int = 1  # math-verify processes
+
+
+class EvaluationError(RuntimeError):
+    """A checkpoint whose evaluation failed: `line` names it and the cause, `details` is the traceback."""
+
+    def __init__(self, line: str, details: str):
+        super().__init__(line, details)  # both in args, so the error pickles across Ray whole
+        self.line, self.details = line, details
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def failure_line(job: "EvalJob", exc: BaseException) -> str:
+    """One line for the driver's output: which checkpoint, and the cause's last line."""
+    text = str(exc).strip()
+    cause = text.splitlines()[-1] if text else ""
+    return (f"run {job.run_id} step {job.step} (checkpoint {job.checkpoint_dir}): "
+            f"{type(exc).__name__}{': ' + cause if cause else ''}")
 
 
 @dataclass
@@ -129,10 +150,10 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
 class SamplerActor:
     """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
 
-    def __init__(self, backend: str, threads: int, nice: int = 0):
+    def __init__(self, backend: str, threads: int, nice: int = 0, vllm_options: dict | None = None):
         if nice:  # on a machine shared with training, sample with the cycles training leaves
             os.nice(nice)
-        self.backend = make_backend(backend, threads)
+        self.backend = make_backend(backend, threads, vllm_options)
         self._splits: dict[str, Splits] = {}
         self._graders: dict[tuple, Grader] = {}
 
@@ -141,23 +162,31 @@ class SamplerActor:
         if key not in self._splits:
             self._splits[key] = load_task(**job.task)
         splits = self._splits[key]
-        grader_key = (splits.grader, job.grade_timeout_s)
+        grader_key = (splits.grader, job.grade_timeout_s, job.grade_workers)
         if grader_key not in self._graders:
             self._graders[grader_key] = Grader(*grader_key)
-        return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
+        try:
+            return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
+        except Exception as exc:
+            # An engine that failed mid-request may be wedged: the next checkpoint builds a fresh one.
+            if hasattr(self.backend, "close"):
+                self.backend.close()
+            raise EvaluationError(failure_line(job, exc), traceback.format_exc()) from None
 
 
 class SamplingPool:
     """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors."""
 
-    def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int, nice: int = 0):
+    def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int, nice: int = 0,
+                 vllm_options: dict | None = None):
         import ray
 
         remote_cls = ray.remote(SamplerActor)
-        self.actors = [remote_cls.options(**actor_options).remote(backend, threads, nice) for _ in range(n_actors)]
+        self.actors = [remote_cls.options(**actor_options).remote(backend, threads, nice, vllm_options)
+                       for _ in range(n_actors)]
         self.idle: asyncio.Queue | None = None
         self.finished: list[EvalResult] = []
-        self.failed: list[tuple[dict, str]] = []
+        self.failed: list[tuple[dict, str, str]] = []  # (job, one line, traceback)
         self.tasks: set = set()  # keeps the dispatch tasks referenced until they finish
 
     async def _ensure_idle(self) -> asyncio.Queue:
@@ -180,11 +209,15 @@ class SamplingPool:
             result = await actor.evaluate.remote(job)  # await first: drain() swaps the list meanwhile
             self.finished.append(result)
         except Exception as exc:  # reported to the driver, which marks the checkpoint failed
-            self.failed.append((asdict(job), f"{type(exc).__name__}: {exc}"))
+            cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's own exception
+            if isinstance(cause, EvaluationError):
+                self.failed.append((asdict(job), cause.line, cause.details))
+            else:  # the actor itself died, or Ray could not run the call
+                self.failed.append((asdict(job), failure_line(job, exc), str(exc)))
         finally:
             idle.put_nowait(actor)
 
-    async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str]]]:
+    async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str, str]]]:
         """Results finished since the last drain (and failures), handed over once."""
         finished, failed = self.finished, self.failed
         self.finished, self.failed = [], []

@@ -40,6 +40,10 @@ def test_grid_from_command_line():
     (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.train.epochs"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
     (["+sweep.grid.train.nope=[1]"], "sweep.grid.train.nope: not a config field"),
     (["train.global_batch_size=12"], "train.global_batch_size=12: must be a multiple of micro_batch_size"),
+    (["sampler=vllm_gpu", "sampler.tensor_parallel_size=2"], "sampler.gpus_per_actor=1.0: must be 0 (CPU) or"),
+    (["sampler.dtype=fp8"], "sampler.dtype='fp8': must be auto, float32, bfloat16 or float16"),
+    (["sampler.grade_timeout_s=0"], "sampler.grade_timeout_s=0.0: must be > 0"),
+    (["sampler.grade_workers=0"], "sampler.grade_workers=0: must be >= 1"),
 ])
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, overrides, message):
     store = tmp_path / "store"
@@ -51,9 +55,13 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, over
 
 
 def test_validate_accepts_gpu_settings():
-    cfg = compose_config(["train=gpu", "sampler=vllm"])
+    cfg = compose_config(["train=gpu", "sampler=vllm_gpu", "sampler.tensor_parallel_size=2",
+                          "sampler.gpus_per_actor=2"])
     validate(cfg)
     assert cfg.train.zero_stage == 3 and cfg.train.precision == "bf16" and cfg.sampler.backend == "vllm"
+    cpu = compose_config(["sampler=vllm"])
+    validate(cpu)
+    assert cpu.sampler.gpus_per_actor == 0 and cpu.sampler.max_new_tokens <= 128  # fits the tiny model's 256
     with pytest.raises(ConfigError):
         validate(compose_config(["train.precision=fp8"]))
 

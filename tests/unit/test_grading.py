@@ -90,6 +90,7 @@ EQUIVALENT = [
     ("(-\\infty,0)\\cup(1,\\infty)", "(-\\infty, 0) \\cup (1, \\infty)"),
     ("\\{1,2\\}", "\\{2,1\\}"),  # sets
     ("2, -2", "-2, 2"),  # "enter all the solutions": order does not matter
+    ("3,2", "2,3"),
     ("(3,-1)", "\\left(3, -1\\right)"),  # tuples
     ("(6, 4)", "(6,4)"),
     ("\\begin{pmatrix}17\\\\2\\end{pmatrix}", "\\begin{pmatrix} 17 \\\\ 2 \\end{pmatrix}"),  # matrices
@@ -149,6 +150,7 @@ NOT_EQUIVALENT = [
     ("x = 4", "3"),
     ("1.49", "1.5"),
     ("100", "1000"),
+    ("2,3", "23"),
     ("", "5"),
 ]
 
@@ -189,10 +191,11 @@ def test_every_reference_solution_grades_correct_against_its_own_answer():
     assert answers["train-27"] == "7"  # '\boxed 7'
 
 
-def test_grader_batch_agrees_with_single_grading():
+@pytest.mark.parametrize("workers", [1, 3])
+def test_grader_batch_agrees_with_single_grading(workers):
     completions = [f"$\\boxed{{{a}}}$" for a, _ in EQUIVALENT + NOT_EQUIVALENT] + ["no final answer"]
     golds = [g for _, g in EQUIVALENT + NOT_EQUIVALENT] + ["5"]
-    grader = Grader("math", timeout_s=10)
+    grader = Grader("math", timeout_s=10, workers=workers)
     try:
         grades = grader.grade(completions, golds)
     finally:

@@ -46,14 +46,15 @@ def vllm_available() -> bool:
     return True
 
 
-def make_backend(name: str, threads: int = 1) -> Backend:
-    """`hf`, `vllm`, or `auto` (vLLM when CUDA and vllm are present, else HF)."""
+def make_backend(name: str, threads: int = 1, vllm_options: dict | None = None) -> Backend:
+    """`hf`, `vllm`, or `auto`: vLLM on GPUs, HF on CPU, where the HF pool samples faster than vLLM's CPU
+    build (bench/evaluation.py measures both side by side)."""
     if name == "auto":
         name = "vllm" if vllm_available() else "hf"
     if name == "vllm":
         from workers.backends.vllm import VLLMBackend
 
-        return VLLMBackend()
+        return VLLMBackend(threads=threads, **(vllm_options or {}))
     if name == "hf":
         from workers.backends.hf import HFBackend
 

@@ -53,6 +53,10 @@ class VLLMBackend:
         self.threads = threads
         if not self.on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
+            # The engine's worker would pin its OpenMP threads to whole cores; on a Ray node shared with
+            # training it gets the actor's share of threads instead (read by the engine process at start).
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         self.llm = None
         self.tokenizer = None
         self.loaded: str | None = None
@@ -78,8 +82,8 @@ class VLLMBackend:
         except Exception as exc:
             self.close()
             cause = first_error or exc
-            raise CheckpointLoadError(f"{checkpoint_dir}: vLLM could not load it: "
-                                      f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1:] or ''}") from exc
+            last_line = (str(cause).strip().splitlines() or [""])[-1]
+            raise CheckpointLoadError(f"vLLM could not load {checkpoint_dir}: {type(cause).__name__}: {last_line}") from exc
         self._architecture = shape
 
     def _build(self, checkpoint_dir: str) -> None:
