@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis import storage
+
 RECORDS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -69,17 +71,18 @@ class Records:
         return int(hits[0]) if len(hits) else -1
 
 
-def find_record_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories (recursively) into a sorted list of Parquet files."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.parquet") if q.is_file())
+def find_record_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand files and directories (recursively; local paths or store URIs) into a sorted list of Parquet
+    files."""
+    files: list[str] = []
+    for p in map(str, paths):
+        if storage.is_file(p):
+            files.append(p)
+        elif storage.exists(p):
+            found = storage.list_files(p, suffix=".parquet")
             if not found:
                 raise RecordsError(f"{p}: directory holds no .parquet records files")
             files.extend(found)
-        elif p.is_file():
-            files.append(p)
         else:
             raise RecordsError(f"{p}: no such records file or directory")
     return files
@@ -152,13 +155,14 @@ def _validate_values(path: Path, cols: dict[str, np.ndarray], split_codes: np.nd
         raise RecordsError(f"{path}: column 'epoch' row {row}: NaN")
 
 
-def _read_file(path: Path) -> dict:
+def _read_file(path: str) -> dict:
+    fs, fs_path = storage.resolve(path)
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(fs_path, filesystem=fs)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
         raise RecordsError(f"{path}: not a readable Parquet file ({exc})") from None
     _check_schema(path, schema)
-    table = pq.read_table(path, columns=RECORDS_SCHEMA.names)
+    table = pq.read_table(fs_path, columns=RECORDS_SCHEMA.names, filesystem=fs)
     for name in RECORDS_SCHEMA.names:
         nulls = table.column(name).null_count
         if nulls and not (name == "ref_nll"):
@@ -233,22 +237,11 @@ def _check_runs_have_test_rows(records: Records) -> None:
         )
 
 
-def write_records(table: pa.Table | Iterable[dict], path: str | os.PathLike) -> Path:
-    """Write records atomically (temp file in the same directory, then rename) in the canonical schema."""
-    path = Path(path)
+def write_records(table: pa.Table | Iterable[dict], path: str | os.PathLike) -> str:
+    """Write records as one whole object (local path or store URI) in the canonical schema."""
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pylist(list(table), schema=RECORDS_SCHEMA)
-    return write_parquet_atomic(table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA), path)
-
-
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write a table under a temp name in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return storage.write_parquet(table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA), str(path))
 
 
 def check_unique_keys(records: Records) -> None:

@@ -7,7 +7,8 @@
     not spent in training steps) as a fraction of trial time;
 (4) the vLLM engine vs the HF pool vs the per-example loop, tiny and ~100M-parameter models; vLLM cold start,
     in-place swap, swapped-vs-fresh greedy agreement, NLL difference from the HF scorer (bench/backends.py);
-(5) MATH grading answers/s and its share of evaluation time (bench/grading.py).
+(5) MATH grading answers/s and its share of evaluation time (bench/grading.py);
+(6) the store's cost per checkpoint (upload, fetch, records write), local path vs S3 server (bench/store.py).
 Medians of --repeats runs. Prints a table and writes BENCH_OUT (default bench.json).
     python -m bench.evaluation [--repeats 3] [--sweep-dir runs/sweeps/X | --no-sweep] [--no-vllm]
 """
@@ -185,6 +186,9 @@ def main() -> None:
 
     per_completion = 1 / result["sampling"]["batched_completions_per_s"]  # HF pool, tiny model, one thread
     result["grading"] = bench_grading(args.repeats, per_completion)
+    from bench.store import bench_store
+
+    result["store"] = bench_store(checkpoint)
     if not args.no_sweep:
         sweep_dir = args.sweep_dir or run_default_sweep(args.store)
         result["sweep"] = sweep_timings(sweep_dir)
@@ -219,6 +223,12 @@ def main() -> None:
               f"({v['swap_fraction_of_cold_start']:.1%} of cold start), greedy match after swap "
               f"{v['vllm_greedy_match']:.3f}, NLL mean |diff| vs HF {v['vllm_nll_mean_abs_diff']:.1e}, "
               f"vLLM/HF completions {v['vllm_vs_hf_completions']:.2f}")
+    st = result["store"]
+    if "skipped" not in st.get("s3", {}):
+        print("store per checkpoint (upload / fetch / records write): " + "; ".join(
+            f"{name} {st[name]['upload_s'] * 1e3:.0f} / {st[name]['fetch_s'] * 1e3:.0f} / "
+            f"{st[name]['records_write_s'] * 1e3:.0f} ms" for name in ("local", "s3"))
+            + f" ({st['checkpoint_bytes'] / 1e6:.1f} MB checkpoint)")
     g = result["grading"]
     print(f"MATH grading: {g['math_answers_per_s']:.0f} answers/s ({g['timeouts']} timeouts); share of a tiny-model "
           f"checkpoint's evaluation time {g['grading_share_of_eval']:.1%}")

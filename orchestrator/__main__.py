@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from analysis import storage
 from orchestrator.config import ConfigError, register_configs, to_yaml, tracking_uri, validate
 from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
@@ -79,13 +81,19 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
     stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
     task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
     prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
-    path = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
-    if (path / "config.json").is_file():
-        log(f"base model: reusing {path}")
-        return str(path)
-    log(f"base model: building the tiny model and pretraining it on the task family -> {path}")
-    build_base_model(path, stage, task, prompt, threads=int(cfg.cluster.num_cpus or 2), log=log)
-    return str(path)
+    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
+    if storage.is_file(storage.join(location, "config.json")):
+        log(f"base model: reusing {location}")
+        return location
+    log(f"base model: building the tiny model and pretraining it on the task family -> {location}")
+    threads = int(cfg.cluster.num_cpus or 2)
+    if not storage.is_uri(location):
+        build_base_model(location, stage, task, prompt, threads=threads, log=log)
+        return location
+    with tempfile.TemporaryDirectory(prefix="premem-base-") as tmp:  # built here, then one upload
+        build_base_model(Path(tmp) / "model", stage, task, prompt, threads=threads, log=log)
+        storage.upload_dir(Path(tmp) / "model", location)
+    return location
 
 
 def expected_checkpoints(specs: list[TrialSpec]) -> int:
@@ -115,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     show_config = "--cfg" in argv
     try:
         cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])
-    except ConfigError as exc:
+        if not show_config:
+            storage.check_writable(storage.normalize(cfg.store.root))
+    except (ConfigError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if show_config:
@@ -127,14 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     from workers.train import prepare_deepspeed_ops
 
     paths = sweep_paths(cfg.store.root, sweep_id)
-    paths.sweep.mkdir(parents=True, exist_ok=False)
-    config_yaml = write_text_atomic(paths.sweep / "config.yaml", to_yaml(cfg))
-    plan_json = write_text_atomic(paths.sweep / "plan.json", json.dumps([asdict(s) for s in specs], indent=1))
+    config_yaml = write_text_atomic(paths.file("config.yaml"), to_yaml(cfg))
+    plan_json = write_text_atomic(paths.file("plan.json"), json.dumps([asdict(s) for s in specs], indent=1))
     print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
 
     base_model = ensure_base_model(cfg)
     uri = tracking_uri(cfg)
-    tracker = Tracker(uri, cfg.tracking.experiment, paths.root / "mlartifacts")
+    tracker = Tracker(uri, cfg.tracking.experiment, paths.mlflow_artifacts())
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
 
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               details),
             expected_checkpoints=expected_checkpoints(specs),
         )
-        write_text_atomic(paths.analysis / "timings.json", json.dumps(progress.timings, indent=1))
+        write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"

@@ -186,6 +186,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
     uri = cfg.tracking.uri
+    _check(uri is not None or "://" not in cfg.store.root or cfg.store.root.startswith("file://"), "tracking.uri",
+           uri, f"give an MLflow server (http://...) when store.root is an object store ({cfg.store.root})")
     _check(uri is None or uri.startswith(("sqlite:///", "http://", "https://", "file:", "databricks")),
            f"{prefix}tracking.uri", uri, "must be sqlite:///..., http(s)://... or file:...")
 
@@ -193,7 +195,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
 def tracking_uri(cfg: DictConfig) -> str:
     if cfg.tracking.uri:
         return cfg.tracking.uri
-    return f"sqlite:///{Path(cfg.store.root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(cfg.store.root.removeprefix('file://')).expanduser().resolve() / 'mlflow.db'}"
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -2,12 +2,14 @@
 trial and the cross-run fit from the records, log them to MLflow and summarize for the terminal."""
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
+from analysis import storage
 from analysis.fit import Fit, fit_line, fit_points
 from analysis.premem import checkpoint_table, prepare
 from analysis.records import ORIGINAL, load_records
@@ -20,15 +22,14 @@ from workers.sample import EvalResult
 def log_result(tracker: Tracker, mlflow_run_id: str, result: EvalResult) -> None:
     """An evaluated checkpoint: accuracy metrics at its step, the train losses up to it, its two files."""
     tracker.log_checkpoint(mlflow_run_id, result.step, result.metrics, result.extra.get("train_loss", []),
-                           [Path(result.records_path), Path(result.completions_path)], variant=result.variant)
+                           [result.records_path, result.completions_path], variant=result.variant)
 
 
 def log_failure(tracker: Tracker, mlflow_run_id: str, paths: SweepPaths, job: dict, line: str, details: str) -> str:
     """A checkpoint whose evaluation failed: one line on the terminal, the traceback in the sweep's logs and
     as an artifact of the trial's MLflow run, the line as a tag. Returns the line."""
     print(f"evaluation FAILED: {line}", flush=True)
-    name = f"{job['run_id']}.step_{job['step']:06d}.{job['variant']}.txt"
-    trace = write_text_atomic(paths.logs / "errors" / name, f"{line}\n\n{details}\n")
+    trace = write_text_atomic(paths.error_file(job["run_id"], job["step"], job["variant"]), f"{line}\n\n{details}\n")
     tracker.log_artifacts(mlflow_run_id, [trace], "errors")
     tracker.set_tags(mlflow_run_id, {f"eval_error_step_{job['step']}": line[:4000]})
     return line
@@ -77,12 +78,13 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     from analysis.plots import scatter_premem_vs_test
 
     tau = float(cfg.sweep.nll_threshold)
-    if not paths.records.is_dir() or not any(paths.records.rglob(f"*.{ORIGINAL}.parquet")):
+    record_files = paths.record_files(ORIGINAL)
+    if not record_files:
         for child in children.values():
             tracker.end_run(child, "FAILED")
         tracker.end_run(parent, "FAILED")
         return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False)
-    records = load_records(sorted(paths.records.rglob(f"*.{ORIGINAL}.parquet")))
+    records = load_records(record_files)
     table = checkpoint_table(prepare(records), tau)
     for run_id, rows in table.groupby("run_id"):
         if run_id not in children:
@@ -95,9 +97,7 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
 
     points = fit_points(table)
     fit = fit_line(points["premem_train_acc"].to_numpy(), points["test_acc"].to_numpy())
-    paths.analysis.mkdir(parents=True, exist_ok=True)
-    points_file = paths.analysis / "points.csv"
-    write_text_atomic(points_file, points.to_csv(index=False))
+    points_file = write_text_atomic(paths.file("analysis", "points.csv"), points.to_csv(index=False))
     plot = None
     if fit.n_points >= 2:
         color_key = next(iter(specs[0].grid_values), None) if specs else None
@@ -106,8 +106,10 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
             import pandas as pd
 
             color = pd.Series({s.run_id: s.grid_values[color_key] for s in specs})
-        plot = scatter_premem_vs_test(points, fit, tau, paths.analysis / "premem_vs_test.png", color,
-                                      color_key or "")
+        with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
+            local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
+                                                color_key or "")
+            plot = storage.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
         tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
                                      "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
                                      "nll_threshold": tau}, 0)

@@ -16,6 +16,7 @@ import threading
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from analysis import storage
 from orchestrator.config import Config, ConfigError, tracking_uri, validate
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths, open_sweep, write_text_atomic
@@ -31,7 +32,7 @@ def load_reeval_config(paths: SweepPaths, overrides: list[str]):
             raise ConfigError(f"{key}: re-evaluation only changes sampler.*, sweep.nll_threshold, tracking.* and "
                               "cluster.* (the checkpoints are already trained)")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(paths.sweep / "config.yaml"),
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(storage.read_text(paths.file("config.yaml"))),
                               OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {str(exc.msg).splitlines()[0]}") from None
@@ -49,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = open_sweep(argv[0])
         cfg = load_reeval_config(paths, argv[1:])
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from orchestrator import schedule
     from orchestrator.finish import log_failure, log_result
     from orchestrator.tracking import Tracker
 
-    specs = [TrialSpec(**d) for d in json.loads((paths.sweep / "plan.json").read_text())]
+    specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
     variant = cfg.sampler.variant
     jobs = []
     for spec in specs:
@@ -64,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                                                            {"sampler": OmegaConf.to_container(cfg.sampler)}))
         _, template = schedule.trial_jobs(TrialSpec(spec.run_id, spec.index, spec.grid_values, trial_cfg), paths, "")
         for ckpt in paths.trial_checkpoints(spec.run_id):
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-            if paths.records_file(spec.run_id, state["step"], variant).is_file():
+            state = json.loads(storage.read_text(storage.join(ckpt, "trainer_state.json")))
+            if storage.is_file(paths.records_file(spec.run_id, state["step"], variant)):
                 continue  # done by an earlier, interrupted re-evaluation
-            jobs.append(template.job(state["step"], state["epoch"], str(ckpt), {}))
+            jobs.append(template.job(state["step"], state["epoch"], ckpt, {}))
     print(f"re-evaluating {len(jobs)} checkpoints of {paths.sweep_id} as variant '{variant}'")
 
     uri = tracking_uri(cfg)
-    tracker = Tracker(uri, cfg.tracking.experiment, paths.root / "mlartifacts")
+    tracker = Tracker(uri, cfg.tracking.experiment, paths.mlflow_artifacts())
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     pool = schedule.start_pool(cfg.sampler)
@@ -96,9 +97,9 @@ def robustness_summary(paths: SweepPaths, cfg, variant: str, tracker, parent: st
     from analysis.premem import prepare
     from analysis.records import ORIGINAL, load_records
 
-    files = sorted(paths.records.rglob(f"*.{ORIGINAL}.parquet")) + sorted(paths.records.rglob(f"*.{variant}.parquet"))
+    files = paths.record_files(ORIGINAL) + paths.record_files(variant)
     table = robustness(prepare(load_records(files)), float(cfg.sweep.nll_threshold))
-    out = write_text_atomic(paths.analysis / f"robustness_{variant}.json",
+    out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
                             json.dumps(table.to_dict(orient="records"), indent=1))
     tracker.log_artifacts(parent, [out], "analysis")
     return f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}"

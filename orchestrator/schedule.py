@@ -20,6 +20,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
+from analysis import storage
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths
 from workers.sample import EvalJob, SamplingPool
@@ -106,8 +107,8 @@ class EvalTemplate:
 
     def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
         return EvalJob(self.run_id, step, epoch, checkpoint_dir,
-                       str(self.paths.records_file(self.run_id, step, self.variant)),
-                       str(self.paths.completions_file(self.run_id, step, self.variant)),
+                       self.paths.records_file(self.run_id, step, self.variant),
+                       self.paths.completions_file(self.run_id, step, self.variant),
                        self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s,
                        self.grade_workers)
 
@@ -121,9 +122,11 @@ class RouteCheckpoints(UserCallback):
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is None:
             return
-        state = json.loads((Path(checkpoint.path) / "trainer_state.json").read_text())
+        # The checkpoint as a store location (Ray gives a path on its filesystem, without the URI scheme)
+        location = storage.join(self.template.paths.checkpoints, self.template.run_id, storage.name(checkpoint.path))
+        state = json.loads(storage.read_text(storage.join(location, "trainer_state.json")))
         extra = {"train_loss": state["train_loss"]}
-        job = self.template.job(int(state["step"]), float(state["epoch"]), checkpoint.path, extra)
+        job = self.template.job(int(state["step"]), float(state["epoch"]), location, extra)
         ray.get_actor(POOL_NAME, namespace=NAMESPACE).submit.remote(job)
 
 
@@ -157,7 +160,7 @@ def run_trial(config: dict) -> dict:
             num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
             resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {})}),
         run_config=ray.train.RunConfig(
-            name=job.run_id, storage_path=str(template.paths.checkpoints),
+            name=job.run_id, storage_path=template.paths.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[RouteCheckpoints(template), TuneReportCallback()]),
@@ -318,6 +321,6 @@ def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback)
         ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space={"trial": ray.tune.grid_search(trials)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=str(paths.sweep), verbose=0,
+        run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0,
                                       callbacks=[callback]),
     )

@@ -1,81 +1,109 @@
-"""The store: where a sweep's checkpoints, records, completions, logs and analysis live on disk.
+"""The store: where a sweep's checkpoints, records, completions, logs and analysis live.
 
-    <root>/mlflow.db, <root>/mlartifacts/            embedded MLflow (default tracking)
+`store.root` is a local path, a shared-filesystem path or an object-store URI (s3://, gs://); this module
+builds every location under it, and `analysis.storage` does the I/O (whole objects only).
+
+    <root>/mlflow.db, <root>/mlartifacts/            embedded MLflow (default tracking; local roots only)
     <root>/base_models/<key>/                        cached tiny base models, reused across sweeps
     <root>/sweeps/<sweep_id>/config.yaml, plan.json  what was asked
       checkpoints/<run_id>/step_000012/              HF checkpoints (Ray Train's storage for the trial)
       records/<run_id>/step_000012.<variant>.parquet per-example records (the source of truth)
       completions/<run_id>/step_000012.<variant>.parquet   raw samples, graded
       tune/  logs/  analysis/
+
+Logs are written on the driver's disk first (Ray's own logs stay there); for a remote store that is a temp
+directory, and `logs/errors/` is uploaded as failures happen.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from analysis import storage
 
 
 @dataclass(frozen=True)
 class SweepPaths:
-    root: Path  # the store root
-    sweep: Path  # this sweep's directory
+    root: str  # the store root (absolute path or URI)
+    sweep: str  # this sweep's location
 
     @property
-    def checkpoints(self) -> Path:
-        return self.sweep / "checkpoints"
+    def remote(self) -> bool:
+        return storage.is_uri(self.root)
 
     @property
-    def records(self) -> Path:
-        return self.sweep / "records"
+    def checkpoints(self) -> str:
+        return storage.join(self.sweep, "checkpoints")
+
+    @property
+    def records(self) -> str:
+        return storage.join(self.sweep, "records")
+
+    @property
+    def completions(self) -> str:
+        return storage.join(self.sweep, "completions")
+
+    @property
+    def analysis(self) -> str:
+        return storage.join(self.sweep, "analysis")
 
     @property
     def logs(self) -> Path:
-        return self.sweep / "logs"
-
-    @property
-    def analysis(self) -> Path:
-        return self.sweep / "analysis"
+        """The driver's log directory on its own disk: in the sweep for a local store, else a temp dir."""
+        if self.remote:
+            return Path(tempfile.gettempdir()) / "premem" / self.sweep_id / "logs"
+        return Path(self.sweep) / "logs"
 
     @property
     def sweep_id(self) -> str:
-        return self.sweep.name
+        return storage.name(self.sweep)
 
-    def records_file(self, run_id: str, step: int, variant: str) -> Path:
-        return self.records / run_id / f"step_{step:06d}.{variant}.parquet"
+    def file(self, *parts: str) -> str:
+        """A file directly in the sweep (config.yaml, plan.json) or below it (analysis/x.json)."""
+        return storage.join(self.sweep, *parts)
 
-    def completions_file(self, run_id: str, step: int, variant: str) -> Path:
-        return self.sweep / "completions" / run_id / f"step_{step:06d}.{variant}.parquet"
+    def records_file(self, run_id: str, step: int, variant: str) -> str:
+        return storage.join(self.records, run_id, f"step_{step:06d}.{variant}.parquet")
 
-    def trial_checkpoints(self, run_id: str) -> list[Path]:
+    def completions_file(self, run_id: str, step: int, variant: str) -> str:
+        return storage.join(self.completions, run_id, f"step_{step:06d}.{variant}.parquet")
+
+    def error_file(self, run_id: str, step: int, variant: str) -> str:
+        return storage.join(self.sweep, "logs", "errors", f"{run_id}.step_{step:06d}.{variant}.txt")
+
+    def record_files(self, variant: str) -> list[str]:
+        return storage.list_files(self.records, suffix=f".{variant}.parquet")
+
+    def trial_checkpoints(self, run_id: str) -> list[str]:
         """A trial's finished HF checkpoints, in step order."""
-        base = self.checkpoints / run_id
-        return sorted(p for p in base.glob("step_*") if (p / "config.json").is_file()) if base.is_dir() else []
+        return [c for c in storage.list_dirs(storage.join(self.checkpoints, run_id))
+                if storage.name(c).startswith("step_") and storage.is_file(storage.join(c, "config.json"))]
+
+    def mlflow_artifacts(self) -> str:
+        return storage.join(self.root, "mlartifacts")
 
 
-def sweep_paths(root: str | Path, sweep_id: str) -> SweepPaths:
-    root = Path(root).resolve()
-    return SweepPaths(root, root / "sweeps" / sweep_id)
+def sweep_paths(root: str, sweep_id: str) -> SweepPaths:
+    root = storage.normalize(root)
+    return SweepPaths(root, storage.join(root, "sweeps", sweep_id))
 
 
-def open_sweep(sweep_dir: str | Path) -> SweepPaths:
-    """An existing sweep directory (for re-evaluation and re-analysis)."""
-    sweep = Path(sweep_dir).resolve()
-    if not (sweep / "plan.json").is_file():
+def open_sweep(sweep_dir: str) -> SweepPaths:
+    """An existing sweep (for re-evaluation and re-analysis), by path or URI."""
+    sweep = storage.normalize(sweep_dir)
+    if not storage.is_file(storage.join(sweep, "plan.json")):
         raise FileNotFoundError(f"{sweep}: not a sweep directory (no plan.json)")
-    return SweepPaths(sweep.parent.parent, sweep)
+    return SweepPaths(storage.parent(storage.parent(sweep)), sweep)
 
 
-def base_model_dir(root: str | Path, settings: dict) -> Path:
+def base_model_dir(root: str, settings: dict) -> str:
     """Cache location of a base model, keyed by everything that determines its weights."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root).resolve() / "base_models" / key
+    return storage.join(storage.normalize(root), "base_models", key)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+def write_text_atomic(location: str | Path, text: str) -> str:
+    return storage.write_text(str(location), text)

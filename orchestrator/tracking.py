@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from analysis import storage
 from analysis.sources import RUN_ID_TAG
 
 SWEEP_TAG = "premem.sweep"
@@ -27,23 +29,24 @@ def git_commit() -> str:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: str | None = None):
         self.uri = uri
         self.client = MlflowClient(uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            # A local store keeps artifacts beside it; a server decides (and proxies) its own location.
-            location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
+            # Artifacts go to the store (a file: URI or the object store's); a server decides its own location.
+            location = None
+            if artifact_root and not uri.startswith("http"):
+                location = artifact_root if storage.is_uri(artifact_root) else Path(artifact_root).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
 
     # ------------------------------------------------------------------------------------- runs
-    def start_sweep(self, sweep_id: str, name: str, config_yaml: Path, plan_json: Path) -> str:
+    def start_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=sweep_id,
                                      tags={SWEEP_TAG: sweep_id, "sweep_name": name, "git_commit": git_commit()})
-        self.client.log_artifact(run.info.run_id, str(config_yaml))
-        self.client.log_artifact(run.info.run_id, str(plan_json))
+        self.log_artifacts(run.info.run_id, [config_yaml, plan_json])
         return run.info.run_id
 
     def start_trial(self, parent_id: str, run_id: str, label: str, params: dict[str, object]) -> str:
@@ -75,7 +78,7 @@ class Tracker:
         if metrics:
             self.client.log_batch(mlflow_run_id, metrics=metrics)
 
-    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, train_loss: list, artifacts: list[Path],
+    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, train_loss: list, artifacts: list[str],
                        variant: str = "original") -> None:
         """One evaluated checkpoint: its accuracy metrics, the train losses since the last one, its files."""
         suffix = "" if variant == "original" else f"_{variant}"
@@ -85,12 +88,19 @@ class Tracker:
         losses = [Metric("train_loss", float(loss), now, int(s)) for s, loss in train_loss if math.isfinite(loss)]
         for start in range(0, len(losses), 1000):
             self.client.log_batch(mlflow_run_id, metrics=losses[start:start + 1000])
-        for path in artifacts:
-            self.client.log_artifact(mlflow_run_id, str(path), artifact_path=path.parent.parent.name)
+        for location in artifacts:  # <sweep>/records/<run_id>/x.parquet -> artifact records/x.parquet
+            self.log_artifacts(mlflow_run_id, [location], storage.name(storage.parent(storage.parent(location))))
 
-    def log_artifacts(self, mlflow_run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
-        for path in paths:
-            self.client.log_artifact(mlflow_run_id, str(path), artifact_path=artifact_path)
+    def log_artifacts(self, mlflow_run_id: str, locations: list, artifact_path: str | None = None) -> None:
+        """Files from local paths or store URIs (the latter copied through a temp dir under their own name)."""
+        for location in map(str, locations):
+            if not storage.is_uri(location):
+                self.client.log_artifact(mlflow_run_id, location, artifact_path=artifact_path)
+                continue
+            with tempfile.TemporaryDirectory(prefix="premem-artifact-") as tmp:
+                local = Path(tmp) / storage.name(location)
+                local.write_bytes(storage.read_bytes(location))
+                self.client.log_artifact(mlflow_run_id, str(local), artifact_path=artifact_path)
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

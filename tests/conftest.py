@@ -25,3 +25,58 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = build_tokenizer(corpus, 400)
     model = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=256, seed=0)
     return save_pretrained_atomic(model, tokenizer, tmp_path_factory.mktemp("model") / "tiny")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A local S3 endpoint (moto's server mode), with the standard AWS variables pointed at it for this
+    process and its children; yields the endpoint URL. Tests make their own buckets."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            requests.get(endpoint, timeout=2)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"moto server did not start: {log.read_text()[-2000:]}")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def make_bucket(name: str) -> str:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

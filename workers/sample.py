@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from analysis.records import ORIGINAL, write_parquet_atomic, write_records
+from analysis import storage
+from analysis.records import ORIGINAL, write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import Grader
 from workers.tasks import Example, PromptFormat, Splits, load_task
@@ -96,7 +97,12 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     settings = SamplingSettings(**job.sampling)
     fmt = PromptFormat(**job.prompt)
     original_fmt = PromptFormat(**{**job.prompt, "answer_prefix": ""})
-    backend.load(job.checkpoint_dir)
+    # A checkpoint in an object store is fetched to this node's disk for the backend, and dropped after.
+    local_checkpoint = storage.local_copy(job.checkpoint_dir)
+    try:
+        backend.load(local_checkpoint)
+    finally:
+        storage.drop_local_copy(job.checkpoint_dir, local_checkpoint)
     t_load = time.perf_counter()
 
     # One deduplicated prompt list for both splits: a question in train and test is sampled once.
@@ -137,7 +143,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     t_grade = time.perf_counter()
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
 
-    write_parquet_atomic(pa.concat_tables(completion_tables), job.completions_path)
+    storage.write_parquet(pa.concat_tables(completion_tables), job.completions_path)
     write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done
     t_end = time.perf_counter()
     metrics.update(eval_seconds=t_end - t0, load_seconds=t_load - t0, sample_score_seconds=t_sample - t_load,

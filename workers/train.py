@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from analysis import storage
 from workers.settings import BaseStage, TrainSettings
 from workers.tasks import Example, PromptFormat, load_task
 
@@ -103,7 +104,7 @@ def _resume_point(checkpoint) -> tuple[str | None, dict]:
     """(weights dir, trainer state) of Ray Train's latest checkpoint after a worker-group restart."""
     if checkpoint is None:
         return None, {}
-    path = checkpoint.path  # local filesystem store: the HF directory itself
+    path = checkpoint.to_directory()  # a local copy, wherever the store is
     state = json.loads((Path(path) / TRAINER_STATE).read_text())
     return path, state
 
@@ -127,8 +128,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Model (or the weights of the last reported checkpoint, after a restart) and data.
     resume_dir, resume_state = _resume_point(ray.train.get_checkpoint())
-    tokenizer = load_tokenizer(job.base_model)
-    model = load_model(resume_dir or job.base_model)
+    base_model = storage.local_copy(job.base_model)  # this node's copy when the store is an object store
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(resume_dir or base_model)
     splits = load_task(**job.task)
     fmt = PromptFormat(**job.prompt)
     data = SupervisedData(splits.train, tokenizer, fmt, s.max_seq_len)

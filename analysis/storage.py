@@ -1,0 +1,181 @@
+"""Files under a store URI: a local path, a shared-filesystem path, or an object store (s3://, gs://).
+
+pyarrow's filesystems do the I/O, as Ray Train's own storage does (S3-compatible endpoints through
+AWS_ENDPOINT_URL and the usual AWS variables). Every write is of a whole object: a temp file renamed into
+place on a filesystem, a single completed upload on an object store; a reader never sees half a file.
+This is the lowest layer: analysis reads records through it, workers write through it, and the orchestrator's
+store module builds the paths.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class StorageError(OSError):
+    """A store location that cannot be used; the message names the URI."""
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    """An object-store (or other non-local) URI, as opposed to a local or shared-filesystem path."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def normalize(location: str | os.PathLike) -> str:
+    """A URI unchanged (no trailing slash); a local path made absolute."""
+    text = str(location)
+    if is_uri(text):
+        return text.rstrip("/")
+    return str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    """`location`/part/part: '/' for URIs and POSIX paths alike."""
+    return "/".join([location.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[0]
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) for a store location."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), normalize(location)
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StorageError(f"{location}: {exc}") from None
+
+
+def exists(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(location: str) -> bool:
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def list_files(location: str, suffix: str = "", recursive: bool = True) -> list[str]:
+    """Files under a directory (sorted), as locations of the same kind as `location`."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    prefix = location.rstrip("/")
+    return sorted(prefix + info.path[len(path.rstrip("/")):] for info in infos
+                  if info.type == pafs.FileType.File and info.path.endswith(suffix)
+                  and not name(info.path).startswith("."))
+
+
+def list_dirs(location: str) -> list[str]:
+    """Immediate subdirectories of a directory (sorted)."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(join(location, name(i.path)) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_text(location: str) -> str:
+    return read_bytes(location).decode()
+
+
+def write_bytes(location: str, data: bytes) -> str:
+    """Write a whole object: temp name + rename locally; on an object store one upload, completed on close."""
+    fs, path = resolve(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return location
+    # The bytes are all in memory before the upload starts: a failure before close leaves no object.
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+    return location
+
+
+def write_text(location: str, text: str) -> str:
+    return write_bytes(location, text.encode())
+
+
+def write_parquet(table: pa.Table, location: str) -> str:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return write_bytes(location, buffer.getvalue().to_pybytes())
+
+
+def read_parquet(location: str, **kwargs) -> pa.Table:
+    fs, path = resolve(location)
+    return pq.read_table(path, filesystem=fs, **kwargs)
+
+
+def upload_dir(local_dir: str | os.PathLike, location: str) -> str:
+    """Copy a local directory to a store location (files first, then `config.json` for an HF directory,
+    whose presence marks it complete)."""
+    fs, path = resolve(location)
+    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "config.json")
+    for p in files:
+        write_bytes(join(location, str(p.relative_to(local_dir))), p.read_bytes())
+    return location
+
+
+def local_copy(location: str, cache_root: str | os.PathLike | None = None) -> str:
+    """A local directory with the contents of `location`: the path itself when it is local, else a copy in
+    this node's cache (made under a temp name and renamed, so a half-fetched copy is never used)."""
+    if not is_uri(location):
+        return normalize(location)
+    root = Path(cache_root or Path(tempfile.gettempdir()) / "premem-cache")
+    target = root / hashlib.sha256(location.encode()).hexdigest()[:16] / name(location)
+    if target.is_dir():
+        return str(target)
+    fs, path = resolve(location)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    os.replace(tmp, target)
+    return str(target)
+
+
+def drop_local_copy(location: str, local: str) -> None:
+    """Remove a cached copy made by `local_copy` (never the store's own files)."""
+    if is_uri(location):
+        shutil.rmtree(Path(local).parent, ignore_errors=True)
+
+
+def check_writable(location: str) -> None:
+    """Write and delete a small object at the store root; StorageError naming the URI when that fails."""
+    probe = join(location, f".premem-probe-{os.getpid()}")
+    try:
+        write_bytes(probe, b"ok")
+        fs, path = resolve(probe)
+        fs.delete_file(path)
+    except StorageError:
+        raise
+    except Exception as exc:  # permissions, a missing bucket, bad credentials, no endpoint
+        detail = " ".join(str(exc).split())[:300]
+        raise StorageError(f"store.root={location}: cannot write there ({type(exc).__name__}: {detail})") from None

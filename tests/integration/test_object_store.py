@@ -1,0 +1,120 @@
+"""A whole small sweep with store.root=s3://... on a local S3 server (moto) and a two-node Ray cluster
+(two raylets, each with its own temp dir), MLflow's artifacts in the same bucket: nothing crosses between
+processes except through the bucket, nothing of the sweep stays on local disk outside temp dirs, and the
+analysis CLI on the S3 sweep gives the fit the driver printed."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import requests
+
+from analysis import storage
+from tests.conftest import REPO, _free_port, make_bucket
+from tests.integration.conftest import run_python
+
+pytestmark = pytest.mark.slow
+SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
+         "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    return make_bucket("premem-sweeps")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server):
+    """Head and worker raylets on this host, one CPU each, separate temp dirs; stopped afterwards."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    temp_dirs = [tempfile.mkdtemp(prefix="rayn", dir="/tmp") for _ in range(2)]
+    port = _free_port()
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                    f"--temp-dir={temp_dirs[0]}", *common], env=env, check=True, capture_output=True)
+    subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}", *common],
+                   env=env, check=True, capture_output=True)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True)
+    for d in temp_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3_mlflow(bucket, tmp_path_factory):
+    """An mlflow server whose artifacts live in the bucket (its database is the server's own)."""
+    root = tmp_path_factory.mktemp("mlflow-s3")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
+         f"{bucket}/mlartifacts", "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def s3_sweep(bucket, ray_cluster, s3_mlflow):
+    env_before = set(os.listdir(REPO))
+    result = run_python(["-m", "orchestrator", f"store.root={bucket}/store", f"tracking.uri={s3_mlflow}",
+                         f"cluster.address={ray_cluster}", "tracking.experiment=s3", *SMALL], timeout=1500)
+    sweeps = storage.list_dirs(f"{bucket}/store/sweeps")
+    assert len(sweeps) == 1
+    assert set(os.listdir(REPO)) == env_before  # no ./runs or anything else beside the code
+    return sweeps[0], result.stdout
+
+
+def test_sweep_on_s3_writes_everything_to_the_bucket(s3_sweep, bucket):
+    sweep, stdout = s3_sweep
+    records = storage.list_files(f"{sweep}/records", suffix=".original.parquet")
+    assert len(records) == 4  # 2 trials x 2 epochs
+    assert len(storage.list_files(f"{sweep}/completions", suffix=".parquet")) == 4
+    checkpoints = [c for run in storage.list_dirs(f"{sweep}/checkpoints") for c in storage.list_dirs(run)]
+    assert len(checkpoints) == 4 and all(storage.is_file(f"{c}/model.safetensors") for c in checkpoints)
+    for name in ("config.yaml", "plan.json", "analysis/points.csv", "analysis/premem_vs_test.png",
+                 "analysis/timings.json"):
+        assert storage.is_file(f"{sweep}/{name}"), name
+    assert storage.list_files(f"{bucket}/store/base_models", suffix="config.json")
+    assert storage.list_files(f"{bucket}/mlartifacts", suffix=".parquet")  # MLflow's artifacts, same bucket
+    assert f"store: {sweep}" in stdout and "premem R² =" in stdout
+
+
+def test_nothing_of_the_sweep_on_local_disk_outside_temp_dirs(s3_sweep):
+    sweep_id = storage.name(s3_sweep[0])
+    temp = os.path.realpath(tempfile.gettempdir())
+    for top in (REPO.parent, os.path.expanduser("~")):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if d not in (".venv", ".git", "node_modules", ".cache")]
+            if os.path.realpath(dirpath).startswith(temp):
+                continue
+            assert not any(sweep_id in n for n in dirnames + filenames), f"{dirpath} holds part of {sweep_id}"
+
+
+def test_analysis_on_the_s3_sweep_gives_the_drivers_fit(s3_sweep, tmp_path):
+    sweep, stdout = s3_sweep
+    printed = float(re.search(r"premem R² = (-?[\d.]+|nan)", stdout).group(1))
+    out = tmp_path / "fit.json"
+    run_python(["-m", "analysis", "fit", "--records", f"{sweep}/records", "--nll-threshold", "0.1",
+                "--json", str(out), "--bootstrap", "0"], timeout=300)
+    assert json.loads(out.read_text())["r2"] == pytest.approx(printed, abs=5e-4)

@@ -1,0 +1,73 @@
+"""The store's I/O on a local path and on a real S3 endpoint (moto's server): whole objects, listings,
+local copies for the backends, and one clear error for a store that cannot be written."""
+import os
+import uuid
+
+import pyarrow as pa
+import pytest
+
+from analysis import storage
+from analysis.records import load_records, write_records
+from tests.conftest import make_bucket
+from tests.unit.records_factory import make_records
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_server")
+    return make_bucket(f"unit-{uuid.uuid4().hex[:12]}") + "/store"
+
+
+def test_whole_objects_round_trip_and_list(root):
+    storage.write_text(storage.join(root, "a", "x.json"), '{"x": 1}')
+    storage.write_bytes(storage.join(root, "a", "b", "y.bin"), b"\x00\x01")
+    assert storage.read_text(storage.join(root, "a", "x.json")) == '{"x": 1}'
+    assert storage.is_file(storage.join(root, "a", "b", "y.bin")) and not storage.is_file(storage.join(root, "a"))
+    assert storage.list_files(storage.join(root, "a")) == [storage.join(root, "a", "b", "y.bin"),
+                                                           storage.join(root, "a", "x.json")]
+    assert storage.list_files(storage.join(root, "a"), suffix=".json") == [storage.join(root, "a", "x.json")]
+    assert storage.list_dirs(storage.join(root, "a")) == [storage.join(root, "a", "b")]
+    assert storage.list_files(storage.join(root, "nothing")) == []
+
+
+def test_records_written_and_read_through_the_store(root):
+    table = make_records(n_runs=2, n_ckpts=2, n_examples=3)
+    location = write_records(table, storage.join(root, "records", "r", "step_000001.original.parquet"))
+    records = load_records([storage.join(root, "records")])
+    assert len(records) == table.num_rows and records.sources == [location]
+
+
+def test_local_copy_of_a_checkpoint_directory(root, tmp_path):
+    src = tmp_path / "ckpt"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "weights.bin").write_bytes(b"w" * 1000)
+    location = storage.upload_dir(src, storage.join(root, "ckpts", "step_000003"))
+    local = storage.local_copy(location, cache_root=tmp_path / "cache")
+    assert (os.path.exists(os.path.join(local, "config.json"))
+            and open(os.path.join(local, "sub", "weights.bin"), "rb").read() == b"w" * 1000)
+    storage.drop_local_copy(location, local)
+    if storage.is_uri(location):
+        assert not os.path.exists(local)  # the node's cached copy is cleaned after
+    else:
+        assert local == location and os.path.exists(local)  # a local store's files are never removed
+
+
+def test_unwritable_store_is_one_error_naming_it(tmp_path, s3_server):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(storage.StorageError, match=str(blocked)):
+        storage.check_writable(str(blocked / "store"))
+    with pytest.raises(storage.StorageError, match="s3://no-such-bucket-premem/x"):
+        storage.check_writable("s3://no-such-bucket-premem/x")
+
+
+def test_object_store_never_shows_half_an_object(s3_server):
+    """A write that fails midway leaves the previous object intact: the bytes are all made before upload."""
+    location = make_bucket("half-premem") + "/t.parquet"
+    storage.write_parquet(pa.table({"a": [1, 2]}), location)
+    with pytest.raises(Exception):
+        storage.write_parquet("not a table", location)
+    assert storage.read_parquet(location).column("a").to_pylist() == [1, 2]
