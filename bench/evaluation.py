@@ -184,7 +184,10 @@ def main() -> None:
         result["vllm"] = bench_vllm(checkpoint, args.store / "bench", prompts, targets, settings, args.repeats)
     from bench.grading import bench_grading
 
-    per_completion = 1 / result["sampling"]["batched_completions_per_s"]  # HF pool, tiny model, one thread
+    # evaluation seconds per completion, HF pool, one thread: the tiny model, and the ~100M one when measured
+    per_completion = {"tiny": 1 / result["sampling"]["batched_completions_per_s"]}
+    if "large" in result.get("vllm", {}):
+        per_completion["large"] = 1 / result["vllm"]["large"]["completions_per_s"]["hf_pool"]
     result["grading"] = bench_grading(args.repeats, per_completion)
     from bench.store import bench_store
 
@@ -230,8 +233,8 @@ def main() -> None:
             f"{st[name]['records_write_s'] * 1e3:.0f} ms" for name in ("local", "s3"))
             + f" ({st['checkpoint_bytes'] / 1e6:.1f} MB checkpoint)")
     g = result["grading"]
-    print(f"MATH grading: {g['math_answers_per_s']:.0f} answers/s ({g['timeouts']} timeouts); share of a tiny-model "
-          f"checkpoint's evaluation time {g['grading_share_of_eval']:.1%}")
+    print(f"MATH grading: {g['math_answers_per_s']:.0f} answers/s ({g['timeouts']} timeouts); share of a "
+          "checkpoint's evaluation time: " + ", ".join(f"{m} model {x:.1%}" for m, x in g["grading_share_of_eval"].items()))
     out = Path(os.environ.get("BENCH_OUT", "bench.json"))
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")

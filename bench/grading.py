@@ -41,9 +41,10 @@ def math_completions(k: int = 8, seed: int = 0) -> tuple[list[str], list[str]]:
     return completions, golds
 
 
-def bench_grading(repeats: int, completion_seconds: float | None, workers: int = 1) -> dict:
-    """answers/s with a fresh grader per run (its child process started outside the timing); with the
-    evaluation time per completion measured elsewhere, grading's share of a checkpoint's evaluation."""
+def bench_grading(repeats: int, completion_seconds: dict[str, float], workers: int = 1) -> dict:
+    """answers/s with a fresh grader per run (its child process started outside the timing, no verdicts
+    remembered from earlier checkpoints); with the evaluation time per completion of each model measured
+    elsewhere, grading's share of a checkpoint's evaluation."""
     completions, golds = math_completions()
     times, timeouts = [], 0
     for _ in range(repeats):
@@ -61,7 +62,7 @@ def bench_grading(repeats: int, completion_seconds: float | None, workers: int =
            "math_answers_per_s": len(completions) / seconds, "timeouts": timeouts,
            "correct_frac": sum(g.correct for g in grades) / len(grades),
            "unparsed_frac": sum(not g.parsed for g in grades) / len(grades)}
-    if completion_seconds:
-        out["eval_seconds_per_completion"] = completion_seconds
-        out["grading_share_of_eval"] = per_answer / (per_answer + completion_seconds)
+    out["eval_seconds_per_completion"] = completion_seconds
+    out["grading_share_of_eval"] = {model: per_answer / (per_answer + seconds)
+                                    for model, seconds in completion_seconds.items()}
     return out

@@ -292,6 +292,8 @@ class Grader:
             raise ValueError(f"no grader for task {task!r}")
         self.task = task
         self.verifiers = [MathVerifier(timeout_s) for _ in range(workers)] if task == "math" else []
+        # a model's answers repeat from checkpoint to checkpoint: math-verify decides each pair once
+        self.known: dict[tuple[str, str], bool | None] = {}
 
     def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
         if self.task == "gsm8k":
@@ -300,9 +302,17 @@ class Grader:
         # k samples of a question often box the same answer: each distinct (answer, gold) is decided once,
         # by the cheap check where it can, else by math-verify
         verdicts = {pair: quick_verdict(*pair) for pair in zip(extracted, golds) if pair[0] is not None}
+        for pair, verdict in verdicts.items():
+            if verdict is None and self.known.get(pair) is not None:
+                verdicts[pair] = self.known[pair]
         undecided = [pair for pair, verdict in verdicts.items() if verdict is None]
         if undecided:
-            verdicts.update(zip(undecided, self._verify(undecided)))
+            decided = self._verify(undecided)
+            verdicts.update(zip(undecided, decided))
+            if len(self.known) > 200_000:
+                self.known.clear()
+            # a timed-out pair is not remembered: the next checkpoint gives it another chance
+            self.known.update((pair, v) for pair, v in zip(undecided, decided) if v is not None)
         grades = []
         for answer, gold in zip(extracted, golds):
             if answer is None:

@@ -242,3 +242,15 @@ def test_time_limit_holds_off_the_main_thread():
 def test_unknown_task_has_no_grader():
     with pytest.raises(ValueError, match="no grader"):
         Grader("mmlu")
+
+
+def test_grader_remembers_decided_pairs_but_not_timeouts():
+    grader = Grader("math", timeout_s=1.0)
+    try:
+        grader.grade([f"$\\boxed{{{PATHOLOGICAL}}}$", "$\\boxed{(x+2)(x-3)}$"], ["2", "x^2 - x - 6"])
+        assert grader.known == {("(x+2)(x-3)", "x^2 - x - 6"): True}
+        grader.close()  # a remembered pair needs no child process
+        assert grader.grade(["$\\boxed{(x+2)(x-3)}$"], ["x^2 - x - 6"])[0].correct
+        assert all(v._proc is None for v in grader.verifiers)
+    finally:
+        grader.close()

@@ -71,3 +71,26 @@ def test_object_store_never_shows_half_an_object(s3_server):
     with pytest.raises(Exception):
         storage.write_parquet("not a table", location)
     assert storage.read_parquet(location).column("a").to_pylist() == [1, 2]
+
+
+@pytest.mark.parametrize("store,extra,message", [
+    ("s3://no-such-bucket-premem/runs", ["tracking.uri=http://127.0.0.1:1"],
+     "store.root=s3://no-such-bucket-premem/runs: cannot write there"),
+    ("s3://no-such-bucket-premem/runs", [], "tracking.uri=None: give an MLflow server"),
+])
+def test_driver_refuses_bad_storage_with_one_line_exit_2(s3_server, capsys, store, extra, message):
+    from orchestrator.__main__ import main
+
+    code = main([f"store.root={store}", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_driver_refuses_an_unwritable_local_store(tmp_path, capsys):
+    from orchestrator.__main__ import main
+
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert main([f"store.root={blocked}/runs"]) == 2
+    err = capsys.readouterr().err
+    assert f"store.root={blocked}/runs: cannot write there" in err and len(err.strip().splitlines()) == 1
