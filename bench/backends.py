@@ -42,15 +42,6 @@ def large_model(checkpoint: str, out: Path) -> str:
     return str(save_pretrained_atomic(model, tokenizer, out))
 
 
-def _median_time(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def _target_tokens(tokenizer, prompts, targets) -> int:
     from workers.train import encode_pair
 
@@ -60,8 +51,12 @@ def _target_tokens(tokenizer, prompts, targets) -> int:
 def compare_backends(checkpoint: str, prompts: list[str], targets: list[str], settings: SamplingSettings,
                      repeats: int, loop_prompts: int) -> dict:
     """completions/s and scored tokens/s for the vLLM engine, the HF pool and the per-example loop."""
-    from bench.evaluation import naive_sample, naive_score
+    from bench.evaluation import naive_sample, naive_score, timed
     from workers.backends.vllm import VLLMBackend
+
+    def _median_time(fn, repeats: int):
+        median, _, result = timed(fn, repeats)
+        return median, result
 
     hf = HFBackend(threads=1)
     hf.load(checkpoint)

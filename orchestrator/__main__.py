@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             tracker.end_run(run, status)
         raise
     print(summary.text(uri, paths, progress))
-    return 0 if not progress.failed and not progress.eval_failed and summary.ok else 1
+    all_evaluated = progress.evaluated == progress.trained and progress.monitor_error is None
+    return 0 if not progress.failed and not progress.eval_failed and all_evaluated and summary.ok else 1
 
 
 if __name__ == "__main__":

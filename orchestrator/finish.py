@@ -62,6 +62,11 @@ class Summary:
 
             lines.append(f"elapsed: {(time.time() - progress.started) / 60:.1f} min "
                          f"({progress.evaluated} checkpoints evaluated, {progress.eval_failed} failed)")
+            missing = progress.trained - progress.evaluated - progress.eval_failed
+            if missing > 0:
+                lines.append(f"NOT EVALUATED: {missing} of {progress.trained} trained checkpoints never came back "
+                             f"from the sampling pool ({progress.monitor_error or 'no result'}); the fit above "
+                             f"uses {progress.evaluated} of them")
         lines.append(f"store: {paths.sweep}")
         if self.plot:
             lines.append(f"scatter plot: {self.plot}")

@@ -86,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                           lambda job, line, details: failures.append(
                               log_failure(tracker, children[job["run_id"]], paths, job, line, details)), stop)
     schedule.show(progress, final=True)
+    missing = len(jobs) - progress.evaluated - progress.eval_failed
+    if missing:
+        print(f"NOT EVALUATED: {missing} of {len(jobs)} checkpoints ({progress.monitor_error or 'no result'}); "
+              "run the same command again to evaluate them")
     print(robustness_summary(paths, cfg, variant, tracker, parent))
     print(f"records: {paths.records}")
-    return 1 if failures else 0
+    return 1 if failures or missing else 0
 
 
 def robustness_summary(paths: SweepPaths, cfg, variant: str, tracker, parent: str) -> str:

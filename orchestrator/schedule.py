@@ -199,6 +199,7 @@ class Progress:
     eval_failed: int = 0
     timings: dict = field(default_factory=dict)  # run_id -> phases of the trial's wall time (run_trial)
     trial_started: dict = field(default_factory=dict)  # run_id -> when Tune started the trial
+    monitor_error: str | None = None  # the sampling pool was lost: evaluations stopped coming back
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
@@ -290,7 +291,18 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_co
 
 def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
                  refresh_seconds: float = 2.0) -> None:
-    """Hand finished evaluations to the driver's callbacks until `stop` is set and all are back."""
+    """Hand finished evaluations to the driver's callbacks until `stop` is set and all are back.
+
+    If the pool itself is lost, the error is kept on `progress` (the driver reports what never came back and
+    exits non-zero) instead of dying with this thread unseen."""
+    try:
+        _monitor(pool, progress, on_result, on_failure, stop, refresh_seconds)
+    except Exception as exc:
+        with progress.lock:
+            progress.monitor_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+
+
+def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Event, refresh_seconds: float) -> None:
     last_shown = 0.0
     while True:
         finished, failed = ray.get(pool.drain.remote())

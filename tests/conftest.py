@@ -27,12 +27,29 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_pretrained_atomic(model, tokenizer, tmp_path_factory.mktemp("model") / "tiny")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc, log: Path, what: str, seconds: float = 120) -> None:
+    """Until `url` answers; fails the test with the server's log if it never does (and kills it)."""
+    import time
+
+    import requests
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"{what} did not start: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -42,25 +59,13 @@ def s3_server(tmp_path_factory):
     import os
     import subprocess
     import sys
-    import time
 
-    import requests
-
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            requests.get(endpoint, timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"moto server did not start: {log.read_text()[-2000:]}")
+    wait_for_http(endpoint, proc, log, "moto server")
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in env}

@@ -11,18 +11,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
-import requests
 
 from analysis import storage
-from tests.conftest import REPO, _free_port, make_bucket
-from tests.integration.conftest import run_python
+from tests.conftest import REPO, free_port, make_bucket
+from tests.integration.conftest import SMALL, mlflow_server_at, run_python
 
 pytestmark = pytest.mark.slow
-SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
-         "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def ray_cluster(s3_server):
     half-CPU samplers sit on either node), separate temp dirs; stopped afterwards."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     temp_dirs = [tempfile.mkdtemp(prefix="rayn", dir="/tmp") for _ in range(2)]
-    port = _free_port()
+    port = free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
     subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
@@ -44,7 +40,10 @@ def ray_cluster(s3_server):
     subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}", *common],
                    env=env, check=True, capture_output=True)
     yield f"127.0.0.1:{port}"
-    subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True)
+    # `ray stop` would stop every Ray on the host; this cluster's processes carry its temp dirs in their
+    # arguments (workers exit with their raylet)
+    for d in temp_dirs:
+        subprocess.run(["pkill", "-f", d], capture_output=True)
     for d in temp_dirs:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -52,27 +51,8 @@ def ray_cluster(s3_server):
 @pytest.fixture(scope="module")
 def s3_mlflow(bucket, tmp_path_factory):
     """An mlflow server whose artifacts live in the bucket (its database is the server's own)."""
-    root = tmp_path_factory.mktemp("mlflow-s3")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
-         f"{bucket}/mlartifacts", "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    with mlflow_server_at(tmp_path_factory.mktemp("mlflow-s3"), f"{bucket}/mlartifacts") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")

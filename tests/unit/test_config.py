@@ -70,3 +70,28 @@ def test_help_lists_groups(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "usage: python -m orchestrator" in out and "sampler" in out and "sweep" in out
+
+
+def test_a_lost_sampling_pool_is_reported_not_swallowed():
+    """The monitor keeps the pool's error; the summary names what never came back."""
+    import threading
+
+    from orchestrator import schedule
+
+    class DeadPool:
+        class drain:  # noqa: N801 (mimics an actor method)
+            @staticmethod
+            def remote():
+                raise ConnectionError("actor unavailable")
+
+    progress = schedule.Progress(total_trials=1, expected_checkpoints=2, trained=2)
+    stop = threading.Event()
+    stop.set()
+    schedule.monitor_pool(DeadPool(), progress, print, print, stop)
+    assert progress.monitor_error == "ConnectionError: actor unavailable"
+    from orchestrator.finish import Summary
+    from orchestrator.store import sweep_paths
+
+    text = Summary(None, 0.1, 1, (0.0, 0.0), None, {}, ok=False).text("sqlite:///x", sweep_paths("/tmp/x", "s"),
+                                                                       progress)
+    assert "NOT EVALUATED: 2 of 2 trained checkpoints never came back" in text and "actor unavailable" in text
