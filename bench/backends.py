@@ -70,7 +70,6 @@ def compare_backends(checkpoint: str, prompts: list[str], targets: list[str], se
     loop = prompts[:loop_prompts]
     loop_sample_s, _ = _median_time(lambda: naive_sample(hf, loop, settings), 1)
     loop_score_s, _ = _median_time(lambda: naive_score(hf.model, hf.tokenizer, prompts, targets), 1)
-    del hf
 
     engine = VLLMBackend(dtype="float32", enforce_eager=True, threads=1)
     start = time.perf_counter()
