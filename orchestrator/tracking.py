@@ -17,7 +17,8 @@ from analysis import storage
 from analysis.sources import RUN_ID_TAG
 
 SWEEP_TAG = "premem.sweep"
-CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac")
+CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
+                      "train_grade_timeouts", "test_grade_timeouts")
 
 
 def git_commit() -> str:

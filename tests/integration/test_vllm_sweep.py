@@ -54,7 +54,7 @@ def test_vllm_sweep_writes_records_and_metrics(vllm_sweep, mlflow_server):
     assert len(children) == 2
     for child in children:
         assert child.info.status == "FINISHED"
-        for name in ("train_loss", "train_acc", "test_acc", "ref_nll_mean", "premem_train_acc"):
+        for name in ("train_loss", "train_acc", "test_acc", "ref_nll_mean", "premem_train_acc", "train_grade_timeouts"):
             assert name in child.data.metrics, name
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "test_acc"))[0] > 0
         assert len(client.get_metric_history(child.info.run_id, "test_acc")) == 2
