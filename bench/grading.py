@@ -50,7 +50,7 @@ def bench_grading(repeats: int, completion_seconds: dict[str, float], workers: i
     for _ in range(repeats):
         grader = Grader("math", timeout_s=5.0, workers=workers)
         for verifier in grader.verifiers:  # a sampler starts them once, for its whole life
-            verifier._ensure_started()
+            verifier.start()
         start = time.perf_counter()
         grades = grader.grade(completions, golds)
         times.append(time.perf_counter() - start)

@@ -148,10 +148,6 @@ def quick_verdict(answer: str, gold: str) -> bool | None:
     return False if not na else None
 
 
-def same_normal_form(answer: str, gold: str) -> bool:
-    """Equal canonical strings, or equal exact rationals."""
-    return quick_verdict(answer, gold) is True
-
 
 def _math_verify_parse(latex: str) -> list:
     from math_verify import LatexExtractionConfig, parse
@@ -218,7 +214,7 @@ class MathVerifier:
         results: list[bool | None] = []
         while len(results) < len(pairs):
             pending = pairs[len(results):]
-            self._ensure_started()
+            self.start()
             self._proc.stdin.write((json.dumps(pending) + "\n").encode())
             self._proc.stdin.flush()
             for _ in pending:
@@ -230,7 +226,8 @@ class MathVerifier:
                 results.append(line == b"1")
         return results
 
-    def _ensure_started(self) -> None:
+    def start(self) -> None:
+        """Start the child process unless it is running (a sampler does this once, for its whole life)."""
         if self._proc is not None and self._proc.poll() is None:
             return
         self._proc = subprocess.Popen([sys.executable, "-m", "workers.grading"], stdin=subprocess.PIPE,

@@ -6,7 +6,7 @@ import time
 
 from tests.conftest import REPO
 from workers.grading import (Grader, MathVerifier, extract_gsm8k_answer, gold_answer_gsm8k, gold_answer_math,
-                             grade_gsm8k, grade_math, last_boxed, math_equivalent, same_normal_form)
+                             grade_gsm8k, grade_math, last_boxed, math_equivalent, quick_verdict)
 
 # A real GSM8k reference solution (train split), calculator annotations included.
 GSM8K_REFERENCE = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
@@ -169,8 +169,8 @@ def test_math_not_equivalent_pairs(answer, gold):
 
 
 def test_text_answers_are_not_erased():
-    assert not same_normal_form("\\text{Bob}", "\\text{Evelyn}")
-    assert not same_normal_form("", "")  # nothing boxed is never a match, even against an empty gold
+    assert quick_verdict("\\text{Bob}", "\\text{Evelyn}") is not True
+    assert quick_verdict("", "") is False  # nothing boxed is never a match, even against an empty gold
 
 
 def test_every_reference_solution_grades_correct_against_its_own_answer():

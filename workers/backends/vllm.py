@@ -59,7 +59,6 @@ class VLLMBackend:
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.llm = None
         self.tokenizer = None
-        self.loaded: str | None = None
         self._architecture: dict | None = None
         self.builds = 0  # engines built by this backend (the first, and any rebuild after a failure)
         self.swaps = 0
@@ -100,13 +99,11 @@ class VLLMBackend:
             kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.loaded = checkpoint_dir
         self.builds += 1
 
     def _swap(self, checkpoint_dir: str) -> None:
         self.llm.collective_rpc("swap_weights", args=(checkpoint_dir,))
         self.llm.reset_prefix_cache()  # cached KV blocks hold the previous weights' keys and values
-        self.loaded = checkpoint_dir
         self.swaps += 1
 
     def close(self) -> None:
@@ -118,7 +115,6 @@ class VLLMBackend:
                 pass
             del engine
             gc.collect()
-        self.loaded = None
         self._architecture = None
 
     # ------------------------------------------------------------------------ sampling and scoring
