@@ -143,9 +143,10 @@ def upload_dir(local_dir: str | os.PathLike, location: str) -> str:
     return location
 
 
-def local_copy(location: str, cache_root: str | os.PathLike | None = None) -> str:
-    """A local directory with the contents of `location`: the path itself when it is local, else a copy in
-    this node's cache (made under a temp name and renamed, so a half-fetched copy is never used)."""
+def local_copy(location: str, cache_root: str | os.PathLike | None = None, skip: tuple[str, ...] = ()) -> str:
+    """A local directory with the contents of `location` (less the subdirectories named in `skip`): the path
+    itself when it is local, else a copy in this node's cache (made under a temp name and renamed, so a
+    half-fetched copy is never used)."""
     if not is_uri(location):
         return normalize(location)
     root = Path(cache_root or Path(tempfile.gettempdir()) / "premem-cache")
@@ -156,7 +157,13 @@ def local_copy(location: str, cache_root: str | os.PathLike | None = None) -> st
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        relative = info.path[len(path.rstrip("/")) + 1:]
+        if info.type != pafs.FileType.File or relative.split("/", 1)[0] in skip:
+            continue
+        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(tmp / relative, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
     os.replace(tmp, target)
     return str(target)
 

@@ -49,7 +49,10 @@ class TrainConfig(TrainSettings):
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    max_failures: int = 1
+    # custom Ray resources each train worker holds, e.g. {trainer: 1} to train only on nodes started with
+    # `ray start --resources='{"trainer": N}'`
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)
+    max_failures: int = 2  # worker-group restarts (a killed worker, a lost node), each from the last checkpoint
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SamplerConfig:
     cpus_per_actor: float = 1.0
     nice: int = 0  # CPU priority of sampler processes (0-19): above 0, training wins when they share cores
     gpus_per_actor: float = 0.0
+    resources_per_actor: Dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {sampler: 1}
     variant: str = "original"
     answer_prefix: str = ""
     # vLLM only: auto = bfloat16 on GPUs, float32 on CPU; one engine of tensor_parallel_size GPUs per actor
@@ -147,6 +151,12 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
            "must be fp32, bf16 or fp16")
     _check(0 <= t.warmup_frac < 1, f"{prefix}train.warmup_frac", t.warmup_frac, "must be in [0, 1)")
     _check(t.num_workers >= 1, f"{prefix}train.num_workers", t.num_workers, "must be >= 1")
+    _check(t.max_failures >= 0, f"{prefix}train.max_failures", t.max_failures, "must be >= 0")
+    for name, resources in (("train.resources_per_worker", t.resources_per_worker),
+                            ("sampler.resources_per_actor", s.resources_per_actor)):
+        for key, amount in resources.items():
+            _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{name}.{key}", amount,
+                   "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
     _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
     _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
     _check(k.name in ("synthetic", "gsm8k", "math"), f"{prefix}task.name", k.name, "must be synthetic, gsm8k or math")

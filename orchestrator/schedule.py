@@ -30,6 +30,10 @@ from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 POOL_NAME = "premem-sampling-pool"
 NAMESPACE = "premem"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes; Tune needs a non-empty request and the driver takes no CPU
+# Ray's own resource on the head node. The pool and each trial's Tune actor (with its Train controller, which
+# Train V2 places on the same node) hold a sliver of it: they sit on the head node, so losing a worker node
+# costs only the train workers and samplers on it, which Ray Train and the pool replace.
+HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
 # --------------------------------------------------------------------------------- ray and the pool
@@ -82,11 +86,14 @@ VLLM_OPTIONS = ("dtype", "tensor_parallel_size", "gpu_memory_utilization", "enfo
 
 def start_pool(sampler):
     """The named pool actor (from the `sampler` config); it takes no CPU itself, its sampler actors hold the
-    pool's resources: each one engine's CPUs and GPUs (tensor_parallel_size GPUs for a vLLM engine)."""
-    options = {"num_cpus": sampler.cpus_per_actor, "num_gpus": sampler.gpus_per_actor, "max_restarts": 1}
+    pool's resources: each one engine's CPUs and GPUs (tensor_parallel_size GPUs for a vLLM engine) plus the
+    custom resources the config names (to put samplers on their own nodes). A sampler actor that dies is
+    restarted, as often as it takes; the pool evaluates its checkpoint again."""
+    options = {"num_cpus": sampler.cpus_per_actor, "num_gpus": sampler.gpus_per_actor, "max_restarts": -1,
+               "resources": dict(sampler.resources_per_actor)}
     threads = max(1, int(sampler.cpus_per_actor))
     vllm_options = {k: sampler[k] for k in VLLM_OPTIONS}
-    pool_cls = ray.remote(num_cpus=0)(SamplingPool)
+    pool_cls = ray.remote(num_cpus=0, resources=HEAD_NODE)(SamplingPool)
     return pool_cls.options(name=POOL_NAME, namespace=NAMESPACE, lifetime=None).remote(
         sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options)
 
@@ -158,7 +165,8 @@ def run_trial(config: dict) -> dict:
         train_loop_config={**asdict(job), "train": asdict(job.train)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
-            resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {})}),
+            resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {}),
+                                  **train_cfg["resources_per_worker"]}),
         run_config=ray.train.RunConfig(
             name=job.run_id, storage_path=template.paths.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
@@ -305,7 +313,9 @@ def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threadin
 def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Event, refresh_seconds: float) -> None:
     last_shown = 0.0
     while True:
-        finished, failed = ray.get(pool.drain.remote())
+        finished, failed, retried = ray.get(pool.drain.remote())
+        for job, line in retried:
+            print(f"evaluation RETRY: {line} (its sampler actor was lost; evaluating it again)", flush=True)
         for result in finished:
             on_result(result)
         for job, line, details in failed:
@@ -323,16 +333,19 @@ def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Ev
         time.sleep(0.5)
 
 
-def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback) -> ray.tune.Tuner:
+def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback,
+           max_failures: int = 1) -> ray.tune.Tuner:
     """One Tune trial per trial spec; the trial function holds memory but no CPU (its Train workers do)."""
 
     def trainable(config: dict) -> dict:
         return run_trial(config["trial"])
 
     return ray.tune.Tuner(
-        ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
+        ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY, **HEAD_NODE}),
         param_space={"trial": ray.tune.grid_search(trials)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0,
-                                      callbacks=[callback]),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0, callbacks=[callback],
+                                      # a trial whose own actor is lost restarts; its TorchTrainer then
+                                      # resumes from the trial's last checkpoint
+                                      failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
     )

@@ -19,6 +19,7 @@ from analysis import storage
 from analysis.records import ORIGINAL, write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import Grader
+from workers.settings import ENGINE_DIR
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
 COMPLETIONS_SCHEMA = pa.schema([
@@ -98,7 +99,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     fmt = PromptFormat(**job.prompt)
     original_fmt = PromptFormat(**{**job.prompt, "answer_prefix": ""})
     # A checkpoint in an object store is fetched to this node's disk for the backend, and dropped after.
-    local_checkpoint = storage.local_copy(job.checkpoint_dir)
+    local_checkpoint = storage.local_copy(job.checkpoint_dir, skip=(ENGINE_DIR,))
     try:
         backend.load(local_checkpoint)
     finally:
@@ -181,7 +182,12 @@ class SamplerActor:
 
 
 class SamplingPool:
-    """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors."""
+    """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors.
+
+    A sampler actor that dies (killed, its node lost) is restarted by Ray, and the checkpoint it held is
+    evaluated once more; a second loss, or an evaluation that fails by itself, is reported as failed."""
+
+    RETRIES_AFTER_ACTOR_LOSS = 1
 
     def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int, nice: int = 0,
                  vllm_options: dict | None = None):
@@ -193,6 +199,7 @@ class SamplingPool:
         self.idle: asyncio.Queue | None = None
         self.finished: list[EvalResult] = []
         self.failed: list[tuple[dict, str, str]] = []  # (job, one line, traceback)
+        self.retried: list[tuple[dict, str]] = []  # (job, why): evaluated again after losing its actor
         self.tasks: set = set()  # keeps the dispatch tasks referenced until they finish
 
     async def _ensure_idle(self) -> asyncio.Queue:
@@ -210,21 +217,27 @@ class SamplingPool:
 
     async def _run(self, job: EvalJob) -> None:
         idle = await self._ensure_idle()
-        actor = await idle.get()
-        try:
-            result = await actor.evaluate.remote(job)  # await first: drain() swaps the list meanwhile
-            self.finished.append(result)
-        except Exception as exc:  # reported to the driver, which marks the checkpoint failed
-            cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's own exception
-            if isinstance(cause, EvaluationError):
-                self.failed.append((asdict(job), cause.line, cause.details))
-            else:  # the actor itself died, or Ray could not run the call
+        for attempt in range(1 + self.RETRIES_AFTER_ACTOR_LOSS):
+            actor = await idle.get()
+            try:
+                result = await actor.evaluate.remote(job)  # await first: drain() swaps the list meanwhile
+                self.finished.append(result)
+                return
+            except Exception as exc:  # reported to the driver, which marks the checkpoint failed
+                cause = getattr(exc, "cause", None)  # a RayTaskError carries the actor's own exception
+                if isinstance(cause, EvaluationError):
+                    self.failed.append((asdict(job), cause.line, cause.details))
+                    return
+                # The actor itself died (killed, node lost): Ray restarts it; the checkpoint goes again.
+                if attempt < self.RETRIES_AFTER_ACTOR_LOSS:
+                    self.retried.append((asdict(job), failure_line(job, exc)))
+                    continue
                 self.failed.append((asdict(job), failure_line(job, exc), str(exc)))
-        finally:
-            idle.put_nowait(actor)
+            finally:
+                idle.put_nowait(actor)
 
-    async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str, str]]]:
-        """Results finished since the last drain (and failures), handed over once."""
-        finished, failed = self.finished, self.failed
-        self.finished, self.failed = [], []
-        return finished, failed
+    async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str, str]], list[tuple[dict, str]]]:
+        """Results finished since the last drain, failures, and retries after a lost actor; handed over once."""
+        finished, failed, retried = self.finished, self.failed, self.retried
+        self.finished, self.failed, self.retried = [], [], []
+        return finished, failed, retried

@@ -35,3 +35,8 @@ class BaseStage:
     max_positions: int = 256
     seed: int = 1234
     final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's format
+
+
+# Each reported checkpoint is an HF directory (what the sampler loads) with DeepSpeed's engine state, the data
+# position and the RNGs under this subdirectory (what a restarted trial resumes from; the sampler skips it).
+ENGINE_DIR = "engine"

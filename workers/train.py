@@ -7,16 +7,18 @@ Ray Train, which routes it to the sampling pool.
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import storage
-from workers.settings import BaseStage, TrainSettings
+from workers.settings import ENGINE_DIR, BaseStage, TrainSettings
 from workers.tasks import Example, PromptFormat, load_task
 
 IGNORE = -100
@@ -100,13 +102,39 @@ def deepspeed_config(s: TrainSettings, world_size: int) -> dict:
     }
 
 
-def _resume_point(checkpoint) -> tuple[str | None, dict]:
-    """(weights dir, trainer state) of Ray Train's latest checkpoint after a worker-group restart."""
+ENGINE_TAG = "state"
+
+
+@dataclass
+class ResumePoint:
+    """Where a trial continues after a restart: DeepSpeed's engine checkpoint (weights, optimizer moments, LR
+    schedule) plus what DeepSpeed does not keep: the position in the data order and every RNG."""
+
+    engine_dir: str | None = None
+    step: int = 0
+    epoch_index: int = 0  # the epoch in progress (its DistributedSampler order is fixed by seed and epoch)
+    batches_done: int = 0  # micro-batches of that epoch already trained
+
+
+def _resume_point(checkpoint) -> ResumePoint:
+    """The latest reported checkpoint Ray Train hands a restarted worker group (or none: a fresh start)."""
     if checkpoint is None:
-        return None, {}
-    path = checkpoint.to_directory()  # a local copy, wherever the store is
-    state = json.loads((Path(path) / TRAINER_STATE).read_text())
-    return path, state
+        return ResumePoint()
+    path = Path(checkpoint.to_directory())  # this worker's local copy, wherever the store is
+    if not (path / ENGINE_DIR).is_dir():
+        raise RuntimeError(f"{checkpoint.path}: no DeepSpeed engine state ({ENGINE_DIR}/) to resume from")
+    state = json.loads((path / ENGINE_DIR / "position.json").read_text())
+    return ResumePoint(str(path / ENGINE_DIR), state["step"], state["epoch_index"], state["batches_done"])
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -125,12 +153,14 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(job.seed)
+    random.seed(job.seed)
+    np.random.seed(job.seed)
 
-    # Model (or the weights of the last reported checkpoint, after a restart) and data.
-    resume_dir, resume_state = _resume_point(ray.train.get_checkpoint())
+    # Model and data; after a restart the engine state below replaces the base weights.
+    resume = _resume_point(ray.train.get_checkpoint())
     base_model = storage.local_copy(job.base_model)  # this node's copy when the store is an object store
     tokenizer = load_tokenizer(base_model)
-    model = load_model(resume_dir or base_model)
+    model = load_model(base_model)
     splits = load_task(**job.task)
     fmt = PromptFormat(**job.prompt)
     data = SupervisedData(splits.train, tokenizer, fmt, s.max_seq_len)
@@ -138,7 +168,8 @@ def train_loop_per_worker(config: dict) -> None:
     loader = DataLoader(data, batch_size=s.micro_batch_size, sampler=sampler, drop_last=False,
                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
 
-    # Engine: the optimizer and schedule are torch's; DeepSpeed owns ZeRO, precision and accumulation.
+    # Engine: the optimizer and schedule are torch's; DeepSpeed owns ZeRO, precision and accumulation, and
+    # saves and restores all three with the weights.
     ds_config = deepspeed_config(s, world)
     accumulation = ds_config["gradient_accumulation_steps"]
     steps_per_epoch = max(1, len(loader) // accumulation)
@@ -147,19 +178,22 @@ def train_loop_per_worker(config: dict) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, s.warmup_frac))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, dist_init_required=False)
-    step = int(resume_state.get("step", 0))
-    for _ in range(step):  # a restart continues the schedule where the checkpoint left it
-        schedule.step()
-    start_epoch = int(round(resume_state.get("epoch", 0))) if resume_state else 0
+    if resume.engine_dir:
+        engine.load_checkpoint(resume.engine_dir, tag=ENGINE_TAG)
+        _set_rng_state(torch.load(Path(resume.engine_dir) / f"rng_rank{rank}.pt", weights_only=False))
+    step = resume.step
     clock = PhaseClock(entered_at=entered_at, ready_at=time.time())
 
     # Train: loss on solution tokens only; report a checkpoint at each save point.
     losses: list[tuple[int, float]] = []
     window: list[float] = []
-    for epoch in range(start_epoch, s.epochs):
+    for epoch in range(resume.epoch_index, s.epochs):
         sampler.set_epoch(epoch)
         engine.train()
+        skip = resume.batches_done if epoch == resume.epoch_index else 0
         for micro_step, batch in enumerate(loader):
+            if micro_step < skip:
+                continue  # trained before the restart: same order, so the same batches
             if micro_step >= steps_per_epoch * accumulation:
                 break  # every epoch ends on an optimizer-step boundary
             t_step = time.perf_counter()
@@ -173,10 +207,12 @@ def train_loop_per_worker(config: dict) -> None:
                 losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
                 window = []
                 if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
-                    _save_and_report(engine, tokenizer, job, step, step / steps_per_epoch, losses, clock)
+                    position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
+                    _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock)
                     losses = []
         if not s.save_every_steps or step == total_steps:
-            _save_and_report(engine, tokenizer, job, step, float(epoch + 1), losses, clock)
+            position = {"step": step, "epoch_index": epoch + 1, "batches_done": 0}
+            _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock)
             losses = []
 
 
@@ -202,26 +238,31 @@ def _mean_across_ranks(value: float, dist) -> float:
     return float(t.item() / dist.get_world_size())
 
 
-def _save_and_report(engine, tokenizer, job: TrainJob, step: int, epoch: float,
+def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: float,
                      losses: list[tuple[int, float]], clock: PhaseClock) -> None:
-    """Write an HF checkpoint (rank 0; ZeRO-3 gathers 16-bit weights first) and report it to Ray Train."""
+    """Report one checkpoint to Ray Train: the HF directory the sampler loads (rank 0; ZeRO-3 gathers 16-bit
+    weights first) and, under engine/, what a restart resumes from (every rank writes its own shard and RNG;
+    Ray Train uploads all ranks' files into the one checkpoint directory)."""
     import ray.train
 
     started = time.perf_counter()
+    step = position["step"]
     rank = ray.train.get_context().get_world_rank()
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
                **clock.metrics()}
     with tempfile.TemporaryDirectory(prefix="premem-ckpt-") as tmp:
-        checkpoint = None
+        engine_dir = Path(tmp) / ENGINE_DIR
+        engine.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, save_latest=False)
+        torch.save(_rng_state(), engine_dir / f"rng_rank{rank}.pt")
         if rank == 0:
-            module = engine.module
-            module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            (engine_dir / "position.json").write_text(json.dumps(position))
+            engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             state = {"run_id": job.run_id, "step": step, "epoch": epoch, "train_loss": losses}
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step_{step:06d}")
     clock.checkpoint_seconds += time.perf_counter() - started
 
 

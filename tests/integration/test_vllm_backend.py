@@ -101,3 +101,38 @@ def test_unloadable_checkpoint_names_itself_and_the_engine_goes_on(engine, check
     engine.load(b)  # rebuilt once after the failed swap; later checkpoints go on
     completions = engine.sample(texts[0][:4], GREEDY)
     assert len(completions) == 4
+
+
+def test_engine_processes_end_with_a_killed_owner(checkpoints, tmp_path):
+    """A SIGKILLed sampler cannot shut its engine down: the engine's processes must notice and end by
+    themselves, or every killed sampler would leave an engine holding memory and threads."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    script = ("import sys; from workers.backends.vllm import VLLMBackend; b = VLLMBackend(dtype='float32', "
+              f"enforce_eager=True); b.load({checkpoints[0]!r}); print('ENGINE', *b.engine_pids, flush=True); "
+              "sys.stdin.read()")
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = next(line for line in owner.stdout if line.startswith("ENGINE "))
+    engine_pids = [int(p) for p in line.split()[1:]]
+    assert engine_pids and owner.pid not in engine_pids  # the engine runs in processes of its own
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 30
+    while any(map(alive, engine_pids)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(map(alive, engine_pids)), f"engine processes {engine_pids} outlived their owner"

@@ -58,6 +58,7 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             os.environ["OMP_NUM_THREADS"] = str(threads)
         self.llm = None
+        self.engine_pids: list[int] = []  # the engine's worker processes (they end when this process ends)
         self.tokenizer = None
         self._architecture: dict | None = None
         self.builds = 0  # engines built by this backend (the first, and any rebuild after a failure)
@@ -98,6 +99,7 @@ class VLLMBackend:
             # Generator does not use offset"): prefill every prompt in one piece.
             kwargs["enable_chunked_prefill"] = False
         self.llm = LLM(**kwargs)
+        self.engine_pids = self.llm.collective_rpc("exit_with", args=(os.getpid(),))
         self.tokenizer = self.llm.get_tokenizer()
         self.builds += 1
 

@@ -4,6 +4,11 @@ Kept apart from `workers.backends.vllm` so the worker imports only this file and
 """
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 
 class WeightSwap:
     """Mixed into vLLM's Worker: load a new checkpoint's weights into the running model, in place."""
@@ -12,6 +17,22 @@ class WeightSwap:
         """Reload every weight from `checkpoint_dir`; returns how many layers had derived state rebuilt."""
         self.model_runner.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
         return refresh_tied_layers(self.model_runner.get_model())
+
+    def exit_with(self, owner_pid: int, interval_s: float = 1.0) -> int:
+        """End this process soon after `owner_pid` (the sampler actor) is gone; returns this process's pid.
+
+        vLLM runs its engine in a child process that a SIGKILLed sampler actor cannot stop, and that would
+        hold its memory and threads for good; a parent-death watch is the one thing that outlives the kill."""
+        def watch() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    os.kill(owner_pid, 0)
+                except ProcessLookupError:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="premem-exit-with-owner", daemon=True).start()
+        return os.getpid()
 
 
 def refresh_tied_layers(model) -> int:
