@@ -168,6 +168,13 @@ def local_copy(location: str, cache_root: str | os.PathLike | None = None, skip:
     return str(target)
 
 
+def delete_dir(location: str) -> None:
+    """Remove a directory and everything under it (nothing when it is not there)."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def drop_local_copy(location: str, local: str) -> None:
     """Remove a cached copy made by `local_copy` (never the store's own files)."""
     if is_uri(location):

@@ -52,6 +52,7 @@ class TrainConfig(TrainSettings):
     # custom Ray resources each train worker holds, e.g. {trainer: 1} to train only on nodes started with
     # `ray start --resources='{"trainer": N}'`
     resources_per_worker: Dict[str, float] = field(default_factory=dict)
+    keep_engine_states: int = 1  # newest checkpoints that keep DeepSpeed's engine state (what a restart needs)
     max_failures: int = 2  # worker-group restarts (a killed worker, a lost node), each from the last checkpoint
 
 
@@ -151,6 +152,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
            "must be fp32, bf16 or fp16")
     _check(0 <= t.warmup_frac < 1, f"{prefix}train.warmup_frac", t.warmup_frac, "must be in [0, 1)")
     _check(t.num_workers >= 1, f"{prefix}train.num_workers", t.num_workers, "must be >= 1")
+    _check(t.keep_engine_states >= 1, f"{prefix}train.keep_engine_states", t.keep_engine_states, "must be >= 1")
     _check(t.max_failures >= 0, f"{prefix}train.max_failures", t.max_failures, "must be >= 0")
     for name, resources in (("train.resources_per_worker", t.resources_per_worker),
                             ("sampler.resources_per_actor", s.resources_per_actor)):

@@ -25,6 +25,7 @@ from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths
 from workers.sample import EvalJob, SamplingPool
 from workers.tasks import task_args
+from workers.settings import ENGINE_DIR
 from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 
 POOL_NAME = "premem-sampling-pool"
@@ -121,10 +122,13 @@ class EvalTemplate:
 
 
 class RouteCheckpoints(UserCallback):
-    """Runs in the Train controller: each persisted checkpoint goes to the sampling pool at once."""
+    """Runs in the Train controller: each persisted checkpoint goes to the sampling pool at once, and the
+    DeepSpeed engine state (optimizer moments: twice the weights) is kept in the newest `keep_engine_states`
+    checkpoints only; a restart resumes from the newest."""
 
-    def __init__(self, template: EvalTemplate):
+    def __init__(self, template: EvalTemplate, keep_engine_states: int = 1):
         self.template = template
+        self.keep_engine_states = keep_engine_states
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is None:
@@ -135,6 +139,10 @@ class RouteCheckpoints(UserCallback):
         extra = {"train_loss": state["train_loss"]}
         job = self.template.job(int(state["step"]), float(state["epoch"]), location, extra)
         ray.get_actor(POOL_NAME, namespace=NAMESPACE).submit.remote(job)
+        older = [c for c in storage.list_dirs(storage.parent(location))
+                 if storage.name(c).startswith("step_") and storage.name(c) < storage.name(location)]
+        for stale in older[: max(0, len(older) - self.keep_engine_states + 1)]:
+            storage.delete_dir(storage.join(stale, ENGINE_DIR))
 
 
 def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[TrainJob, EvalTemplate]:
@@ -171,7 +179,7 @@ def run_trial(config: dict) -> dict:
             name=job.run_id, storage_path=template.paths.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-            callbacks=[RouteCheckpoints(template), TuneReportCallback()]),
+            callbacks=[RouteCheckpoints(template, train_cfg["keep_engine_states"]), TuneReportCallback()]),
     )
     started = time.time()
     result = trainer.fit()

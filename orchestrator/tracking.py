@@ -30,9 +30,13 @@ def git_commit() -> str:
 
 
 class Tracker:
+    """Writes a sweep to MLflow. Every metric value is written once per (run, key, step): a step already
+    logged (in this process, or found by `load_logged` after a restart) is not written again."""
+
     def __init__(self, uri: str, experiment: str, artifact_root: str | None = None):
         self.uri = uri
         self.client = MlflowClient(uri)
+        self.logged: dict[tuple[str, str], set[int]] = {}  # (MLflow run id, metric key) -> steps written
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             # Artifacts go to the store (a file: URI or the object store's); a server decides its own location.
@@ -70,27 +74,56 @@ class Tracker:
     def end_run(self, mlflow_run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(mlflow_run_id, status=status)
 
+    def reopen(self, mlflow_run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed sweep continues its runs instead of making new ones)."""
+        self.client.update_run(mlflow_run_id, status="RUNNING")
+
+    def load_logged(self, mlflow_run_id: str, keys: tuple[str, ...]) -> None:
+        """Remember which steps of `keys` the run already has, so that a resumed sweep writes each once."""
+        for key in keys:
+            history = self.client.get_metric_history(mlflow_run_id, key)
+            self.logged.setdefault((mlflow_run_id, key), set()).update(m.step for m in history)
+
+    def has_step(self, mlflow_run_id: str, key: str, step: int) -> bool:
+        return step in self.logged.get((mlflow_run_id, key), ())
+
+    def _new_only(self, mlflow_run_id: str, metrics: list[Metric]) -> list[Metric]:
+        fresh, seen = [], set()
+        for m in metrics:
+            if not self.has_step(mlflow_run_id, m.key, m.step) and (m.key, m.step) not in seen:
+                fresh.append(m)
+                seen.add((m.key, m.step))
+        return fresh
+
+    def _write_metrics(self, mlflow_run_id: str, metrics: list[Metric]) -> None:
+        metrics = self._new_only(mlflow_run_id, metrics)
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(mlflow_run_id, metrics=metrics[start:start + 1000])
+        for m in metrics:
+            self.logged.setdefault((mlflow_run_id, m.key), set()).add(m.step)
+
     # ---------------------------------------------------------------------------------- metrics
     def log_metrics(self, mlflow_run_id: str, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         # NaN is a real outcome (e.g. R² when every point has the same premem); infinities are not logged.
         metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items()
                    if v is not None and not math.isinf(v)]
-        if metrics:
-            self.client.log_batch(mlflow_run_id, metrics=metrics)
+        self._write_metrics(mlflow_run_id, metrics)
 
     def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, train_loss: list, artifacts: list[str],
                        variant: str = "original") -> None:
-        """One evaluated checkpoint: its accuracy metrics, the train losses since the last one, its files."""
+        """One evaluated checkpoint: its files, the train losses since the last one, its accuracy metrics.
+
+        In that order: the accuracy metrics come last, so a checkpoint whose `test_acc` is in MLflow has all
+        of it there (what a resumed sweep checks)."""
+        for location in artifacts:  # <sweep>/records/<run_id>/x.parquet -> artifact records/x.parquet
+            self.log_artifacts(mlflow_run_id, [location], storage.name(storage.parent(storage.parent(location))))
+        now = int(time.time() * 1000)
+        self._write_metrics(mlflow_run_id, [Metric("train_loss", float(loss), now, int(s)) for s, loss in train_loss
+                                            if math.isfinite(loss)])
         suffix = "" if variant == "original" else f"_{variant}"
         self.log_metrics(mlflow_run_id, {f"{k}{suffix}": metrics[k] for k in CHECKPOINT_METRICS if k in metrics},
                          step)
-        now = int(time.time() * 1000)
-        losses = [Metric("train_loss", float(loss), now, int(s)) for s, loss in train_loss if math.isfinite(loss)]
-        for start in range(0, len(losses), 1000):
-            self.client.log_batch(mlflow_run_id, metrics=losses[start:start + 1000])
-        for location in artifacts:  # <sweep>/records/<run_id>/x.parquet -> artifact records/x.parquet
-            self.log_artifacts(mlflow_run_id, [location], storage.name(storage.parent(storage.parent(location))))
 
     def log_artifacts(self, mlflow_run_id: str, locations: list, artifact_path: str | None = None) -> None:
         """Files from local paths or store URIs (the latter copied through a temp dir under their own name)."""

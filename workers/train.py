@@ -208,11 +208,12 @@ def train_loop_per_worker(config: dict) -> None:
                 window = []
                 if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
                     position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
-                    _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock)
+                    _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock,
+                                     resume.step)
                     losses = []
         if not s.save_every_steps or step == total_steps:
             position = {"step": step, "epoch_index": epoch + 1, "batches_done": 0}
-            _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock)
+            _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock, resume.step)
             losses = []
 
 
@@ -239,7 +240,7 @@ def _mean_across_ranks(value: float, dist) -> float:
 
 
 def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: float,
-                     losses: list[tuple[int, float]], clock: PhaseClock) -> None:
+                     losses: list[tuple[int, float]], clock: PhaseClock, resumed_from_step: int) -> None:
     """Report one checkpoint to Ray Train: the HF directory the sampler loads (rank 0; ZeRO-3 gathers 16-bit
     weights first) and, under engine/, what a restart resumes from (every rank writes its own shard and RNG;
     Ray Train uploads all ranks' files into the one checkpoint directory)."""
@@ -259,7 +260,8 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
             (engine_dir / "position.json").write_text(json.dumps(position))
             engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            state = {"run_id": job.run_id, "step": step, "epoch": epoch, "train_loss": losses}
+            state = {"run_id": job.run_id, "step": step, "epoch": epoch, "train_loss": losses,
+                     "resumed_from_step": resumed_from_step}  # > 0: this worker group restarted there
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"step_{step:06d}")
