@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if show_config:
         print(to_yaml(cfg))
         return 0
-    from orchestrator import schedule
-    from orchestrator.finish import finish_sweep, log_failure, log_result
     from orchestrator.tracking import Tracker
-    from workers.train import prepare_deepspeed_ops
 
     paths = sweep_paths(cfg.store.root, sweep_id)
     config_yaml = write_text_atomic(paths.file("config.yaml"), to_yaml(cfg))
@@ -142,30 +139,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
 
     base_model = ensure_base_model(cfg)
-    uri = tracking_uri(cfg)
-    tracker = Tracker(uri, cfg.tracking.experiment, paths.mlflow_artifacts())
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
+    return execute(cfg, paths, specs, base_model, tracker, parent, children)
+
+
+def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tracker, parent: str,
+            children: dict[str, str], resumed=None) -> int:
+    """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code."""
+    from orchestrator import schedule
+    from orchestrator.finish import finish_sweep, log_failure, log_result
+    from workers.train import prepare_deepspeed_ops
+
+    def on_result(result) -> None:
+        log_result(tracker, children[result.run_id], result)
+
+    def on_failure(job: dict, line: str, details: str) -> None:
+        log_failure(tracker, children[job["run_id"]], paths, job, line, details)
 
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
         prepare_deepspeed_ops()
         pool = schedule.start_pool(cfg.sampler)
-        progress = schedule.run_sweep(
-            specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
-            on_result=lambda r: log_result(tracker, children[r.run_id], r),
-            on_failure=lambda job, line, details: log_failure(tracker, children[job["run_id"]], paths, job, line,
-                                                              details),
-            expected_checkpoints=expected_checkpoints(specs),
-        )
+        progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
+                                      on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         for run in [*children.values(), parent]:
             tracker.end_run(run, status)
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"\ninterrupted: continue with  python -m orchestrator.resume {paths.sweep}", file=sys.stderr)
         raise
-    print(summary.text(uri, paths, progress))
+    print(summary.text(tracker.uri, paths, progress))
     all_evaluated = progress.evaluated == progress.trained and progress.monitor_error is None
     return 0 if not progress.failed and not progress.eval_failed and all_evaluated and summary.ok else 1
 

@@ -3,7 +3,7 @@ trial and the cross-run fit from the records, log them to MLflow and summarize f
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class Summary:
     plot: Path | None
     failed: dict
     ok: bool
+    missing: list[str] = field(default_factory=list)  # trained checkpoints without records: not in the fit
 
     def text(self, uri: str, paths: SweepPaths, progress=None) -> str:
         lines = []
@@ -55,6 +56,9 @@ class Summary:
             lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
         else:
             lines.append("premem R²: not enough evaluated checkpoints to fit")
+        if self.missing:
+            lines.append(f"NOT IN THE FIT: {len(self.missing)} trained checkpoint(s) have no records: "
+                         + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
         for run_id, error in self.failed.items():
             lines.append(f"FAILED trial {run_id}: {error}")
         if progress is not None:
@@ -84,11 +88,12 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
 
     tau = float(cfg.sweep.nll_threshold)
     record_files = paths.record_files(ORIGINAL)
+    missing = missing_checkpoints(paths, specs, record_files)
     if not record_files:
         for child in children.values():
             tracker.end_run(child, "FAILED")
         tracker.end_run(parent, "FAILED")
-        return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False)
+        return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False, missing=missing)
     records = load_records(record_files)
     table = checkpoint_table(prepare(records), tau)
     for run_id, rows in table.groupby("run_id"):
@@ -117,9 +122,19 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
             plot = storage.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
         tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
                                      "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
-                                     "nll_threshold": tau}, 0)
+                                     "premem_n_missing": len(missing), "nll_threshold": tau}, 0)
+        if missing:
+            tracker.set_tags(parent, {"premem.missing_checkpoints": ", ".join(missing)[:4000]})
         tracker.log_artifacts(parent, [plot, points_file], "analysis")
     tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     acc = points["test_acc"] if len(points) else table["test_acc"]
     return Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
-                   ok=fit.n_points >= 2)
+                   ok=fit.n_points >= 2 and not missing, missing=missing)
+
+
+def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec], record_files: list[str]) -> list[str]:
+    """'run R step N' for each checkpoint Ray Train registered that has no records of the original prompt."""
+    have = {(storage.name(storage.parent(f)), storage.name(f).split(".")[0]) for f in record_files}
+    return [f"run {spec.run_id} step {int(storage.name(c).removeprefix('step_'))}"
+            for spec in specs for c in paths.trial_checkpoints(spec.run_id)
+            if (spec.run_id, storage.name(c)) not in have]

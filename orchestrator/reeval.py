@@ -24,19 +24,25 @@ from orchestrator.store import SweepPaths, open_sweep, write_text_atomic
 ALLOWED = ("sampler.", "sweep.nll_threshold", "tracking.", "cluster.")
 
 
-def load_reeval_config(paths: SweepPaths, overrides: list[str]):
-    """The sweep's stored config with sampler/tracking/cluster overrides applied and validated."""
+def load_stored_config(paths: SweepPaths, overrides: list[str], allowed: tuple[str, ...] = ALLOWED):
+    """The sweep's stored config with overrides (only of the `allowed` fields) applied and validated."""
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+")
-        if "=" not in item or not key.startswith(ALLOWED):
-            raise ConfigError(f"{key}: re-evaluation only changes sampler.*, sweep.nll_threshold, tracking.* and "
-                              "cluster.* (the checkpoints are already trained)")
+        if "=" not in item or not key.startswith(allowed):
+            raise ConfigError(f"{key}: only {', '.join(a.rstrip('.') + ('*' if a.endswith('.') else '') for a in allowed)}"
+                              " can change here (the sweep is already planned)")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(storage.read_text(paths.file("config.yaml"))),
                               OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {str(exc.msg).splitlines()[0]}") from None
     validate(cfg)
+    return cfg
+
+
+def load_reeval_config(paths: SweepPaths, overrides: list[str]):
+    """The sweep's stored config with sampler/tracking/cluster overrides applied and validated."""
+    cfg = load_stored_config(paths, overrides)
     if cfg.sampler.variant == "original":
         raise ConfigError("sampler.variant='original': name the new records' variant (e.g. sampler.variant=first)")
     return cfg

@@ -62,6 +62,9 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        from orchestrator import reaper  # this Ray is ours: nothing of it may outlive this driver
+
+        reaper.start(ray._private.worker._global_node.get_session_dir_path())
     _link_ray_logs(log_dir)
 
 
@@ -283,26 +286,64 @@ def show(progress: Progress, final: bool = False) -> None:
     sys.stdout.flush()
 
 
+@dataclass
+class Resumed:
+    """What an interrupted sweep already has, for `orchestrator.resume`."""
+
+    pending: list  # EvalJobs of checkpoints trained but not evaluated (or not logged) before the driver died
+    trained: int  # registered checkpoints in the store
+    evaluated: int  # of them, evaluated and logged
+    finished_trials: set  # run_ids Tune finished (it does not run them again)
+
+
 def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_concurrent: int,
               pool, on_result, on_failure, expected_checkpoints: int,
-              refresh_seconds: float = 2.0) -> Progress:
-    """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end."""
+              refresh_seconds: float = 2.0, resumed: Resumed | None = None) -> Progress:
+    """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end.
+
+    With `resumed`, Tune's experiment in the store is restored (finished trials stay finished, the others
+    continue from their last checkpoints) and the pending checkpoints go to the pool first."""
     progress = Progress(len(specs), expected_checkpoints)
     trials = []
     for spec in specs:
         job, template = trial_jobs(spec, paths, base_model)
         trials.append({"job": job, "template": template, "train_cfg": spec.config["train"]})
+    max_failures = max(int(spec.config["train"]["max_failures"]) for spec in specs)
+    if resumed is not None:
+        progress.trained, progress.evaluated = resumed.trained, resumed.evaluated
+        progress.done = set(resumed.finished_trials)
+        for job in resumed.pending:
+            pool.submit.remote(job)
 
     stop = threading.Event()
     thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds),
                               name="premem-monitor", daemon=True)
     thread.start()
-    tuner = _tuner(trials, paths, max_concurrent, ProgressCallback(progress))
+    callback = ProgressCallback(progress)
+    if resumed is not None and ray.tune.Tuner.can_restore(tune_dir(paths)):
+        tuner = ray.tune.Tuner.restore(tune_dir(paths), _trainable_with_resources(), resume_unfinished=True,
+                                       resume_errored=True)
+        # the restored RunConfig carries the dead driver's callbacks; the progress is this driver's
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+    else:
+        tuner = _tuner(trials, paths, max_concurrent, callback, max_failures)
     tuner.fit()
     stop.set()
     thread.join()
     show(progress, final=True)
     return progress
+
+
+def tune_dir(paths: SweepPaths) -> str:
+    return storage.join(paths.sweep, "tune")
+
+
+def finished_trials(paths: SweepPaths) -> set[str]:
+    """run_ids of the trials that Tune's stored experiment marks finished."""
+    if not ray.tune.Tuner.can_restore(tune_dir(paths)):
+        return set()
+    analysis = ray.tune.ExperimentAnalysis(tune_dir(paths))
+    return {t.config["trial"]["job"].run_id for t in analysis.trials if t.status == "TERMINATED"}
 
 
 def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
@@ -341,15 +382,21 @@ def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Ev
         time.sleep(0.5)
 
 
+def trainable(config: dict) -> dict:
+    """Tune's function trainable: one trial spec's TorchTrainer (module-level: a restore names it again)."""
+    return run_trial(config["trial"])
+
+
+def _trainable_with_resources():
+    # the trial function holds memory but no CPU (its Train workers do), on the head node
+    return ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY, **HEAD_NODE})
+
+
 def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback,
            max_failures: int = 1) -> ray.tune.Tuner:
-    """One Tune trial per trial spec; the trial function holds memory but no CPU (its Train workers do)."""
-
-    def trainable(config: dict) -> dict:
-        return run_trial(config["trial"])
-
+    """One Tune trial per trial spec."""
     return ray.tune.Tuner(
-        ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY, **HEAD_NODE}),
+        _trainable_with_resources(),
         param_space={"trial": ray.tune.grid_search(trials)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0, callbacks=[callback],

@@ -78,8 +78,14 @@ class SweepPaths:
         return storage.list_files(self.records, suffix=f".{variant}.parquet")
 
     def trial_checkpoints(self, run_id: str) -> list[str]:
-        """A trial's finished HF checkpoints, in step order."""
-        return [c for c in storage.list_dirs(storage.join(self.checkpoints, run_id))
+        """A trial's finished HF checkpoints, in step order: those Ray Train registered (its snapshot lists a
+        checkpoint only once all of it is persisted), else, for a store without one, those with config.json."""
+        run_dir = storage.join(self.checkpoints, run_id)
+        snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+        if storage.is_file(snapshot):
+            names = sorted({r["checkpoint_dir_name"] for r in json.loads(storage.read_text(snapshot))["checkpoint_results"]})
+            return [storage.join(run_dir, n) for n in names if n.startswith("step_")]
+        return [c for c in storage.list_dirs(run_dir)
                 if storage.name(c).startswith("step_") and storage.is_file(storage.join(c, "config.json"))]
 
     def mlflow_artifacts(self) -> str:

@@ -19,6 +19,8 @@ from analysis.sources import RUN_ID_TAG
 SWEEP_TAG = "premem.sweep"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
                       "train_grade_timeouts", "test_grade_timeouts")
+PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_points", "premem_n_missing",
+                  "nll_threshold")
 
 
 def git_commit() -> str:

@@ -1,0 +1,81 @@
+"""python -m orchestrator.resume SWEEP_DIR [tracking.* cluster.* overrides]: finish a sweep whose driver died.
+
+Finished trials are not run again; the others continue from their last checkpoint (Tune restores its
+experiment from the store, and each trial's TorchTrainer resumes from Ray Train's checkpoint snapshot:
+weights, optimizer, LR schedule, data position, RNG). Checkpoints trained but not evaluated (or evaluated but
+not yet in MLflow) are evaluated. The sweep's MLflow parent and child runs are reused and end FINISHED; every
+metric keeps one value per step. Running it on a finished sweep just redoes the fit. Example:
+    python -m orchestrator.resume runs/sweeps/default-20261123-120000
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from analysis import storage
+from orchestrator.config import ConfigError, tracking_uri
+from orchestrator.plan import TrialSpec
+from orchestrator.reeval import load_stored_config
+from orchestrator.store import SweepPaths, open_sweep
+
+ALLOWED = ("tracking.", "cluster.")
+DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint)
+
+
+def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: str, tracker,
+                        children: dict[str, str]):
+    """What the interrupted sweep has: registered checkpoints, and those whose evaluation is not in MLflow."""
+    from orchestrator import schedule
+
+    pending, trained, evaluated = [], 0, 0
+    for spec in specs:
+        _, template = schedule.trial_jobs(spec, paths, base_model)
+        for checkpoint in paths.trial_checkpoints(spec.run_id):
+            state = json.loads(storage.read_text(storage.join(checkpoint, "trainer_state.json")))
+            trained += 1
+            if tracker.has_step(children[spec.run_id], DONE_MARKER, int(state["step"])):
+                evaluated += 1
+            else:
+                pending.append(template.job(int(state["step"]), float(state["epoch"]), checkpoint,
+                                            {"train_loss": state["train_loss"]}))
+    return schedule.Resumed(pending, trained, evaluated, schedule.finished_trials(paths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print(__doc__)
+        return 2
+    try:
+        paths = open_sweep(argv[0])
+        cfg = load_stored_config(paths, argv[1:], ALLOWED)
+    except (ConfigError, FileNotFoundError, storage.StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from orchestrator.__main__ import ensure_base_model, execute, trial_params
+    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker
+
+    specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
+    base_model = ensure_base_model(cfg)
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
+    try:
+        parent, children = tracker.find_sweep(paths.sweep_id)
+    except LookupError:  # the driver died before it made the sweep's MLflow runs
+        parent, children = tracker.start_sweep(paths.sweep_id, cfg.sweep.name, paths.file("config.yaml"),
+                                               paths.file("plan.json")), {}
+    for spec in specs:
+        if spec.run_id not in children:
+            children[spec.run_id] = tracker.start_trial(parent, spec.run_id, spec.label, trial_params(spec))
+    for run in [parent, *children.values()]:
+        tracker.reopen(run)
+    for child in children.values():
+        tracker.load_logged(child, ("train_loss", "premem_train_acc", "memorized_frac", *CHECKPOINT_METRICS))
+    tracker.load_logged(parent, PARENT_METRICS)
+    resumed = pending_evaluations(paths, specs, base_model, tracker, children)
+    print(f"resuming {paths.sweep_id}: {len(resumed.finished_trials)} of {len(specs)} trials finished, "
+          f"{resumed.trained} checkpoints trained, {len(resumed.pending)} of them to evaluate")
+    return execute(cfg, paths, specs, base_model, tracker, parent, children, resumed=resumed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What every fault test asserts afterwards: each planned record exactly once, each MLflow metric one value per
+step on the sweep's one parent and its children (all FINISHED), and no process left behind."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+RECORD_KEY = ["run_id", "step", "split", "example_id", "variant"]
+
+
+def assert_records_exactly_once(sweep_dir: Path, n_train: int, n_test: int) -> pd.DataFrame:
+    """Every checkpoint Ray Train registered has its records, each key once; returns the records."""
+    from orchestrator.store import open_sweep
+
+    paths = open_sweep(str(sweep_dir))
+    plan = json.loads((sweep_dir / "plan.json").read_text())
+    frame = pd.concat(pd.read_parquet(f) for f in sorted((sweep_dir / "records").rglob("*.original.parquet")))
+    duplicated = frame[frame.duplicated(RECORD_KEY, keep=False)]
+    assert duplicated.empty, f"records written twice:\n{duplicated.head()}"
+    for trial in plan:
+        steps = sorted(int(Path(c).name.removeprefix("step_")) for c in paths.trial_checkpoints(trial["run_id"]))
+        assert steps, f"{trial['run_id']}: no checkpoints"
+        got = frame[frame.run_id == trial["run_id"]]
+        assert sorted(got.step.unique()) == steps, f"{trial['run_id']}: records of steps {sorted(got.step.unique())}, checkpoints {steps}"
+        per_split = got.groupby(["step", "split"]).size()
+        assert (per_split.xs("train", level="split") == n_train).all() and (per_split.xs("test", level="split") == n_test).all()
+    return frame
+
+
+def assert_mlflow_exactly_once(uri: str, experiment: str, sweep_id: str, n_trials: int) -> dict:
+    """One FINISHED parent for the sweep, its children FINISHED, one value per step of every metric.
+    Returns {premem.run_id: {metric: {step: value}}}."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`premem.sweep` = '{sweep_id}'")
+    assert len(parents) == 1, f"{len(parents)} parent runs for {sweep_id}"
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == n_trials, f"{len(children)} child runs, planned {n_trials}"
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children), \
+        [parent.info.status, *(c.info.status for c in children)]
+    curves = {}
+    for run in [parent, *children]:
+        series = {}
+        for key in run.data.metrics:
+            history = client.get_metric_history(run.info.run_id, key)
+            steps = Counter(m.step for m in history)
+            repeated = {s: n for s, n in steps.items() if n > 1}
+            assert not repeated, f"{run.info.run_name} {key}: steps logged more than once {repeated}"
+            series[key] = {m.step: m.value for m in history}
+        curves[run.data.tags.get("premem.run_id", "parent")] = series
+    return curves
+
+
+def process_table() -> dict[int, str]:
+    """pid -> command line of every process (the fault tests diff two of them)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                table[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                pass
+    return {pid: cmd for pid, cmd in table.items() if cmd}
+
+
+def assert_no_leftovers(before: dict[int, str], keep: tuple[str, ...] = (), wait_s: float = 30.0) -> None:
+    """No process started since `before` is still running (ones whose command line holds a `keep` string,
+    a cluster the test started, excepted); waits up to `wait_s` for processes still on their way out."""
+    deadline = time.time() + wait_s
+    while True:
+        new = {pid: cmd for pid, cmd in process_table().items()
+               if pid not in before and pid != os.getpid() and not any(k in cmd for k in keep)
+               and not _zombie(pid)}
+        if not new or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not new, f"processes left behind: {new}"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
