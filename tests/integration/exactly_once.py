@@ -73,17 +73,30 @@ def process_table() -> dict[int, str]:
 
 
 def assert_no_leftovers(before: dict[int, str], keep: tuple[str, ...] = (), wait_s: float = 30.0) -> None:
-    """No process started since `before` is still running (ones whose command line holds a `keep` string,
-    a cluster the test started, excepted); waits up to `wait_s` for processes still on their way out."""
+    """No process started since `before` is still running, except those of a Ray cluster the test started
+    (a process whose command line, or an ancestor's, holds a `keep` string: the raylets carry their temp
+    dirs, their workers descend from them); waits up to `wait_s` for processes on their way out."""
     deadline = time.time() + wait_s
     while True:
-        new = {pid: cmd for pid, cmd in process_table().items()
-               if pid not in before and pid != os.getpid() and not any(k in cmd for k in keep)
-               and not _zombie(pid)}
+        table = process_table()
+        new = {pid: cmd for pid, cmd in table.items()
+               if pid not in before and pid != os.getpid() and not _zombie(pid)
+               and not any(k in table.get(a, "") for a in _ancestry(pid) for k in keep)}
         if not new or time.time() > deadline:
             break
         time.sleep(1)
     assert not new, f"processes left behind: {new}"
+
+
+def _ancestry(pid: int) -> list[int]:
+    chain = []
+    while pid > 1 and len(chain) < 64:
+        chain.append(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return chain
 
 
 def _zombie(pid: int) -> bool:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from analysis import storage
-from tests.conftest import REPO, free_port, make_bucket
-from tests.integration.conftest import SMALL, mlflow_server_at, run_python
+from tests.conftest import REPO, make_bucket
+from tests.integration.conftest import SMALL, mlflow_server_at, ray_cluster_at, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +27,8 @@ def bucket(s3_server):
 def ray_cluster(s3_server):
     """Head and worker raylets on this host, two logical CPUs each (a trial worker takes a whole one while
     half-CPU samplers sit on either node), separate temp dirs; stopped afterwards."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    temp_dirs = [tempfile.mkdtemp(prefix="rayn", dir="/tmp") for _ in range(2)]
-    port = free_port()
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
-    subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                    f"--temp-dir={temp_dirs[0]}", *common], env=env, check=True, capture_output=True)
-    subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp_dirs[1]}", *common],
-                   env=env, check=True, capture_output=True)
-    yield f"127.0.0.1:{port}"
-    # `ray stop` would stop every Ray on the host; this cluster's processes carry its temp dirs in their
-    # arguments (workers exit with their raylet)
-    for d in temp_dirs:
-        subprocess.run(["pkill", "-f", d], capture_output=True)
-    for d in temp_dirs:
-        shutil.rmtree(d, ignore_errors=True)
+    with ray_cluster_at([{"num_cpus": 2}, {"num_cpus": 2}]) as cluster:
+        yield cluster.address
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,212 @@
+"""Faults on a real multi-node Ray cluster on this host (a head node for the driver's actors and the sampling
+pool, two trainer nodes): a train worker SIGKILLed, a sampler actor SIGKILLed mid-evaluation, the driver
+SIGKILLed and the sweep resumed, a trainer node's raylet killed. After each: every planned record exactly
+once, every MLflow metric one value per step, all runs FINISHED, no process left behind; and a trial that
+resumed has the loss curve of the uninterrupted one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.conftest import ray_cluster_at
+from tests.integration.exactly_once import (assert_mlflow_exactly_once, assert_no_leftovers,
+                                            assert_records_exactly_once, process_table)
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+N_TRAIN, N_TEST = 192, 48
+# One trial, 96 optimizer steps, a checkpoint every 16: room to strike between checkpoints.
+FAULT_SWEEP = ["sweep=small", "sweep.grid.train.lr=[1e-3]", f"task.n_train={N_TRAIN}", f"task.n_test={N_TEST}",
+               "train.epochs=2", "train.micro_batch_size=4", "train.global_batch_size=4", "train.save_every_steps=16",
+               "sampler.k=2", "sampler.max_new_tokens=64", "model.base_stage.n_examples=600",
+               "model.base_stage.epochs=1", "tracking.experiment=faults"]
+PLACED = ["train.resources_per_worker={trainer: 1}", "sampler.resources_per_actor={sampler: 1}"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with ray_cluster_at([{"num_cpus": 2, "resources": {"sampler": 2}},
+                         {"num_cpus": 1, "resources": {"trainer": 1}},
+                         {"num_cpus": 1, "resources": {"trainer": 1}}]) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("store")  # one store: the base model is built once for the module
+
+
+class Driver:
+    """`python -m orchestrator ...` running in the background, its output in a file."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 900) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def wait_until(predicate, timeout: float = 600, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def newest_sweep(store: Path) -> Path:
+    return max((store / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
+def pids_titled(title: str) -> list[int]:
+    """Ray workers show what they run as their process title: ray::RayTrainWorker, ray::SamplerActor.evaluate."""
+    return [pid for pid, cmd in process_table().items() if cmd.startswith(title)]
+
+
+def checkpoints(sweep: Path, trial: str = "-t00") -> list[Path]:
+    return sorted(p.parent for p in (sweep / "checkpoints").glob(f"*{trial}*/step_*/trainer_state.json"))
+
+
+def loss_curve(sweep: Path, trial: str = "-t00") -> dict[int, float]:
+    """step -> train loss from the trial's checkpoints (each holds the losses since the one before)."""
+    curve = {}
+    for ckpt in checkpoints(sweep, trial):
+        for step, loss in json.loads((ckpt / "trainer_state.json").read_text())["train_loss"]:
+            assert step not in curve, f"step {step} recorded twice"
+            curve[step] = loss
+    return curve
+
+
+def check_exactly_once(sweep: Path, mlflow_server: str, n_trials: int = 1) -> dict:
+    assert_records_exactly_once(sweep, N_TRAIN, N_TEST)
+    return assert_mlflow_exactly_once(mlflow_server, "faults", sweep.name, n_trials)
+
+
+# ------------------------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def reference(cluster, store, mlflow_server, tmp_path_factory):
+    """The uninterrupted sweep the faulted ones are compared with."""
+    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+                     f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED],
+                    tmp_path_factory.mktemp("ref") / "driver.log")
+    assert driver.wait() == 0, driver.output
+    return newest_sweep(store)
+
+
+def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference, mlflow_server):
+    import ray
+    from ray.util.state import list_actors
+
+    check_exactly_once(reference, mlflow_server)
+    ray.init(address=cluster.address, namespace="placement-check", logging_level="ERROR")
+    try:
+        trainer_nodes = {n["NodeID"] for n in ray.nodes() if "trainer" in n["Resources"]}
+        head = {n["NodeID"] for n in ray.nodes() if "sampler" in n["Resources"]}
+        actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
+    finally:
+        ray.shutdown()
+    placed = {}
+    for actor in actors:
+        placed.setdefault(actor["class_name"], set()).add(actor["node_id"])
+    assert placed["RayTrainWorker"] and placed["RayTrainWorker"] <= trainer_nodes
+    assert placed["SamplerActor"] and placed["SamplerActor"] <= head
+    assert placed["SamplingPool"] <= head and placed["TrainController"] <= head
+
+
+def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, reference, mlflow_server, tmp_path):
+    before = process_table()
+    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+                     f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference, what="the sweep dir")
+    sweep = newest_sweep(store)
+    wait_until(lambda: checkpoints(sweep), what="the first checkpoint")
+    workers = pids_titled("ray::RayTrainWorker")
+    assert workers, "no train worker to kill"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert driver.wait() == 0, driver.output
+
+    states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
+    assert max(s["resumed_from_step"] for s in states) > 0, "the trial did not restart"
+    resumed, uninterrupted = loss_curve(sweep), loss_curve(reference)
+    assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 97))
+    # weights, Adam moments, LR schedule, data order and RNG all came back: the curve is the same
+    assert max(abs(resumed[s] - uninterrupted[s]) for s in resumed) < 1e-4
+    curves = check_exactly_once(sweep, mlflow_server)
+    assert len(next(c for k, c in curves.items() if k != "parent")["train_loss"]) == 96
+    assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
+
+
+def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store, reference, mlflow_server, tmp_path):
+    before = process_table()
+    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+                     f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
+    wait_until(lambda: pids_titled("ray::SamplerActor.evaluate"), what="an evaluation in progress")
+    for pid in pids_titled("ray::SamplerActor.evaluate")[:1]:
+        os.kill(pid, signal.SIGKILL)
+    assert driver.wait() == 0, driver.output
+    assert "evaluation RETRY" in driver.output and "FAILED" not in driver.output
+    sweep = newest_sweep(store)
+    check_exactly_once(sweep, mlflow_server)
+    assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
+
+
+def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, reference, mlflow_server, tmp_path):
+    """A local Ray (the driver's own): killing the driver kills that Ray; `orchestrator.resume` finishes."""
+    before = process_table()
+    args = [f"store.root={store}", f"tracking.uri={mlflow_server}", "cluster.num_cpus=2", *FAULT_SWEEP,
+            "sweep.grid.train.lr=[1e-3,3e-3]"]
+    driver = Driver(["-m", "orchestrator", *args], tmp_path / "driver.log")
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference
+               and checkpoints(newest_sweep(store), "-t01"), what="the second trial's first checkpoint")
+    driver.proc.kill()
+    driver.wait()
+    sweep = newest_sweep(store)
+    first_trial = {c.name: (c / "trainer_state.json").stat().st_mtime for c in checkpoints(sweep, "-t00")}
+    assert len(first_trial) == 6  # the first trial had finished
+
+    resume = Driver(["-m", "orchestrator.resume", str(sweep)], tmp_path / "resume.log")
+    assert resume.wait() == 0, resume.output
+    assert "1 of 2 trials finished" in resume.output
+    # the finished trial was not trained again; the other went on from its checkpoint, not from scratch
+    assert {c.name: (c / "trainer_state.json").stat().st_mtime for c in checkpoints(sweep, "-t00")} == first_trial
+    states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep, "-t01")]
+    assert len(states) == 6 and max(s["resumed_from_step"] for s in states) > 0
+    assert loss_curve(sweep, "-t00") == pytest.approx(loss_curve(reference), abs=1e-4)
+    assert len(loss_curve(sweep, "-t01")) == 96
+    check_exactly_once(sweep, mlflow_server, n_trials=2)
+    assert_no_leftovers(before)
+
+
+def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference, mlflow_server, tmp_path):
+    """Last in the module: it leaves the cluster one trainer node short."""
+    before = process_table()
+    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+                     f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference
+               and checkpoints(newest_sweep(store)), what="the first checkpoint")
+    workers = pids_titled("ray::RayTrainWorker")
+    assert workers
+    node = cluster.node_of(workers[0])
+    assert node in cluster.temp_dirs[1:], "the train worker is not on a trainer node"
+    cluster.kill_node(node)
+    assert driver.wait() == 0, driver.output
+    sweep = newest_sweep(store)
+    states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
+    assert max(s["resumed_from_step"] for s in states) > 0
+    assert loss_curve(sweep) == pytest.approx(loss_curve(reference), abs=1e-4)
+    check_exactly_once(sweep, mlflow_server)
+    assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
