@@ -116,6 +116,8 @@ def trial_params(spec: TrialSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.tracking import TrackingError, check_tracking
+
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(HELP)
@@ -123,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     show_config = "--cfg" in argv
     try:
         cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])
-        if not show_config:
+        if not show_config:  # both checked before anything is written
             storage.check_writable(storage.normalize(cfg.store.root))
-    except (ConfigError, storage.StorageError) as exc:
+            check_tracking(tracking_uri(cfg))
+    except (ConfigError, storage.StorageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if show_config:
@@ -150,13 +153,17 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
     """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code."""
     from orchestrator import schedule
     from orchestrator.finish import finish_sweep, log_failure, log_result
+    from orchestrator.tracking import Outbox, quiet_client_retries
     from workers.train import prepare_deepspeed_ops
 
+    quiet_client_retries()
+    outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
+
     def on_result(result) -> None:
-        log_result(tracker, children[result.run_id], result)
+        log_result(outbox, children[result.run_id], result)
 
     def on_failure(job: dict, line: str, details: str) -> None:
-        log_failure(tracker, children[job["run_id"]], paths, job, line, details)
+        log_failure(outbox, children[job["run_id"]], paths, job, line, details)
 
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
@@ -165,16 +172,27 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
                                       on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
-        summary = finish_sweep(cfg, paths, specs, tracker, parent, children, progress.failed)
+        summary = finish_sweep(cfg, paths, specs, outbox, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         for run in [*children.values(), parent]:
-            tracker.end_run(run, status)
+            outbox.end_run(run, status)
+        outbox.close(timeout_s=30)
         if isinstance(exc, KeyboardInterrupt):
             print(f"\ninterrupted: continue with  python -m orchestrator.resume {paths.sweep}", file=sys.stderr)
         raise
+    unwritten = outbox.close(timeout_s=cfg.tracking.outage_wait_s)
     print(summary.text(tracker.uri, paths, progress))
-    all_evaluated = progress.evaluated == progress.trained and progress.monitor_error is None
+    if unwritten:
+        print(f"MLflow: {unwritten} write(s) not made, the server was unreachable for tracking.outage_wait_s="
+              f"{cfg.tracking.outage_wait_s:g}s; once it is back, `python -m orchestrator.resume {paths.sweep}` "
+              "writes them (the records are complete)")
+    return 1 if unwritten else exit_code(progress, summary)
+
+
+def exit_code(progress, summary) -> int:
+    """0 when every trial trained and every checkpoint was evaluated; else 1 (the summary said which)."""
+    all_evaluated = progress.evaluated >= progress.trained and progress.monitor_error is None
     return 0 if not progress.failed and not progress.eval_failed and all_evaluated and summary.ok else 1
 
 

@@ -95,6 +95,7 @@ class SweepConfig:
 class TrackingConfig:
     uri: Optional[str] = None  # default: sqlite:///<store.root>/mlflow.db
     experiment: str = "premem"
+    outage_wait_s: float = 600.0  # at the end, how long to wait for a tracking server that is down
 
 
 @dataclass
@@ -197,6 +198,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
+    _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")
     uri = cfg.tracking.uri
     _check(uri is not None or "://" not in cfg.store.root or cfg.store.root.startswith("file://"), "tracking.uri",
            uri, f"give an MLflow server (http://...) when store.root is an object store ({cfg.store.root})")

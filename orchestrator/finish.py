@@ -15,7 +15,7 @@ from analysis.premem import checkpoint_table, prepare
 from analysis.records import ORIGINAL, load_records
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths, write_text_atomic
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, redact
 from workers.sample import EvalResult
 
 
@@ -43,7 +43,7 @@ class Summary:
     test_acc_range: tuple[float, float]
     plot: Path | None
     failed: dict
-    ok: bool
+    ok: bool  # every trained checkpoint is in the records (a fit that cannot be made is a note, not a failure)
     missing: list[str] = field(default_factory=list)  # trained checkpoints without records: not in the fit
 
     def text(self, uri: str, paths: SweepPaths, progress=None) -> str:
@@ -55,7 +55,9 @@ class Summary:
             lo, hi = self.test_acc_range
             lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
         else:
-            lines.append("premem R²: not enough evaluated checkpoints to fit")
+            n = self.fit.n_points if self.fit is not None else 0
+            lines.append(f"note: premem R² needs at least 2 evaluated checkpoints with distinct premem train "
+                         f"accuracy; this sweep has {n} (more trials or save points give a fit)")
         if self.missing:
             lines.append(f"NOT IN THE FIT: {len(self.missing)} trained checkpoint(s) have no records: "
                          + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
@@ -75,9 +77,9 @@ class Summary:
         if self.plot:
             lines.append(f"scatter plot: {self.plot}")
         if uri.startswith("http"):
-            lines.append(f"MLflow: {uri}")
+            lines.append(f"MLflow: {redact(uri)}")
         else:
-            lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}")
+            lines.append(f"MLflow: mlflow ui --backend-store-uri {redact(uri)}")
         return "\n".join(lines)
 
 
@@ -129,7 +131,7 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     acc = points["test_acc"] if len(points) else table["test_acc"]
     return Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
-                   ok=fit.n_points >= 2 and not missing, missing=missing)
+                   ok=not missing, missing=missing)
 
 
 def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec], record_files: list[str]) -> list[str]:

@@ -49,6 +49,8 @@ def load_reeval_config(paths: SweepPaths, overrides: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.tracking import TrackingError, check_tracking
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
         print(__doc__)
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = open_sweep(argv[0])
         cfg = load_reeval_config(paths, argv[1:])
-    except (ConfigError, FileNotFoundError, storage.StorageError) as exc:
+        check_tracking(tracking_uri(cfg))
+    except (ConfigError, FileNotFoundError, storage.StorageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from orchestrator import schedule

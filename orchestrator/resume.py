@@ -42,6 +42,8 @@ def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.tracking import TrackingError, check_tracking
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
         print(__doc__)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = open_sweep(argv[0])
         cfg = load_stored_config(paths, argv[1:], ALLOWED)
-    except (ConfigError, FileNotFoundError, storage.StorageError) as exc:
+        check_tracking(tracking_uri(cfg))
+    except (ConfigError, FileNotFoundError, storage.StorageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from orchestrator.__main__ import ensure_base_model, execute, trial_params

@@ -4,9 +4,13 @@ The only module that writes to MLflow. Metric names are the records' vocabulary.
 """
 from __future__ import annotations
 
+import collections
 import math
+import os
+import re
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +25,40 @@ CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_f
                       "train_grade_timeouts", "test_grade_timeouts")
 PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_points", "premem_n_missing",
                   "nll_threshold")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message names the (redacted) URI and the cause."""
+
+
+def redact(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host`, wherever it appears in `text`."""
+    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
+
+def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast (one request, no retries) if the tracking store cannot be reached or refuses us."""
+    if not uri.startswith(("http://", "https://")):
+        if uri.startswith("sqlite:///"):
+            folder = Path(uri.removeprefix("sqlite:///")).parent
+            if not (folder.is_dir() and os.access(folder, os.W_OK)) and folder.exists():
+                raise TrackingError(f"tracking.uri={uri}: {folder} is not a writable directory")
+        return
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(timeout_s)))
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Max retries exceeded" in cause or "Connection refused" in cause:
+            cause = "nothing answers there (connection refused or timed out)"
+        raise TrackingError(redact(f"tracking.uri={uri}: the MLflow server cannot be used: {cause[:300]}")) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def git_commit() -> str:
@@ -39,6 +77,7 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(uri)
         self.logged: dict[tuple[str, str], set[int]] = {}  # (MLflow run id, metric key) -> steps written
+        self.unsure: set[str] = set()  # runs where a write failed midway: reread what they have before writing
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             # Artifacts go to the store (a file: URI or the object store's); a server decides its own location.
@@ -98,11 +137,14 @@ class Tracker:
         return fresh
 
     def _write_metrics(self, mlflow_run_id: str, metrics: list[Metric]) -> None:
+        if mlflow_run_id in self.unsure:  # an earlier batch may have reached the server before the error
+            self.load_logged(mlflow_run_id, tuple({m.key for m in metrics}))
         metrics = self._new_only(mlflow_run_id, metrics)
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(mlflow_run_id, metrics=metrics[start:start + 1000])
         for m in metrics:
             self.logged.setdefault((mlflow_run_id, m.key), set()).add(m.step)
+        self.unsure.discard(mlflow_run_id)
 
     # ---------------------------------------------------------------------------------- metrics
     def log_metrics(self, mlflow_run_id: str, values: dict[str, float], step: int) -> None:
@@ -140,6 +182,75 @@ class Tracker:
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class Outbox:
+    """The Tracker's writes, made in order on a thread of their own: a tracking server that is down or
+    restarting delays them and never stops training or loses a value. Same write methods as Tracker (they
+    return at once); `close` waits for the server to take everything."""
+
+    WRITES = ("log_checkpoint", "log_metrics", "log_artifacts", "set_tags", "end_run")
+
+    def __init__(self, tracker: Tracker, retry_max_s: float = 30.0, log=None):
+        self.tracker = tracker
+        self.retry_max_s = retry_max_s
+        self.log = log or (lambda line: print(line, flush=True))
+        self.pending: collections.deque = collections.deque()
+        self.cond = threading.Condition()
+        self.down_since: float | None = None
+        self.thread = threading.Thread(target=self._run, name="premem-mlflow-outbox", daemon=True)
+        self.thread.start()
+
+    def __getattr__(self, name: str):
+        if name not in self.WRITES:
+            raise AttributeError(name)
+
+        def enqueue(*args, **kwargs) -> None:
+            with self.cond:
+                self.pending.append((name, args, kwargs))
+                self.cond.notify_all()
+        return enqueue
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                name, args, kwargs = self.pending[0]
+            try:
+                getattr(self.tracker, name)(*args, **kwargs)
+            except Exception as exc:
+                self.tracker.unsure.add(args[0])  # every write names its run first
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    cause = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+                    self.log(f"MLflow: cannot write to {redact(self.tracker.uri)} ({cause}); training goes on, "
+                             f"{len(self.pending)} write(s) kept and retried")
+                time.sleep(backoff)
+                backoff = min(self.retry_max_s, backoff * 2)
+                continue
+            if self.down_since is not None:
+                self.log(f"MLflow: {redact(self.tracker.uri)} is back after {time.time() - self.down_since:.0f}s; "
+                         "writing what was kept")
+                self.down_since, backoff = None, 1.0
+            with self.cond:
+                self.pending.popleft()
+                self.cond.notify_all()
+
+    def close(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for every write to be made; returns how many were not."""
+        deadline = time.time() + timeout_s
+        with self.cond:
+            while self.pending and time.time() < deadline:
+                self.cond.wait(timeout=min(1.0, max(0.0, deadline - time.time())))
+            return len(self.pending)
+
+
+def quiet_client_retries() -> None:
+    """MLflow's client retries a request for minutes on its own; the Outbox retries instead, without bound."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def log_analysis(uri: str | None, mlflow_run_id: str, result: dict, outputs: list[Path]) -> None:

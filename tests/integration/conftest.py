@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,16 +21,52 @@ from tests.conftest import REPO, free_port, wait_for_http
 SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
          "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1"]
 
+N_TRAIN, N_TEST = 192, 48
+# One trial, 96 optimizer steps, a checkpoint every 16: room to strike between checkpoints.
+ONE_LONG_TRIAL = ["sweep=small", "sweep.grid.train.lr=[1e-3]", f"task.n_train={N_TRAIN}", f"task.n_test={N_TEST}",
+                  "train.epochs=2", "train.micro_batch_size=4", "train.global_batch_size=4",
+                  "train.save_every_steps=16", "sampler.k=2", "sampler.max_new_tokens=64",
+                  "model.base_stage.n_examples=600", "model.base_stage.epochs=1"]
+
+
+class Driver:
+    """`python -m orchestrator ...` running in the background, its output in a file."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 900) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def wait_until(predicate, timeout: float = 600, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def newest_sweep(store: Path) -> Path:
+    return max((store / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
+
+
 
 @contextlib.contextmanager
-def mlflow_server_at(root: Path, artifacts: str):
-    """`mlflow server` on a free localhost port (sqlite backend in `root`, artifacts at `artifacts`)."""
-    port = free_port()
+def mlflow_server_at(root: Path, artifacts: str, backend: str | None = None, port: int | None = None):
+    """`mlflow server` on a localhost port (free unless given) with its database at `backend` (default: a
+    sqlite file in `root`) and artifacts at `artifacts`."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", artifacts,
+         "--backend-store-uri", backend or f"sqlite:///{root / 'server.db'}", "--artifacts-destination", artifacts,
          "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", proc, root / "server.log", "mlflow server")
@@ -99,3 +136,32 @@ def ray_cluster_at(nodes: list[dict]):
             subprocess.run(["pkill", "-f", d], capture_output=True)
         for d in cluster.temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_at(database: str = "mlflow"):
+    """A PostgreSQL 15 server of its own (initdb'd in a temp dir, password auth, localhost only); yields its
+    SQLAlchemy URI. initdb and pg_ctl refuse root: they run as the `postgres` system user."""
+    import secrets
+
+    bindir = next(Path("/usr/lib/postgresql").glob("*/bin"))
+    root = Path(tempfile.mkdtemp(prefix="premem-pg-", dir="/tmp"))
+    password = secrets.token_hex(16)
+    (root / "pw").write_text(password)
+    shutil.chown(root, "postgres")
+    shutil.chown(root / "pw", "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(root / "data"), "-U", "mlflow",
+                    "--auth=scram-sha-256", f"--pwfile={root / 'pw'}"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True)
+    try:
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", database],
+                       check=True, capture_output=True, env={**os.environ, "PGPASSWORD": password})
+        yield f"postgresql://mlflow:{password}@127.0.0.1:{port}/{database}"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

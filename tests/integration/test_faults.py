@@ -5,30 +5,24 @@ once, every MLflow metric one value per step, all runs FINISHED, no process left
 resumed has the loss curve of the uninterrupted one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.conftest import ray_cluster_at
+from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, Driver, newest_sweep, ray_cluster_at,
+                                        wait_until)
 from tests.integration.exactly_once import (assert_mlflow_exactly_once, assert_no_leftovers,
                                             assert_records_exactly_once, process_table)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-N_TRAIN, N_TEST = 192, 48
-# One trial, 96 optimizer steps, a checkpoint every 16: room to strike between checkpoints.
-FAULT_SWEEP = ["sweep=small", "sweep.grid.train.lr=[1e-3]", f"task.n_train={N_TRAIN}", f"task.n_test={N_TEST}",
-               "train.epochs=2", "train.micro_batch_size=4", "train.global_batch_size=4", "train.save_every_steps=16",
-               "sampler.k=2", "sampler.max_new_tokens=64", "model.base_stage.n_examples=600",
-               "model.base_stage.epochs=1", "tracking.experiment=faults"]
-PLACED = ["train.resources_per_worker={trainer: 1}", "sampler.resources_per_actor={sampler: 1}"]
+FAULT_SWEEP = [*ONE_LONG_TRIAL, "tracking.experiment=faults"]
+PLACED = ["+train.resources_per_worker.trainer=1", "+sampler.resources_per_actor.sampler=1"]
 
 
 @pytest.fixture(scope="module")
@@ -42,33 +36,6 @@ def cluster():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return tmp_path_factory.mktemp("store")  # one store: the base model is built once for the module
-
-
-class Driver:
-    """`python -m orchestrator ...` running in the background, its output in a file."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 900) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-def wait_until(predicate, timeout: float = 600, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def newest_sweep(store: Path) -> Path:
-    return max((store / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
 
 
 def pids_titled(title: str) -> list[int]:
@@ -90,47 +57,48 @@ def loss_curve(sweep: Path, trial: str = "-t00") -> dict[int, float]:
     return curve
 
 
-def check_exactly_once(sweep: Path, mlflow_server: str, n_trials: int = 1) -> dict:
+def check_exactly_once(sweep: Path, tracking_uri: str, n_trials: int = 1) -> dict:
     assert_records_exactly_once(sweep, N_TRAIN, N_TEST)
-    return assert_mlflow_exactly_once(mlflow_server, "faults", sweep.name, n_trials)
+    return assert_mlflow_exactly_once(tracking_uri, "faults", sweep.name, n_trials)
 
 
 # ------------------------------------------------------------------------------------------- tests
+ACTORS = ("ray::RayTrainWorker", "ray::SamplerActor", "ray::SamplingPool", "ray::TrainController")
+
+
 @pytest.fixture(scope="module")
 def reference(cluster, store, mlflow_server, tmp_path_factory):
-    """The uninterrupted sweep the faulted ones are compared with."""
+    """The uninterrupted sweep the faulted ones are compared with, and the nodes its actors ran on (seen from
+    their processes while it ran)."""
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED],
                     tmp_path_factory.mktemp("ref") / "driver.log")
+    placement: dict[str, set] = {title: set() for title in ACTORS}
+    while driver.proc.poll() is None:
+        for pid, cmd in process_table().items():
+            title = next((t for t in ACTORS if cmd.startswith(t)), None)
+            if title:
+                with contextlib.suppress(OSError):
+                    placement[title].add(cluster.node_of(pid))
+        time.sleep(0.2)
     assert driver.wait() == 0, driver.output
-    return newest_sweep(store)
+    return newest_sweep(store), placement
 
 
 def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference, mlflow_server):
-    import ray
-    from ray.util.state import list_actors
-
-    check_exactly_once(reference, mlflow_server)
-    ray.init(address=cluster.address, namespace="placement-check", logging_level="ERROR")
-    try:
-        trainer_nodes = {n["NodeID"] for n in ray.nodes() if "trainer" in n["Resources"]}
-        head = {n["NodeID"] for n in ray.nodes() if "sampler" in n["Resources"]}
-        actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
-    finally:
-        ray.shutdown()
-    placed = {}
-    for actor in actors:
-        placed.setdefault(actor["class_name"], set()).add(actor["node_id"])
-    assert placed["RayTrainWorker"] and placed["RayTrainWorker"] <= trainer_nodes
-    assert placed["SamplerActor"] and placed["SamplerActor"] <= head
-    assert placed["SamplingPool"] <= head and placed["TrainController"] <= head
+    sweep, placement = reference
+    check_exactly_once(sweep, mlflow_server)
+    head, trainer_nodes = cluster.temp_dirs[0], set(cluster.temp_dirs[1:])
+    assert placement["ray::RayTrainWorker"] and placement["ray::RayTrainWorker"] <= trainer_nodes
+    assert placement["ray::SamplerActor"] == {head}
+    assert placement["ray::SamplingPool"] == {head} and placement["ray::TrainController"] == {head}
 
 
 def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, reference, mlflow_server, tmp_path):
     before = process_table()
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference, what="the sweep dir")
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0], what="the sweep dir")
     sweep = newest_sweep(store)
     wait_until(lambda: checkpoints(sweep), what="the first checkpoint")
     workers = pids_titled("ray::RayTrainWorker")
@@ -141,7 +109,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
 
     states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
     assert max(s["resumed_from_step"] for s in states) > 0, "the trial did not restart"
-    resumed, uninterrupted = loss_curve(sweep), loss_curve(reference)
+    resumed, uninterrupted = loss_curve(sweep), loss_curve(reference[0])
     assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 97))
     # weights, Adam moments, LR schedule, data order and RNG all came back: the curve is the same
     assert max(abs(resumed[s] - uninterrupted[s]) for s in resumed) < 1e-4
@@ -164,13 +132,13 @@ def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store,
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
 
 
-def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, reference, mlflow_server, tmp_path):
-    """A local Ray (the driver's own): killing the driver kills that Ray; `orchestrator.resume` finishes."""
+def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, reference, tmp_path):
+    """The embedded default: a local Ray (the driver's own, which dies with it) and MLflow in the store's
+    SQLite file; `orchestrator.resume` finishes the sweep."""
     before = process_table()
-    args = [f"store.root={store}", f"tracking.uri={mlflow_server}", "cluster.num_cpus=2", *FAULT_SWEEP,
-            "sweep.grid.train.lr=[1e-3,3e-3]"]
+    args = [f"store.root={store}", "cluster.num_cpus=2", *FAULT_SWEEP, "sweep.grid.train.lr=[1e-3,3e-3]"]
     driver = Driver(["-m", "orchestrator", *args], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
                and checkpoints(newest_sweep(store), "-t01"), what="the second trial's first checkpoint")
     driver.proc.kill()
     driver.wait()
@@ -185,9 +153,9 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     assert {c.name: (c / "trainer_state.json").stat().st_mtime for c in checkpoints(sweep, "-t00")} == first_trial
     states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep, "-t01")]
     assert len(states) == 6 and max(s["resumed_from_step"] for s in states) > 0
-    assert loss_curve(sweep, "-t00") == pytest.approx(loss_curve(reference), abs=1e-4)
+    assert loss_curve(sweep, "-t00") == pytest.approx(loss_curve(reference[0]), abs=1e-4)
     assert len(loss_curve(sweep, "-t01")) == 96
-    check_exactly_once(sweep, mlflow_server, n_trials=2)
+    check_exactly_once(sweep, f"sqlite:///{store}/mlflow.db", n_trials=2)
     assert_no_leftovers(before)
 
 
@@ -196,7 +164,7 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     before = process_table()
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference
+    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
                and checkpoints(newest_sweep(store)), what="the first checkpoint")
     workers = pids_titled("ray::RayTrainWorker")
     assert workers
@@ -207,6 +175,6 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     sweep = newest_sweep(store)
     states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
     assert max(s["resumed_from_step"] for s in states) > 0
-    assert loss_curve(sweep) == pytest.approx(loss_curve(reference), abs=1e-4)
+    assert loss_curve(sweep) == pytest.approx(loss_curve(reference[0]), abs=1e-4)
     check_exactly_once(sweep, mlflow_server)
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))

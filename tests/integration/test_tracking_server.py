@@ -1,0 +1,67 @@
+"""A real tracking server as on a cluster: `mlflow server` on its own PostgreSQL 15, several trials logging at
+once; and the server stopped and restarted mid-sweep: training goes on, every metric lands once."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, SMALL, Driver, mlflow_server_at,
+                                        newest_sweep, postgres_at, wait_until)
+from tests.integration.exactly_once import assert_mlflow_exactly_once, assert_records_exactly_once
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_at() as uri:
+        yield uri
+
+
+def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path):
+    import psycopg2
+
+    with mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres) as uri:
+        store = tmp_path / "store"
+        driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={uri}", "tracking.experiment=pg",
+                         *SMALL, "sweep.max_concurrent_trials=2", "cluster.num_cpus=3"], tmp_path / "driver.log")
+        assert driver.wait() == 0, driver.output
+        sweep = newest_sweep(store)
+        curves = assert_mlflow_exactly_once(uri, "pg", sweep.name, n_trials=2)
+    assert all(len(c["test_acc"]) == 2 for k, c in curves.items() if k != "parent")
+    with contextlib.closing(psycopg2.connect(postgres)) as db, db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                       "JOIN experiments e ON r.experiment_id = e.experiment_id WHERE e.name = 'pg'")
+        assert cursor.fetchone()[0] > 0  # the values live in PostgreSQL
+
+
+def test_server_outage_mid_sweep_delays_metrics_and_loses_none(postgres, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres, port=port)
+    server.__enter__()
+    store = tmp_path / "store"
+    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={uri}",
+                     "tracking.experiment=outage", "cluster.num_cpus=2", *ONE_LONG_TRIAL], tmp_path / "driver.log")
+    try:
+        wait_until(lambda: (store / "sweeps").exists() and list((store / "sweeps").rglob("*.original.parquet")),
+                   what="the first records")
+        server.__exit__(None, None, None)  # the server goes away mid-sweep
+        wait_until(lambda: "MLflow: cannot write" in driver.output, timeout=300, what="the driver to notice")
+        time.sleep(10)
+        server = mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres, port=port)
+        server.__enter__()
+        assert driver.wait() == 0, driver.output
+        assert "is back after" in driver.output
+        sweep = newest_sweep(store)
+        assert_records_exactly_once(sweep, N_TRAIN, N_TEST)
+        curves = assert_mlflow_exactly_once(uri, "outage", sweep.name, n_trials=1)
+        child = next(c for k, c in curves.items() if k != "parent")
+        assert len(child["test_acc"]) == 6 and len(child["train_loss"]) == 96
+    finally:
+        server.__exit__(None, None, None)
+        if driver.proc.poll() is None:
+            driver.proc.kill()
