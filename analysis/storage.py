@@ -108,8 +108,12 @@ def write_bytes(location: str, data: bytes) -> str:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except BaseException:  # a failed write leaves the previous file as it was, and no temp file
+            tmp.unlink(missing_ok=True)
+            raise
         return location
     # The bytes are all in memory before the upload starts: a failure before close leaves no object.
     with fs.open_output_stream(path) as f:

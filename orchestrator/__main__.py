@@ -69,7 +69,26 @@ def plan_sweep(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
     validate(cfg)
     sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand_grid(cfg, sweep_id)
+    check_task_files(specs)
     return cfg, sweep_id, specs
+
+
+def check_task_files(specs: list[TrialSpec]) -> None:
+    """Read every dataset file the trials name, now: a bad row is one ConfigError naming the field, file and
+    line before anything is written (not a trial failing minutes later)."""
+    from workers.tasks.jsonl import DatasetFileError, read_jsonl
+
+    seen = set()
+    for spec in specs:
+        task = spec.config["task"]
+        for field, split, limit in (("path", "train", task["n_train"]), ("test_path", "test", task["n_test"])):
+            if task["name"] == "synthetic" or not task[field] or (task["name"], task[field], limit) in seen:
+                continue
+            seen.add((task["name"], task[field], limit))
+            try:
+                read_jsonl(task["name"], task[field], split, limit)
+            except DatasetFileError as exc:
+                raise ConfigError(f"task.{field}: {exc}") from None
 
 
 def ensure_base_model(cfg: DictConfig, log=print) -> str:

@@ -131,10 +131,20 @@ def ray_cluster_at(nodes: list[dict]):
                 args.append(f"--resources={json.dumps(node['resources'])}")
             subprocess.run(args, env=env, check=True, capture_output=True)
         yield cluster
-    finally:
+    finally:  # SIGTERM first; Ray's GCS and raylets can sit in a graceful shutdown for good, then SIGKILL
         for d in cluster.temp_dirs:
             subprocess.run(["pkill", "-f", d], capture_output=True)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(subprocess.run(["pgrep", "-f", d], capture_output=True).returncode == 0
+                                             for d in cluster.temp_dirs):
+            time.sleep(0.5)
+        from orchestrator.reaper import session_processes
+
         for d in cluster.temp_dirs:
+            subprocess.run(["pkill", "-9", "-f", d], capture_output=True)
+            for pid in session_processes(d, {os.getpid()}):  # agents: their titles hide the temp dir
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -38,9 +38,11 @@ def store(tmp_path_factory):
     return tmp_path_factory.mktemp("store")  # one store: the base model is built once for the module
 
 
-def pids_titled(title: str) -> list[int]:
-    """Ray workers show what they run as their process title: ray::RayTrainWorker, ray::SamplerActor.evaluate."""
-    return [pid for pid, cmd in process_table().items() if cmd.startswith(title)]
+def pids_titled(title: str, before: dict[int, str]) -> list[int]:
+    """Processes started since `before` whose title starts with `title`: Ray workers show what they run as
+    their process title (ray::RayTrainWorker, ray::SamplerActor.evaluate). A worker process of an earlier
+    sweep's actor can linger a while under the same title."""
+    return [pid for pid, cmd in process_table().items() if cmd.startswith(title) and pid not in before]
 
 
 def checkpoints(sweep: Path, trial: str = "-t00") -> list[Path]:
@@ -101,7 +103,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
     wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0], what="the sweep dir")
     sweep = newest_sweep(store)
     wait_until(lambda: checkpoints(sweep), what="the first checkpoint")
-    workers = pids_titled("ray::RayTrainWorker")
+    workers = pids_titled("ray::RayTrainWorker", before)
     assert workers, "no train worker to kill"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -122,8 +124,8 @@ def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store,
     before = process_table()
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: pids_titled("ray::SamplerActor.evaluate"), what="an evaluation in progress")
-    for pid in pids_titled("ray::SamplerActor.evaluate")[:1]:
+    wait_until(lambda: pids_titled("ray::SamplerActor.evaluate", before), what="an evaluation in progress")
+    for pid in pids_titled("ray::SamplerActor.evaluate", before)[:1]:
         os.kill(pid, signal.SIGKILL)
     assert driver.wait() == 0, driver.output
     assert "evaluation RETRY" in driver.output and "FAILED" not in driver.output
@@ -166,7 +168,7 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
                and checkpoints(newest_sweep(store)), what="the first checkpoint")
-    workers = pids_titled("ray::RayTrainWorker")
+    workers = pids_titled("ray::RayTrainWorker", before)
     assert workers
     node = cluster.node_of(workers[0])
     assert node in cluster.temp_dirs[1:], "the train worker is not on a trainer node"
