@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         outputs = _publish(staging, args)
         if args.mlflow_run:
-            from orchestrator.tracking import log_analysis
+            from analysis.tracking import log_analysis
 
             log_analysis(args.tracking_uri, args.mlflow_run, result, outputs)
         for path in outputs:

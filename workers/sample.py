@@ -164,6 +164,9 @@ class SamplerActor:
         self._splits: dict[str, Splits] = {}
         self._graders: dict[tuple, Grader] = {}
 
+    def ready(self) -> bool:
+        return True
+
     def evaluate(self, job: EvalJob) -> EvalResult:
         key = repr(sorted(job.task.items()))
         if key not in self._splits:
@@ -231,10 +234,26 @@ class SamplingPool:
                 # The actor itself died (killed, node lost): Ray restarts it; the checkpoint goes again.
                 if attempt < self.RETRIES_AFTER_ACTOR_LOSS:
                     self.retried.append((asdict(job), failure_line(job, exc)))
+                    await self._until_back(actor)
                     continue
                 self.failed.append((asdict(job), failure_line(job, exc), str(exc)))
             finally:
                 idle.put_nowait(actor)
+
+    @staticmethod
+    async def _until_back(actor, timeout_s: float = 900.0) -> None:
+        """Wait while Ray restarts a lost sampler actor (calls meanwhile fail as 'unavailable')."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                await actor.ready.remote()
+                return
+            except ActorUnavailableError:
+                await asyncio.sleep(1.0)
+            except Exception:  # gone for good: the next call reports it
+                return
 
     async def drain(self) -> tuple[list[EvalResult], list[tuple[dict, str, str]], list[tuple[dict, str]]]:
         """Results finished since the last drain, failures, and retries after a lost actor; handed over once."""

@@ -49,6 +49,17 @@ def checkpoints(sweep: Path, trial: str = "-t00") -> list[Path]:
     return sorted(p.parent for p in (sweep / "checkpoints").glob(f"*{trial}*/step_*/trainer_state.json"))
 
 
+def registered(sweep: Path, trial: str = "-t00") -> list[str]:
+    """Checkpoints Ray Train has registered (a restart resumes from the newest of these; one merely written
+    to the store but not yet registered is trained again)."""
+    snapshots = list((sweep / "checkpoints").glob(f"*{trial}*/checkpoint_manager_snapshot.json"))
+    if not snapshots:
+        return []
+    with contextlib.suppress(ValueError):  # caught mid-write
+        return [r["checkpoint_dir_name"] for r in json.loads(snapshots[0].read_text())["checkpoint_results"]]
+    return []
+
+
 def loss_curve(sweep: Path, trial: str = "-t00") -> dict[int, float]:
     """step -> train loss from the trial's checkpoints (each holds the losses since the one before)."""
     curve = {}
@@ -102,7 +113,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0], what="the sweep dir")
     sweep = newest_sweep(store)
-    wait_until(lambda: checkpoints(sweep), what="the first checkpoint")
+    wait_until(lambda: registered(sweep), what="the first registered checkpoint")
     workers = pids_titled("ray::RayTrainWorker", before)
     assert workers, "no train worker to kill"
     for pid in workers:
@@ -141,7 +152,7 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     args = [f"store.root={store}", "cluster.num_cpus=2", *FAULT_SWEEP, "sweep.grid.train.lr=[1e-3,3e-3]"]
     driver = Driver(["-m", "orchestrator", *args], tmp_path / "driver.log")
     wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
-               and checkpoints(newest_sweep(store), "-t01"), what="the second trial's first checkpoint")
+               and registered(newest_sweep(store), "-t01"), what="the second trial's first checkpoint")
     driver.proc.kill()
     driver.wait()
     sweep = newest_sweep(store)
@@ -167,7 +178,7 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
-               and checkpoints(newest_sweep(store)), what="the first checkpoint")
+               and registered(newest_sweep(store)), what="the first registered checkpoint")
     workers = pids_titled("ray::RayTrainWorker", before)
     assert workers
     node = cluster.node_of(workers[0])

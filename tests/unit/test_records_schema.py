@@ -53,3 +53,14 @@ def test_prompt_variant_scores_the_same_reference(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(a.ref_nll, b.ref_nll, rtol=1e-6)  # ref NLL uses the original prompt
     completions = pq.read_table(job_v.completions_path).to_pandas()
     assert completions.completion.str.startswith("First ").all()
+
+
+def test_analysis_never_imports_the_orchestrator():
+    """analysis/ is the lower layer: it reads records and returns tables and figures."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "analysis"
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(from|import)\s+orchestrator\b", p.read_text(), re.MULTILINE)]
+    assert not offenders, offenders
