@@ -34,11 +34,16 @@ class Driver:
 
     def __init__(self, args: list[str], log: Path):
         self.log = log
+        self.started = time.time()
+        self.seconds = float("nan")  # wall time, once it has ended
         self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "w"),
                                      stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 900) -> int:
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        if self.seconds != self.seconds:
+            self.seconds = time.time() - self.started
+        return code
 
     @property
     def output(self) -> str:

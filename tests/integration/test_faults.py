@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, Driver, newest_sweep, ray_cluster_at,
                                         wait_until)
 from tests.integration.exactly_once import (assert_mlflow_exactly_once, assert_no_leftovers,
-                                            assert_records_exactly_once, process_table)
+                                            assert_records_exactly_once, process_table, report)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -91,15 +91,17 @@ def reference(cluster, store, mlflow_server, tmp_path_factory):
         for pid, cmd in process_table().items():
             title = next((t for t in ACTORS if cmd.startswith(t)), None)
             if title:
-                with contextlib.suppress(OSError):
-                    placement[title].add(cluster.node_of(pid))
+                with contextlib.suppress(OSError):  # gone meanwhile
+                    node = cluster.node_of(pid)
+                    if node:  # None: caught before its log files were open
+                        placement[title].add(node)
         time.sleep(0.2)
     assert driver.wait() == 0, driver.output
-    return newest_sweep(store), placement
+    return newest_sweep(store), placement, driver.seconds
 
 
 def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference, mlflow_server):
-    sweep, placement = reference
+    sweep, placement, _ = reference
     check_exactly_once(sweep, mlflow_server)
     head, trainer_nodes = cluster.temp_dirs[0], set(cluster.temp_dirs[1:])
     assert placement["ray::RayTrainWorker"] and placement["ray::RayTrainWorker"] <= trainer_nodes
@@ -129,6 +131,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
     curves = check_exactly_once(sweep, mlflow_server)
     assert len(next(c for k, c in curves.items() if k != "parent")["train_loss"]) == 96
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
+    report("train worker SIGKILLed", driver.seconds, reference[2])
 
 
 def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store, reference, mlflow_server, tmp_path):
@@ -143,6 +146,7 @@ def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store,
     sweep = newest_sweep(store)
     check_exactly_once(sweep, mlflow_server)
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
+    report("sampler actor SIGKILLed mid-evaluation", driver.seconds, reference[2])
 
 
 def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, reference, tmp_path):
@@ -170,6 +174,8 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     assert len(loss_curve(sweep, "-t01")) == 96
     check_exactly_once(sweep, f"sqlite:///{store}/mlflow.db", n_trials=2)
     assert_no_leftovers(before)
+    report("driver SIGKILLed, then orchestrator.resume (2 trials, local Ray)", driver.seconds + resume.seconds,
+           2 * reference[2])
 
 
 def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference, mlflow_server, tmp_path):
@@ -191,3 +197,4 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     assert loss_curve(sweep) == pytest.approx(loss_curve(reference[0]), abs=1e-4)
     check_exactly_once(sweep, mlflow_server)
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
+    report("trainer node lost (raylet SIGKILLed)", driver.seconds, reference[2])

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, SMALL, Driver, mlflow_server_at,
                                         newest_sweep, postgres_at, wait_until)
-from tests.integration.exactly_once import assert_mlflow_exactly_once, assert_records_exactly_once
+from tests.integration.exactly_once import assert_mlflow_exactly_once, assert_records_exactly_once, report
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,10 @@ def test_server_outage_mid_sweep_delays_metrics_and_loses_none(postgres, tmp_pat
         wait_until(lambda: (store / "sweeps").exists() and list((store / "sweeps").rglob("*.original.parquet")),
                    what="the first records")
         server.__exit__(None, None, None)  # the server goes away mid-sweep
+        stopped = time.time()
         wait_until(lambda: "MLflow: cannot write" in driver.output, timeout=300, what="the driver to notice")
         time.sleep(10)
+        down_for = time.time() - stopped
         server = mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres, port=port)
         server.__enter__()
         assert driver.wait() == 0, driver.output
@@ -61,6 +63,7 @@ def test_server_outage_mid_sweep_delays_metrics_and_loses_none(postgres, tmp_pat
         curves = assert_mlflow_exactly_once(uri, "outage", sweep.name, n_trials=1)
         child = next(c for k, c in curves.items() if k != "parent")
         assert len(child["test_acc"]) == 6 and len(child["train_loss"]) == 96
+        report(f"MLflow server (PostgreSQL) stopped for {down_for:.0f} s mid-sweep", driver.seconds, float("nan"))
     finally:
         server.__exit__(None, None, None)
         if driver.proc.poll() is None:
