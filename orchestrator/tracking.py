@@ -224,7 +224,9 @@ class Outbox:
                 self.tracker.unsure.add(args[0])  # every write names its run first
                 if self.down_since is None:
                     self.down_since = time.time()
-                    cause = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+                    text = str(exc)
+                    cause = ("connection refused: the server is down" if "refused" in text or "Max retries" in text
+                             else redact((text.strip().splitlines() or [type(exc).__name__])[0][:200]))
                     self.log(f"MLflow: cannot write to {redact(self.tracker.uri)} ({cause}); training goes on, "
                              f"{len(self.pending)} write(s) kept and retried")
                 time.sleep(backoff)

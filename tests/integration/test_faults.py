@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, Driver, newest_sweep, ray_cluster_at,
+from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, Driver, ray_cluster_at,
                                         wait_until)
 from tests.integration.exactly_once import (assert_mlflow_exactly_once, assert_no_leftovers,
                                             assert_records_exactly_once, process_table, report)
@@ -47,6 +47,16 @@ def pids_titled(title: str, before: dict[int, str]) -> list[int]:
 
 def checkpoints(sweep: Path, trial: str = "-t00") -> list[Path]:
     return sorted(p.parent for p in (sweep / "checkpoints").glob(f"*{trial}*/step_*/trainer_state.json"))
+
+
+def started_sweep(store: Path, before: set) -> Path | None:
+    """The sweep directory that appeared since `before` (the sweeps the store had), if any yet."""
+    new = set((store / "sweeps").iterdir()) - before if (store / "sweeps").exists() else set()
+    return next(iter(new), None)
+
+
+def sweeps_in(store: Path) -> set:
+    return set((store / "sweeps").iterdir()) if (store / "sweeps").exists() else set()
 
 
 def registered(sweep: Path, trial: str = "-t00") -> list[str]:
@@ -83,6 +93,7 @@ ACTORS = ("ray::RayTrainWorker", "ray::SamplerActor", "ray::SamplingPool", "ray:
 def reference(cluster, store, mlflow_server, tmp_path_factory):
     """The uninterrupted sweep the faulted ones are compared with, and the nodes its actors ran on (seen from
     their processes while it ran)."""
+    known = sweeps_in(store)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED],
                     tmp_path_factory.mktemp("ref") / "driver.log")
@@ -97,7 +108,7 @@ def reference(cluster, store, mlflow_server, tmp_path_factory):
                         placement[title].add(node)
         time.sleep(0.2)
     assert driver.wait() == 0, driver.output
-    return newest_sweep(store), placement, driver.seconds
+    return started_sweep(store, known), placement, driver.seconds
 
 
 def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference, mlflow_server):
@@ -111,10 +122,11 @@ def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference
 
 def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, reference, mlflow_server, tmp_path):
     before = process_table()
+    known = sweeps_in(store)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0], what="the sweep dir")
-    sweep = newest_sweep(store)
+    wait_until(lambda: started_sweep(store, known), what="the sweep dir")
+    sweep = started_sweep(store, known)
     wait_until(lambda: registered(sweep), what="the first registered checkpoint")
     workers = pids_titled("ray::RayTrainWorker", before)
     assert workers, "no train worker to kill"
@@ -136,6 +148,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
 
 def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store, reference, mlflow_server, tmp_path):
     before = process_table()
+    known = sweeps_in(store)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: pids_titled("ray::SamplerActor.evaluate", before), what="an evaluation in progress")
@@ -143,7 +156,7 @@ def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store,
         os.kill(pid, signal.SIGKILL)
     assert driver.wait() == 0, driver.output
     assert "evaluation RETRY" in driver.output and "FAILED" not in driver.output
-    sweep = newest_sweep(store)
+    sweep = started_sweep(store, known)
     check_exactly_once(sweep, mlflow_server)
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
     report("sampler actor SIGKILLed mid-evaluation", driver.seconds, reference[2])
@@ -153,13 +166,14 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     """The embedded default: a local Ray (the driver's own, which dies with it) and MLflow in the store's
     SQLite file; `orchestrator.resume` finishes the sweep."""
     before = process_table()
+    known = sweeps_in(store)
     args = [f"store.root={store}", "cluster.num_cpus=2", *FAULT_SWEEP, "sweep.grid.train.lr=[1e-3,3e-3]"]
     driver = Driver(["-m", "orchestrator", *args], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
-               and registered(newest_sweep(store), "-t01"), what="the second trial's first checkpoint")
+    wait_until(lambda: started_sweep(store, known) and registered(started_sweep(store, known), "-t01"),
+               what="the second trial's first checkpoint")
     driver.proc.kill()
     driver.wait()
-    sweep = newest_sweep(store)
+    sweep = started_sweep(store, known)
     first_trial = {c.name: (c / "trainer_state.json").stat().st_mtime for c in checkpoints(sweep, "-t00")}
     assert len(first_trial) == 6  # the first trial had finished
 
@@ -181,17 +195,18 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
 def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference, mlflow_server, tmp_path):
     """Last in the module: it leaves the cluster one trainer node short."""
     before = process_table()
+    known = sweeps_in(store)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: (store / "sweeps").exists() and newest_sweep(store) != reference[0]
-               and registered(newest_sweep(store)), what="the first registered checkpoint")
+    wait_until(lambda: started_sweep(store, known) and registered(started_sweep(store, known)),
+               what="the first registered checkpoint")
     workers = pids_titled("ray::RayTrainWorker", before)
     assert workers
     node = cluster.node_of(workers[0])
     assert node in cluster.temp_dirs[1:], "the train worker is not on a trainer node"
     cluster.kill_node(node)
     assert driver.wait() == 0, driver.output
-    sweep = newest_sweep(store)
+    sweep = started_sweep(store, known)
     states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
     assert max(s["resumed_from_step"] for s in states) > 0
     assert loss_curve(sweep) == pytest.approx(loss_curve(reference[0]), abs=1e-4)

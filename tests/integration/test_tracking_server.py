@@ -2,7 +2,6 @@
 once; and the server stopped and restarted mid-sweep: training goes on, every metric lands once."""
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
@@ -22,7 +21,7 @@ def postgres():
 
 
 def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path):
-    import psycopg2
+    import psycopg
 
     with mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres) as uri:
         store = tmp_path / "store"
@@ -32,7 +31,7 @@ def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path):
         sweep = newest_sweep(store)
         curves = assert_mlflow_exactly_once(uri, "pg", sweep.name, n_trials=2)
     assert all(len(c["test_acc"]) == 2 for k, c in curves.items() if k != "parent")
-    with contextlib.closing(psycopg2.connect(postgres)) as db, db.cursor() as cursor:
+    with psycopg.connect(postgres) as db, db.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
                        "JOIN experiments e ON r.experiment_id = e.experiment_id WHERE e.name = 'pg'")
         assert cursor.fetchone()[0] > 0  # the values live in PostgreSQL
