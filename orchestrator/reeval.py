@@ -48,20 +48,29 @@ def load_reeval_config(paths: SweepPaths, overrides: list[str]):
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def open_sweep_from_argv(argv: list[str], load_config, usage: str):
+    """(sweep paths, config) from `SWEEP_DIR [overrides]`, the tracking server checked; or None after printing
+    the usage or one error line (the caller exits 2)."""
     from orchestrator.tracking import TrackingError, check_tracking
 
-    argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
-        print(__doc__)
-        return 2
+        print(usage)
+        return None
     try:
         paths = open_sweep(argv[0])
-        cfg = load_reeval_config(paths, argv[1:])
+        cfg = load_config(paths, argv[1:])
         check_tracking(tracking_uri(cfg))
     except (ConfigError, FileNotFoundError, storage.StorageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+    return paths, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    opened = open_sweep_from_argv(sys.argv[1:] if argv is None else argv, load_reeval_config, __doc__)
+    if opened is None:
         return 2
+    paths, cfg = opened
     from orchestrator import schedule
     from orchestrator.finish import log_failure, log_result
     from orchestrator.tracking import Tracker

@@ -13,10 +13,10 @@ import json
 import sys
 
 from analysis import storage
-from orchestrator.config import ConfigError, tracking_uri
+from orchestrator.config import tracking_uri
 from orchestrator.plan import TrialSpec
-from orchestrator.reeval import load_stored_config
-from orchestrator.store import SweepPaths, open_sweep
+from orchestrator.reeval import load_stored_config, open_sweep_from_argv
+from orchestrator.store import SweepPaths
 
 ALLOWED = ("tracking.", "cluster.")
 DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint)
@@ -42,19 +42,11 @@ def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.tracking import TrackingError, check_tracking
-
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
-        print(__doc__)
+    opened = open_sweep_from_argv(sys.argv[1:] if argv is None else argv,
+                                  lambda paths, overrides: load_stored_config(paths, overrides, ALLOWED), __doc__)
+    if opened is None:
         return 2
-    try:
-        paths = open_sweep(argv[0])
-        cfg = load_stored_config(paths, argv[1:], ALLOWED)
-        check_tracking(tracking_uri(cfg))
-    except (ConfigError, FileNotFoundError, storage.StorageError, TrackingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    paths, cfg = opened
     from orchestrator.__main__ import ensure_base_model, execute, trial_params
     from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker
 

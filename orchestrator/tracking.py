@@ -191,7 +191,7 @@ class Outbox:
 
     WRITES = ("log_checkpoint", "log_metrics", "log_artifacts", "set_tags", "end_run")
 
-    def __init__(self, tracker: Tracker, retry_max_s: float = 30.0, log=None):
+    def __init__(self, tracker: Tracker, retry_max_s: float = 10.0, log=None):
         self.tracker = tracker
         self.retry_max_s = retry_max_s
         self.log = log or (lambda line: print(line, flush=True))
