@@ -36,12 +36,20 @@ def redact(text: str) -> str:
     return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
 
 
+def short_cause(exc: Exception) -> str:
+    """Why a request to the tracking server failed, in a few words (credentials redacted)."""
+    text = str(exc)
+    if "refused" in text or "Max retries exceeded" in text:
+        return "nothing answers there (connection refused or timed out)"
+    return redact((text.strip().splitlines() or [type(exc).__name__])[0][:300])
+
+
 def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     """Fail fast (one request, no retries) if the tracking store cannot be reached or refuses us."""
     if not uri.startswith(("http://", "https://")):
-        if uri.startswith("sqlite:///"):
+        if uri.startswith("sqlite:///"):  # a folder that does not exist yet is made with the store
             folder = Path(uri.removeprefix("sqlite:///")).parent
-            if not (folder.is_dir() and os.access(folder, os.W_OK)) and folder.exists():
+            if folder.exists() and not (folder.is_dir() and os.access(folder, os.W_OK)):
                 raise TrackingError(f"tracking.uri={uri}: {folder} is not a writable directory")
         return
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
@@ -49,10 +57,7 @@ def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if "Max retries exceeded" in cause or "Connection refused" in cause:
-            cause = "nothing answers there (connection refused or timed out)"
-        raise TrackingError(redact(f"tracking.uri={uri}: the MLflow server cannot be used: {cause[:300]}")) from None
+        raise TrackingError(f"tracking.uri={redact(uri)}: the MLflow server cannot be used: {short_cause(exc)}") from None
     finally:
         for key, value in saved.items():
             if value is None:
@@ -224,9 +229,7 @@ class Outbox:
                 self.tracker.unsure.add(args[0])  # every write names its run first
                 if self.down_since is None:
                     self.down_since = time.time()
-                    text = str(exc)
-                    cause = ("connection refused: the server is down" if "refused" in text or "Max retries" in text
-                             else redact((text.strip().splitlines() or [type(exc).__name__])[0][:200]))
+                    cause = short_cause(exc)
                     self.log(f"MLflow: cannot write to {redact(self.tracker.uri)} ({cause}); training goes on, "
                              f"{len(self.pending)} write(s) kept and retried")
                 time.sleep(backoff)
