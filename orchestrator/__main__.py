@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from analysis import storage
-from orchestrator.config import ConfigError, register_configs, to_yaml, tracking_uri, validate
+from orchestrator.config import ConfigError, register_configs, take_credentials, to_yaml, tracking_uri, validate
 from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
 
@@ -45,7 +45,10 @@ def compose_config(overrides: list[str], config_dir: Path = CONF_DIR, config_nam
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+            cfg = compose(config_name, overrides=overrides)
+        OmegaConf.to_container(cfg, resolve=True)  # ${oc.env:...} of cluster groups: an unset one fails here
+        OmegaConf.resolve(cfg)
+        return cfg
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_config_message(exc)) from None
 
@@ -66,6 +69,7 @@ def _config_message(exc: BaseException) -> str:
 def plan_sweep(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
     """Config, sweep id and trial specs; raises ConfigError before anything is written."""
     cfg = compose_config(overrides)
+    take_credentials(cfg)
     validate(cfg)
     sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand_grid(cfg, sweep_id)

@@ -5,9 +5,12 @@ one `ConfigError` line naming the field and the value, raised before anything is
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
+from urllib.parse import unquote
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -132,10 +135,37 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+# ----------------------------------------------------------------------------------- credentials
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::(?P<password>[^/@\s]*))?@")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host`, wherever it appears in `text`."""
+    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
+
+
+def take_credentials(cfg: DictConfig) -> None:
+    """Credentials never travel in the config, which is written to the store, logged to MLflow and printed.
+
+    A user and password in an http(s) `tracking.uri` move to MLflow's own variables (MLFLOW_TRACKING_USERNAME,
+    MLFLOW_TRACKING_PASSWORD, read by its client) and leave the URI; `store.root` refuses them (the object
+    store's credentials come from the AWS_* variables or a credentials file, as its SDK reads them)."""
+    uri = cfg.tracking.uri
+    found = _USERINFO.match(uri) if uri and uri.startswith(("http://", "https://")) else None
+    if found:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(found["user"])
+        if found["password"] is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(found["password"])
+        cfg.tracking.uri = found["scheme"] + uri[found.end():]
+    _check(not _USERINFO.match(cfg.store.root), "store.root", cfg.store.root,
+           "credentials do not belong in the store's URI: give them in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+           "or AWS_SHARED_CREDENTIALS_FILE")
+
+
 # ------------------------------------------------------------------------------------------ checks
 def _check(ok: bool, field_name: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{field_name}={value!r}: {rule}")
+        raise ConfigError(redact(f"{field_name}={value!r}: {rule}"))
 
 
 def validate(cfg: DictConfig, prefix: str = "") -> None:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from analysis import storage
-from orchestrator.config import Config, ConfigError, tracking_uri, validate
+from orchestrator.config import Config, ConfigError, take_credentials, tracking_uri, validate
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths, open_sweep, write_text_atomic
 
@@ -36,6 +36,7 @@ def load_stored_config(paths: SweepPaths, overrides: list[str], allowed: tuple[s
                               OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{exc.full_key}: {str(exc.msg).splitlines()[0]}") from None
+    take_credentials(cfg)
     validate(cfg)
     return cfg
 

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from analysis import storage
 from analysis.sources import RUN_ID_TAG
+from orchestrator.config import redact
 
 SWEEP_TAG = "premem.sweep"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
@@ -29,11 +30,6 @@ PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_poi
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message names the (redacted) URI and the cause."""
-
-
-def redact(text: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host`, wherever it appears in `text`."""
-    return re.sub(r"(\w+://[^/\s:@]+):[^@\s/]+@", r"\1:***@", text)
 
 
 def short_cause(exc: Exception) -> str:

@@ -95,3 +95,44 @@ def test_a_lost_sampling_pool_is_reported_not_swallowed():
     text = Summary(None, 0.1, 1, (0.0, 0.0), None, {}, ok=False).text("sqlite:///x", sweep_paths("/tmp/x", "s"),
                                                                        progress)
     assert "NOT EVALUATED: 2 of 2 trained checkpoints never came back" in text and "actor unavailable" in text
+
+
+def test_credentials_in_tracking_uri_move_to_mlflows_variables(monkeypatch, tmp_path, capsys):
+    """A password in tracking.uri never reaches the config that is written, logged and printed."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    cfg, _, _ = plan_sweep(["tracking.uri=https://premem:s%40cret-pw@mlflow.example:5000/prefix"])
+    import os
+
+    assert cfg.tracking.uri == "https://mlflow.example:5000/prefix"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("premem", "s@cret-pw")
+    assert main(["--cfg", "tracking.uri=http://u:other-pw@h:1"]) == 0
+    assert "other-pw" not in capsys.readouterr().out
+
+
+def test_credentials_in_store_root_are_refused_and_not_echoed(capsys, tmp_path):
+    assert main(["store.root=s3://AKIAKEY:aws-secret-value@bucket/runs", "tracking.uri=http://h:1"]) == 2
+    err = capsys.readouterr().err
+    assert "store.root=" in err and "AWS_ACCESS_KEY_ID" in err and "aws-secret-value" not in err
+
+
+@pytest.mark.parametrize("group", ["ray", "compose", "kuberay"])
+def test_cluster_groups_take_store_and_tracking_from_the_environment(group, monkeypatch):
+    monkeypatch.setenv("PREMEM_STORE_ROOT", "s3://premem/runs")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    cfg = compose_config([f"cluster={group}"])
+    assert (cfg.cluster.address, cfg.store.root, cfg.tracking.uri) == ("auto", "s3://premem/runs", "http://mlflow:5000")
+    if group != "ray":  # the GPU presets, workers placed by the node groups' Ray resources
+        assert cfg.train.use_gpu and cfg.sampler.backend == "vllm"
+        assert dict(cfg.train.resources_per_worker) == {"trainer": 1} and dict(cfg.sampler.resources_per_actor) == {"sampler": 1}
+        # later groups on the command line still win (the CPU run of the RayJob's entrypoint in the deploy test)
+        cpu = compose_config([f"cluster={group}", "train=cpu", "sampler=hf"])
+        assert not cpu.train.use_gpu and dict(cpu.train.resources_per_worker) == {"trainer": 1}
+
+
+def test_an_unset_variable_of_a_cluster_group_is_one_config_error(monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PREMEM_STORE_ROOT", "s3://premem/runs")
+    assert main(["cluster=kuberay", "--cfg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tracking.uri:") and "MLFLOW_TRACKING_URI" in err and len(err.splitlines()) == 1
