@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import re
 import subprocess
 import tempfile
 import threading
