@@ -17,7 +17,7 @@ ARGS   ?=
 # none of them, so the CPU install removes them.
 CUDA_ONLY_WHEELS := torchvision torchaudio torchcodec
 
-.PHONY: setup sweep test test-unit bench bench-analysis clean
+.PHONY: setup sweep test test-unit bench bench-analysis gpu-smoke gpu-visible clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)   ## evaluation speed: scorer and sampler vs naive loops, sweep overhead -> bench.json
 	$(PY) -m bench.evaluation
+
+gpu-smoke: gpu-visible $(STAMP)   ## first run on a GPU machine: small sweep, DeepSpeed bf16 + vLLM pool, then the bench
+	$(PY) -m bench.gpu_smoke $(ARGS)
+
+gpu-visible:
+	$(if $(HAS_GPU),,$(error gpu-smoke: no GPU visible (nvidia-smi lists none); it runs on a GPU machine, `make sweep` runs here))
 
 bench-analysis: $(STAMP)   ## analysis fit on 2M..20M generated records
 	$(PY) -m bench.analysis
