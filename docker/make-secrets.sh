@@ -6,7 +6,7 @@ dir="$(dirname "$0")/secrets"
 mkdir -p "$dir"
 chmod 700 "$dir"
 umask 077
-for name in postgres_password mlflow_admin_password s3_access_key s3_secret_key ray_auth_token; do
+for name in postgres_password mlflow_admin_password mlflow_flask_secret_key s3_access_key s3_secret_key ray_auth_token; do
     if [ ! -s "$dir/$name" ]; then
         python3 -c "import secrets; print(secrets.token_hex(24), end='')" > "$dir/$name"
         echo "made $dir/$name"

@@ -6,7 +6,7 @@ FROM python:3.11.7-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install mlflow==3.17.2 "psycopg[binary]==3.3.9" boto3==1.44.8 \
+RUN pip install "mlflow[auth]==3.17.2" "psycopg[binary]==3.3.9" boto3==1.44.8 \
     && useradd --create-home --uid 1000 mlflow
 COPY docker/mlflow-server.sh /usr/local/bin/mlflow-server
 USER 1000

@@ -320,6 +320,7 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_co
                               name="premem-monitor", daemon=True)
     thread.start()
     callback = ProgressCallback(progress)
+    _keep_credentials_out_of_runtime_envs()
     if resumed is not None and ray.tune.Tuner.can_restore(tune_dir(paths)):
         tuner = ray.tune.Tuner.restore(tune_dir(paths), _trainable_with_resources(), resume_unfinished=True,
                                        resume_errored=True)
@@ -390,6 +391,19 @@ def trainable(config: dict) -> dict:
 def _trainable_with_resources():
     # the trial function holds memory but no CPU (its Train workers do), on the head node
     return ray.tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY, **HEAD_NODE})
+
+
+# Tune copies these from the driver's environment into every trial actor's runtime_env, which Ray's
+# runtime-env agent writes to its log in clear and the GCS keeps. Every node has the store's credentials in its
+# own environment (the compose file and the KubeRay pods set them; a local Ray inherits the driver's), so the
+# copy is dropped: credentials never reach Ray's logs or state.
+CREDENTIAL_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def _keep_credentials_out_of_runtime_envs() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARS
 
 
 def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback,

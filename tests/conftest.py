@@ -42,7 +42,7 @@ def wait_for_http(url: str, proc, log: Path, what: str, seconds: float = 120) ->
     import requests
 
     deadline = time.time() + seconds
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
             requests.get(url, timeout=2)
             return

@@ -208,9 +208,20 @@ class SamplingPool:
     async def _ensure_idle(self) -> asyncio.Queue:
         if self.idle is None:
             self.idle = asyncio.Queue()
-            for a in self.actors:
-                self.idle.put_nowait(a)
+            for actor in self.actors:
+                task = asyncio.get_running_loop().create_task(self._admit(actor))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         return self.idle
+
+    async def _admit(self, actor) -> None:
+        """An actor takes checkpoints once it is up. One that cannot be placed (the cluster has fewer of its
+        resources than sampler.num_actors asks) never holds one; the others do all the work."""
+        try:
+            await actor.ready.remote()
+        except Exception:  # it failed to start: its first evaluation reports why
+            pass
+        self.idle.put_nowait(actor)
 
     async def submit(self, job: EvalJob) -> None:
         await self._ensure_idle()

@@ -63,7 +63,7 @@ def test_images_pin_the_versions_the_project_pins():
     assert 'vllm = ["vllm==0.32.0"]' in pyproject
     import mlflow
 
-    assert f"mlflow=={mlflow.__version__}" in (DOCKER / "mlflow.Dockerfile").read_text()
+    assert f"mlflow[auth]=={mlflow.__version__}" in (DOCKER / "mlflow.Dockerfile").read_text()
 
 
 def test_entrypoint_turns_secret_files_into_variables(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -63,21 +64,32 @@ def newest_sweep(store: Path) -> Path:
 
 
 @contextlib.contextmanager
-def mlflow_server_at(root: Path, artifacts: str, backend: str | None = None, port: int | None = None):
+def mlflow_server_at(root: Path, artifacts: str, backend: str | None = None, port: int | None = None,
+                     admin_password: str | None = None, env: dict | None = None):
     """`mlflow server` on a localhost port (free unless given) with its database at `backend` (default: a
-    sqlite file in `root`) and artifacts at `artifacts`."""
+    sqlite file in `root`) and artifacts at `artifacts`. With `admin_password`, behind MLflow's basic-auth app
+    (user `admin`, its users in root/auth.db)."""
     port = port or free_port()
+    env = {**os.environ, **(env or {})}
+    auth = []
+    if admin_password:
+        (root / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
+                                       "admin_username = admin\n")
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))  # signs its CSRF tokens
+        auth = ["--app-name", "basic-auth"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend or f"sqlite:///{root / 'server.db'}", "--artifacts-destination", artifacts,
-         "--workers", "1"],
-        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1", *auth],
+        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{uri}/health", proc, root / "server.log", "mlflow server")
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:  # a server with S3 artifacts can hang in shutdown: not ours to wait
@@ -118,18 +130,22 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster_at(nodes: list[dict]):
-    """`ray start` a head and workers on this host; each node dict: num_cpus and optional resources.
+def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: int | None = None):
+    """`ray start` a head and workers on this host; each node dict: num_cpus and optional resources. `env` is
+    every node's environment on top of this one's (as a pod's env; Ray's token authentication stays off unless
+    it sets RAY_AUTH_MODE); with `dashboard_port` the head serves the dashboard and its job API there.
     Stopped afterwards by killing only its own processes (`ray stop` would stop every Ray on the host)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
     port = free_port()
     cluster = RayCluster(f"127.0.0.1:{port}")
+    dashboard = [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard_port else \
+        ["--include-dashboard=false"]
     try:
         for i, node in enumerate(nodes):
             temp_dir = tempfile.mkdtemp(prefix="rayn", dir="/tmp")
             cluster.temp_dirs.append(temp_dir)
-            role = ["--head", f"--port={port}", "--include-dashboard=false"] if i == 0 else [f"--address={cluster.address}"]
+            role = ["--head", f"--port={port}", *dashboard] if i == 0 else [f"--address={cluster.address}"]
             args = [*ray, "start", *role, f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
                     f"--num-cpus={node['num_cpus']}", "--disable-usage-stats"]
             if node.get("resources"):

@@ -1,0 +1,133 @@
+"""The KubeRay RayJob's own entrypoint, submitted with `ray job submit` to a local three-node Ray cluster set up
+the way docker/kuberay/ sets up its pods: Ray's token authentication on, the store on S3 (moto), MLflow behind
+its basic-auth app, and every credential in the nodes' environment only. The tracking URI even carries the
+password in it (as a careless user might write it). The sweep must finish, and no credential may be found
+anywhere afterwards: not in the bucket (store and MLflow artifacts), not in any node's Ray logs (the job's
+driver output included), not in the tracking server's databases or log."""
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, free_port, make_bucket
+from tests.integration.conftest import SMALL, mlflow_server_at, ray_cluster_at
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+# what the entrypoint adds on this CPU machine: the RayJob asks for train=gpu and sampler=vllm_gpu
+CPU = ["train=cpu", "sampler=hf", *SMALL]
+
+
+def ray_cli(*args: str, env: dict, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def where(data: bytes, name: str, secret_values: dict[str, str]) -> list[str]:
+    """`WHAT in NAME: ...context...` for each secret value in `data` (the value itself masked)."""
+    found = []
+    for what, value in secret_values.items():
+        at = data.find(value.encode())
+        if at >= 0:
+            context = data[max(0, at - 120):at + len(value) + 40].replace(value.encode(), b"***")
+            found.append(f"{what} in {name}: {context.decode(errors='replace')!r}")
+    return found
+
+
+def files_holding(secret_values: dict[str, str], roots: list[Path]) -> list[str]:
+    found = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                found += where(path.read_bytes(), str(path), secret_values)
+    return found
+
+
+@pytest.fixture(scope="module")
+def deployed(s3_server, tmp_path_factory):
+    secret_values = {"AWS_SECRET_ACCESS_KEY": secrets.token_hex(20), "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+                     "MLflow password": secrets.token_hex(16), "Ray token": secrets.token_hex(24)}
+    bucket = make_bucket("premem-deploy")
+    aws = {"AWS_ACCESS_KEY_ID": secret_values["AWS_ACCESS_KEY_ID"],
+           "AWS_SECRET_ACCESS_KEY": secret_values["AWS_SECRET_ACCESS_KEY"]}
+    mlflow_root = tmp_path_factory.mktemp("mlflow-auth")
+    job = yaml.safe_load((REPO / "docker/kuberay/rayjob.yaml").read_text())["spec"]
+    with mlflow_server_at(mlflow_root, f"{bucket}/mlartifacts", admin_password=secret_values["MLflow password"],
+                          env=aws) as mlflow_uri:
+        host = mlflow_uri.removeprefix("http://")
+        pod_env = {  # what the manifests' env and KubeRay's authOptions give every pod
+            **aws, "PREMEM_STORE_ROOT": f"{bucket}/store",
+            "MLFLOW_TRACKING_URI": f"http://admin:{secret_values['MLflow password']}@{host}",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secret_values["Ray token"],
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        dashboard = free_port()
+        # One `sampler` unit for the pool's two actors: the one that cannot be placed must never hold a checkpoint.
+        nodes = [{"num_cpus": 1}, {"num_cpus": 2, "resources": {"trainer": 1}},
+                 {"num_cpus": 2, "resources": {"sampler": 1}}]
+        with ray_cluster_at(nodes, env=pod_env, dashboard_port=dashboard) as cluster:
+            address = f"http://127.0.0.1:{dashboard}"
+            submitter = {**os.environ, "RAY_AUTH_TOKEN": secret_values["Ray token"], "RAY_AUTH_MODE": "token"}
+            for _ in range(60):  # the dashboard's job API comes up a little after `ray start` returns
+                if ray_cli("job", "list", f"--address={address}", env=submitter, timeout=120).returncode == 0:
+                    break
+                time.sleep(2)
+            # Ray's token authentication is on: without the token the job API refuses
+            stranger = {k: v for k, v in submitter.items() if k != "RAY_AUTH_TOKEN"}
+            stranger["HOME"] = str(tmp_path_factory.mktemp("home"))  # no ~/.ray/auth_token either
+            refused = ray_cli("job", "list", f"--address={address}", env=stranger, timeout=120)
+            entrypoint = f"{job['entrypoint']} {shlex.join(CPU)}"
+            submitted = ray_cli("job", "submit", f"--address={address}", "--submission-id=premem-deploy", "--",
+                                *shlex.split(entrypoint), env=submitter)
+            status = ray_cli("job", "status", f"--address={address}", "premem-deploy", env=submitter, timeout=120)
+            client = MlflowClient(mlflow_uri)
+            os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=secret_values["MLflow password"])
+            try:
+                experiment = client.get_experiment_by_name("premem")
+                runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            finally:
+                for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                    os.environ.pop(name, None)
+            s3, name = boto3.client("s3"), bucket.removeprefix("s3://")
+            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name)
+                    for o in page.get("Contents", [])]
+            objects = {key: s3.get_object(Bucket=name, Key=key)["Body"].read() for key in keys}
+            ray_logs = [Path(d) for d in cluster.temp_dirs]
+            found = files_holding(secret_values, [mlflow_root, *ray_logs])
+            found += [line for key, data in objects.items() for line in where(data, f"{bucket}/{key}", secret_values)]
+        yield dict(refused=refused, submitted=submitted, status=status, runs=runs, objects=objects,
+                   found=found, mlflow_uri=mlflow_uri)
+
+
+def test_the_rayjob_entrypoint_finishes_the_sweep_on_a_token_auth_cluster(deployed):
+    submitted = deployed["submitted"]
+    assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
+    assert "premem-deploy' succeeded" in deployed["status"].stdout + deployed["status"].stderr
+    assert "premem R² =" in submitted.stdout
+    records = [k for k in deployed["objects"] if k.startswith("store/sweeps/") and "/records/" in k]
+    assert len(records) == 4  # 2 trials x 2 epochs, in the bucket
+    runs = deployed["runs"]
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_the_cluster_refuses_a_client_without_the_token(deployed):
+    refused = deployed["refused"]
+    assert refused.returncode != 0
+    assert "auth" in (refused.stdout + refused.stderr).lower()
+
+
+def test_no_credential_anywhere_in_store_logs_or_tracking_database(deployed):
+    assert deployed["found"] == []
+    # the stored config names the tracking server without its user (the driver took it out of the URI)
+    stored = [yaml.safe_load(data) for key, data in deployed["objects"].items()
+              if key.startswith("store/sweeps/") and key.endswith("/config.yaml")]
+    assert len(stored) == 1 and stored[0]["tracking"]["uri"] == deployed["mlflow_uri"]
