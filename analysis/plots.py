@@ -23,8 +23,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Path,
-                           color_by: pd.Series | None = None, color_label: str = "") -> Path:
-    """Each (run, checkpoint) a point, connected along its run; the fit line; R^2 in the title."""
+                           color_by: pd.Series | None = None, color_label: str = "",
+                           baselines: dict[str, float] | None = None) -> Path:
+    """Each (run, checkpoint) a point, connected along its run; the fit line; R^2 in the title, and under it
+    the R^2 of the baseline predictors ({name: R^2}) fitted on the same points."""
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     run_values = color_by if color_by is not None else None
     numeric = run_values is not None and pd.api.types.is_numeric_dtype(run_values)
@@ -55,7 +57,10 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
             bar.set_ticks(range(len(levels)), labels=[str(v) for v in levels])
     ax.set_xlabel(f"pre-memorization train accuracy (τ = {tau:g})")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"R² = {fit.r2:.3f}  ({fit.n_points} checkpoints, {points['run_id'].nunique()} runs)")
+    title = f"premem R² = {fit.r2:.3f}  ({fit.n_points} checkpoints, {points['run_id'].nunique()} runs)"
+    if baselines:
+        title += "\nvs " + ", ".join(f"{name} R² = {r2:.3f}" for name, r2 in baselines.items())
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -120,16 +120,37 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
 
 
 def expected_checkpoints(specs: list[TrialSpec]) -> int:
+    from workers.settings import save_interval
+
     total = 0
     for spec in specs:
         t = spec.config["train"]
-        if t["save_every_steps"]:
-            n_train = max(1, round(spec.config["task"]["n_train"] * spec.config["task"]["train_fraction"]))
-            steps = (n_train // t["micro_batch_size"] or 1) // max(1, t["global_batch_size"] // t["micro_batch_size"])
-            total += max(1, steps * t["epochs"] // t["save_every_steps"])
-        else:
-            total += t["epochs"]
+        n_train = max(1, round(spec.config["task"]["n_train"] * spec.config["task"]["train_fraction"]))
+        steps = max(1, (n_train // t["micro_batch_size"] or 1) // max(1, t["global_batch_size"] // t["micro_batch_size"]))
+        every = save_interval(OmegaConf.create(t), steps)
+        total += max(1, steps * t["epochs"] // every) if every else t["epochs"]
     return total
+
+
+def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str]) -> None:
+    """Each trial's train and test questions as its MLflow run's dataset inputs (built once per task)."""
+    import pandas as pd
+
+    from workers.tasks import load_task, task_args
+
+    built: dict[str, dict] = {}
+    for spec in specs:
+        task = spec.config["task"]
+        key = json.dumps(task_args(task), sort_keys=True)
+        if key not in built:
+            splits = load_task(**task_args(task))
+            generated = {"generator": f"workers.tasks.{task['name']}", **{k: task[k] for k in
+                         ("seed", "n_train", "n_test", "min_steps", "max_steps", "max_number", "train_fraction")}}
+            built[key] = {
+                split: (f"{task['name']}-{split}", pd.DataFrame([vars(e) for e in examples]),
+                        task[field] if task["name"] != "synthetic" and task[field] else generated)
+                for split, examples, field in (("train", splits.train, "path"), ("test", splits.test, "test_path"))}
+        tracker.log_datasets(children[spec.run_id], built[key])
 
 
 def trial_params(spec: TrialSpec) -> dict:
@@ -168,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
+    log_task_datasets(tracker, specs, children)
     return execute(cfg, paths, specs, base_model, tracker, parent, children)
 
 
@@ -205,7 +227,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
             print(f"\ninterrupted: continue with  python -m orchestrator.resume {paths.sweep}", file=sys.stderr)
         raise
     unwritten = outbox.close(timeout_s=cfg.tracking.outage_wait_s)
-    print(summary.text(tracker.uri, paths, progress))
+    print(summary.text(tracker.uri, paths, progress, tracker.ui_urls(parent)))
     if unwritten:
         print(f"MLflow: {unwritten} write(s) not made, the server was unreachable for tracking.outage_wait_s="
               f"{cfg.tracking.outage_wait_s:g}s; once it is back, `python -m orchestrator.resume {paths.sweep}` "

@@ -191,6 +191,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
             _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{name}.{key}", amount,
                    "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
     _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
+    _check(t.checkpoints_per_epoch >= 1, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch, "must be >= 1")
     _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
     _check(k.name in ("synthetic", "gsm8k", "math"), f"{prefix}task.name", k.name, "must be synthetic, gsm8k or math")
     _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")

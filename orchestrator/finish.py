@@ -10,12 +10,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis import storage
-from analysis.fit import Fit, fit_line, fit_points
+from analysis.fit import Fit, fit_all, fit_points
 from analysis.premem import checkpoint_table, prepare
 from analysis.records import ORIGINAL, load_records
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths, write_text_atomic
-from orchestrator.tracking import Tracker, redact
+from orchestrator.tracking import NOTE_TAG, Tracker, redact
 from workers.sample import EvalResult
 
 
@@ -45,19 +45,44 @@ class Summary:
     failed: dict
     ok: bool  # every trained checkpoint is in the records (a fit that cannot be made is a note, not a failure)
     missing: list[str] = field(default_factory=list)  # trained checkpoints without records: not in the fit
+    baselines: dict[str, Fit] = field(default_factory=dict)  # what the paper compares premem with
 
-    def text(self, uri: str, paths: SweepPaths, progress=None) -> str:
-        lines = []
-        if self.fit is not None and self.fit.n_points >= 2:
-            lines.append(f"premem R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem train acc "
-                         f"+ {self.fit.intercept:.3f}; {self.fit.n_points} checkpoints of {self.n_trials} trials, "
-                         f"τ = {self.tau:g})")
-            lo, hi = self.test_acc_range
-            lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
-        else:
+    def fit_lines(self) -> list[str]:
+        """The fit, the baselines beside it, and the spread it was fit on (terminal and run description)."""
+        if self.fit is None or self.fit.n_points < 2:
             n = self.fit.n_points if self.fit is not None else 0
-            lines.append(f"note: premem R² needs at least 2 evaluated checkpoints with distinct premem train "
-                         f"accuracy; this sweep has {n} (more trials or save points give a fit)")
+            return [f"note: premem R² needs at least 2 evaluated checkpoints with distinct premem train accuracy; "
+                    f"this sweep has {n} (more trials or save points give a fit)"]
+        lo, hi = self.test_acc_range
+        lines = [f"premem R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem train acc "
+                 f"+ {self.fit.intercept:.3f}; {self.fit.n_points} checkpoints of {self.n_trials} trials, "
+                 f"τ = {self.tau:g})"]
+        if self.baselines:
+            lines.append("baselines: " + ", ".join(f"{BASELINES[k]} R² = {f.r2:.3f}" for k, f in self.baselines.items()))
+        lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
+        return lines
+
+    def description(self, paths: SweepPaths, plot_artifact: str | None) -> str:
+        """The parent run's description in the MLflow UI (markdown): the fit, the baselines, the plot."""
+        lines = [f"**premem sweep** `{paths.sweep_id}`: {self.n_trials} trials; store `{paths.sweep}`", ""]
+        if self.fit is not None and self.fit.n_points >= 2:
+            lines += ["| predictor of test accuracy | R² | slope | intercept |", "|---|---|---|---|",
+                      f"| pre-memorization train accuracy (τ = {self.tau:g}) | **{self.fit.r2:.3f}** | "
+                      f"{self.fit.slope:.3f} | {self.fit.intercept:.3f} |"]
+            lines += [f"| {BASELINES[k]} | {f.r2:.3f} | {f.slope:.3f} | {f.intercept:.3f} |"
+                      for k, f in self.baselines.items()]
+            lo, hi = self.test_acc_range
+            lines += ["", f"{self.fit.n_points} (run, checkpoint) points; test accuracy {lo:.3f} .. {hi:.3f}."]
+        else:
+            lines += self.fit_lines()
+        if self.missing:
+            lines += ["", f"**Not in the fit**: {len(self.missing)} trained checkpoint(s) without records."]
+        if plot_artifact:
+            lines += ["", f"![premem vs test accuracy]({plot_artifact})"]
+        return "\n".join(lines)
+
+    def text(self, uri: str, paths: SweepPaths, progress=None, urls: tuple[str, str] | None = None) -> str:
+        lines = self.fit_lines()
         if self.missing:
             lines.append(f"NOT IN THE FIT: {len(self.missing)} trained checkpoint(s) have no records: "
                          + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
@@ -76,11 +101,18 @@ class Summary:
         lines.append(f"store: {paths.sweep}")
         if self.plot:
             lines.append(f"scatter plot: {self.plot}")
-        if uri.startswith("http"):
+        if not uri.startswith("http"):
+            lines.append(f"MLflow: mlflow ui --backend-store-uri {redact(uri)}   (then the pages below)")
+        if urls:
+            lines.append(f"MLflow sweep run: {urls[0]}")
+            lines.append(f"MLflow runs:      {urls[1]}")
+        elif uri.startswith("http"):
             lines.append(f"MLflow: {redact(uri)}")
-        else:
-            lines.append(f"MLflow: mlflow ui --backend-store-uri {redact(uri)}")
         return "\n".join(lines)
+
+
+BASELINES = {"train_acc": "train accuracy", "ref_nll_mean": "train NLL (reference solutions)"}
+PLOT_ARTIFACT = "analysis/premem_vs_test.png"
 
 
 def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tracker: Tracker, parent: str,
@@ -108,7 +140,8 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
         tracker.end_run(child, "FAILED" if run_id in failed else "FINISHED")
 
     points = fit_points(table)
-    fit = fit_line(points["premem_train_acc"].to_numpy(), points["test_acc"].to_numpy())
+    fits = fit_all(points)
+    fit, baselines = fits["premem_train_acc"], {k: fits[k] for k in BASELINES}
     points_file = write_text_atomic(paths.file("analysis", "points.csv"), points.to_csv(index=False))
     plot = None
     if fit.n_points >= 2:
@@ -120,18 +153,24 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
             color = pd.Series({s.run_id: s.grid_values[color_key] for s in specs})
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
-                                                color_key or "")
+                                                color_key or "", {BASELINES[k]: f.r2 for k, f in baselines.items()})
             plot = storage.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
         tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
                                      "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
-                                     "premem_n_missing": len(missing), "nll_threshold": tau}, 0)
+                                     "premem_n_missing": len(missing), "nll_threshold": tau,
+                                     "train_acc_r2": baselines["train_acc"].r2,
+                                     "train_nll_r2": baselines["ref_nll_mean"].r2}, 0)
         if missing:
             tracker.set_tags(parent, {"premem.missing_checkpoints": ", ".join(missing)[:4000]})
         tracker.log_artifacts(parent, [plot, points_file], "analysis")
-    tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     acc = points["test_acc"] if len(points) else table["test_acc"]
-    return Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
-                   ok=not missing, missing=missing)
+    summary = Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
+                      ok=not missing, missing=missing, baselines=baselines)
+    # the UI serves a run's artifacts at get-artifact, relative to its own address
+    image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
+    tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
+    tracker.end_run(parent, "FAILED" if failed else "FINISHED")
+    return summary
 
 
 def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec], record_files: list[str]) -> list[str]:

@@ -23,8 +23,10 @@ from orchestrator.config import redact
 SWEEP_TAG = "premem.sweep"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
                       "train_grade_timeouts", "test_grade_timeouts")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_points", "premem_n_missing",
-                  "nll_threshold")
+                  "nll_threshold", "train_acc_r2", "train_nll_r2")
 
 
 class TrackingError(RuntimeError):
@@ -87,6 +89,31 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+            # MLflow 3's UI opens an experiment of unknown kind on its (empty) GenAI traces page: ours is runs
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+
+    # ------------------------------------------------------------------------------------- where
+    def ui_urls(self, parent_id: str) -> tuple[str, str]:
+        """(the parent run's page, the experiment's runs table) in the MLflow UI; for a SQLite store, on the
+        `mlflow ui` that the summary's command starts."""
+        base = redact(self.uri).rstrip("/") if self.uri.startswith("http") else "http://127.0.0.1:5000"
+        runs = f"{base}/#/experiments/{self.experiment_id}/runs"
+        return f"{runs}/{parent_id}", runs
+
+    def log_datasets(self, mlflow_run_id: str, datasets: dict[str, tuple[str, object, object]]) -> None:
+        """The task's splits as the run's dataset inputs: {context: (name, DataFrame, source)}; a source is
+        the dataset file's path or URI, or a dict naming how the data were generated."""
+        import mlflow.data
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for context, (name, frame, source) in datasets.items():
+            origin = CodeDatasetSource({k: str(v) for k, v in source.items()}) if isinstance(source, dict) else source
+            dataset = mlflow.data.from_pandas(frame, source=origin, name=name, targets="answer")
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+        self.client.log_inputs(mlflow_run_id, datasets=inputs)
 
     # ------------------------------------------------------------------------------------- runs
     def start_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str) -> str:

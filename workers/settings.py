@@ -16,7 +16,8 @@ class TrainSettings:
     warmup_frac: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    save_every_steps: int = 0  # 0: one checkpoint per epoch
+    save_every_steps: int = 0  # 0: checkpoints_per_epoch, evenly spaced
+    checkpoints_per_epoch: int = 1
     max_seq_len: int = 256
 
 
@@ -40,3 +41,11 @@ class BaseStage:
 # Each reported checkpoint is an HF directory (what the sampler loads) with DeepSpeed's engine state, the data
 # position and the RNGs under this subdirectory (what a restarted trial resumes from; the sampler skips it).
 ENGINE_DIR = "engine"
+
+
+def save_interval(settings, steps_per_epoch: int) -> int:
+    """Optimizer steps between checkpoints; 0 = one at the end of each epoch only."""
+    if settings.save_every_steps:
+        return int(settings.save_every_steps)
+    per_epoch = int(settings.checkpoints_per_epoch)
+    return max(1, steps_per_epoch // per_epoch) if per_epoch > 1 else 0

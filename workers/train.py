@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import storage
-from workers.settings import ENGINE_DIR, BaseStage, TrainSettings
+from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, save_interval
 from workers.tasks import Example, PromptFormat, load_task
 
 IGNORE = -100
@@ -174,6 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
     accumulation = ds_config["gradient_accumulation_steps"]
     steps_per_epoch = max(1, len(loader) // accumulation)
     total_steps = steps_per_epoch * s.epochs
+    every = save_interval(s, steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, s.warmup_frac))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
@@ -206,12 +207,12 @@ def train_loop_per_worker(config: dict) -> None:
                 step += 1
                 losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
                 window = []
-                if s.save_every_steps and step % s.save_every_steps == 0 and step < total_steps:
+                if every and step % every == 0 and step < total_steps:
                     position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
                     _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock,
                                      resume.step)
                     losses = []
-        if not s.save_every_steps or step == total_steps:
+        if not every or step == total_steps:
             position = {"step": step, "epoch_index": epoch + 1, "batches_done": 0}
             _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock, resume.step)
             losses = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
+import requests
 import pytest
 
 from tests.integration.conftest import SMALL as SWEEP
@@ -51,7 +53,7 @@ def test_sweep_writes_records_for_every_checkpoint(sweep):
 def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     from mlflow import MlflowClient
 
-    _, sweep_dir, _ = sweep
+    _, sweep_dir, stdout = sweep
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("integration")
     parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`premem.sweep` = '{sweep_dir.name}'")[0]
@@ -60,6 +62,16 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "plan.json", "analysis"} <= parent_artifacts
     assert "analysis/premem_vs_test.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
+    # the parent run tells the story: baselines beside the fit, a description with the table and the plot
+    assert {"train_acc_r2", "train_nll_r2"} <= set(parent.data.metrics)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "pre-memorization train accuracy" in note and "train accuracy |" in note and "train NLL" in note
+    image = re.search(r"!\[[^]]*\]\((get-artifact\?[^)]+)\)", note).group(1)
+    response = requests.get(f"{mlflow_server}/{image}", timeout=30)  # the UI resolves it against its address
+    assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs, not GenAI
+    url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    assert f"MLflow sweep run: {url}" in stdout
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
@@ -74,6 +86,9 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == max(steps)
         records = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
         assert len(records) == 2 and all(p.endswith(".original.parquet") for p in records)
+        inputs = {d.tags[0].value: d.dataset for d in client.get_run(child.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"train", "test"} and inputs["train"].name == "synthetic-train"
+        assert json.loads(inputs["test"].profile)["num_rows"] == 48
 
 
 def test_records_from_mlflow_feed_analysis(sweep, mlflow_server, tmp_path):
