@@ -1,20 +1,13 @@
 #!/bin/sh
-# Start `mlflow server` with basic auth. Inputs (docker/compose.yaml and docker/kuberay/ set them):
+# Start `mlflow server` with basic auth. Inputs (docker/compose.yaml sets them):
 #   PGHOST PGPORT PGUSER PGDATABASE, PGPASSWORD or PGPASSWORD_FILE   runs, experiments and users in PostgreSQL
 #   MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD(_FILE)    the admin user, created on first start
 #   MLFLOW_FLASK_SERVER_SECRET_KEY(_FILE)                            signs the auth app's CSRF tokens
 #   MLFLOW_ARTIFACTS_DESTINATION (s3://bucket/prefix), MLFLOW_S3_ENDPOINT_URL, AWS_*(_FILE)
 #   MLFLOW_SERVER_ALLOWED_HOSTS                                      the Host headers clients use
 # The database URI carries no password (psycopg reads PGPASSWORD), so none shows in `ps` or a log line.
+# The *_FILE variables are read into their variables by docker/entrypoint.sh, which starts this script.
 set -eu
-for var in PGPASSWORD MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; do
-    file=$(printenv "${var}_FILE" || true)
-    if [ -n "$file" ]; then
-        value=$(cat "$file")
-        export "$var=$value"
-        unset "${var}_FILE"
-    fi
-done
 database="postgresql://${PGUSER}@${PGHOST}:${PGPORT:-5432}/${PGDATABASE}"
 config_dir=$(mktemp -d)
 cat > "$config_dir/basic_auth.ini" <<INI

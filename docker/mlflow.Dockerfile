@@ -8,10 +8,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN pip install "mlflow[auth]==3.17.2" "psycopg[binary]==3.3.9" boto3==1.44.8 \
     && useradd --create-home --uid 1000 mlflow
+COPY docker/entrypoint.sh /usr/local/bin/premem-entrypoint
 COPY docker/mlflow-server.sh /usr/local/bin/mlflow-server
 USER 1000
 WORKDIR /home/mlflow
 EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=5s --retries=30 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health')"]
-ENTRYPOINT ["/usr/local/bin/mlflow-server"]
+ENTRYPOINT ["/usr/local/bin/premem-entrypoint", "/usr/local/bin/mlflow-server"]

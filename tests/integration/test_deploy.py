@@ -7,8 +7,10 @@ driver output included), not in the tracking server's databases or log."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -131,3 +133,53 @@ def test_no_credential_anywhere_in_store_logs_or_tracking_database(deployed):
     stored = [yaml.safe_load(data) for key, data in deployed["objects"].items()
               if key.startswith("store/sweeps/") and key.endswith("/config.yaml")]
     assert len(stored) == 1 and stored[0]["tracking"]["uri"] == deployed["mlflow_uri"]
+
+
+def test_the_mlflow_images_entrypoint_serves_behind_basic_auth(s3_server, tmp_path):
+    """docker/mlflow.Dockerfile's entrypoint, run here as the image runs it: the secrets from files,
+    PostgreSQL for runs and users, artifacts in the object store; a client needs the password."""
+    import requests
+
+    from tests.integration.conftest import postgres_at
+
+    bucket = make_bucket("premem-mlflow-image")
+    password = secrets.token_hex(12)
+    (tmp_path / "admin").write_text(password)
+    (tmp_path / "flask").write_text(secrets.token_hex(16))
+    port = free_port()
+    with postgres_at("mlflow") as database:
+        db = re.match(r"postgresql://(\w+):(\w+)@([\d.]+):(\d+)/(\w+)", database)
+        (tmp_path / "pg").write_text(db.group(2))
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "PGHOST": db.group(3), "PGPORT": db.group(4), "PGUSER": db.group(1), "PGDATABASE": db.group(5),
+               "PGPASSWORD_FILE": str(tmp_path / "pg"), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+               "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(tmp_path / "admin"),
+               "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(tmp_path / "flask"),
+               "MLFLOW_ARTIFACTS_DESTINATION": f"{bucket}/mlartifacts"}
+        log = tmp_path / "server.log"
+        server = subprocess.Popen(["sh", REPO / "docker/entrypoint.sh", "sh", REPO / "docker/mlflow-server.sh",
+                                   "--port", str(port), "--workers", "1"], env=env, stdout=open(log, "w"),
+                                  stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        try:
+            from tests.conftest import wait_for_http
+
+            uri = f"http://127.0.0.1:{port}"
+            wait_for_http(f"{uri}/health", server, log, "the image's mlflow server")
+            api = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+            assert requests.get(api, timeout=30).status_code == 401
+            assert requests.get(api, auth=("admin", password), timeout=30).status_code == 200
+            os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+            try:  # a run with an artifact: it lands in the bucket through the server
+                client = MlflowClient(uri)
+                run = client.create_run(client.create_experiment("image"))
+                (tmp_path / "a.txt").write_text("artifact")
+                client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))
+            finally:
+                for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                    os.environ.pop(name, None)
+            keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="premem-mlflow-image").get("Contents", [])]
+            assert any(k.endswith("/a.txt") for k in keys)
+            assert password not in log.read_text() and db.group(2) not in log.read_text()
+        finally:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
