@@ -210,6 +210,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
     def on_failure(job: dict, line: str, details: str) -> None:
         log_failure(outbox, children[job["run_id"]], paths, job, line, details)
 
+    robustness_not_evaluated = 0
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
         prepare_deepspeed_ops()
@@ -217,6 +218,14 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
                                       on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
+        if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
+            from orchestrator.reeval import evaluate, variant_jobs
+
+            perturbed = {**OmegaConf.to_container(cfg.sampler), "variant": cfg.sweep.robustness_variant,
+                         "answer_prefix": cfg.sweep.robustness_prefix}
+            jobs = variant_jobs(paths, specs, perturbed, last_only=True)
+            print(f"robustness: {len(jobs)} last checkpoints with the answer starting {cfg.sweep.robustness_prefix!r}")
+            robustness_not_evaluated = evaluate(pool, jobs, on_result, on_failure)
         summary = finish_sweep(cfg, paths, specs, outbox, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
@@ -232,7 +241,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
         print(f"MLflow: {unwritten} write(s) not made, the server was unreachable for tracking.outage_wait_s="
               f"{cfg.tracking.outage_wait_s:g}s; once it is back, `python -m orchestrator.resume {paths.sweep}` "
               "writes them (the records are complete)")
-    return 1 if unwritten else exit_code(progress, summary)
+    return 1 if unwritten or robustness_not_evaluated else exit_code(progress, summary)
 
 
 def exit_code(progress, summary) -> int:

@@ -92,6 +92,11 @@ class SweepConfig:
     grid: Dict[str, Any] = field(default_factory=dict)
     max_concurrent_trials: int = 1
     nll_threshold: float = 0.1
+    # After training, each trial's last checkpoint is evaluated again with the answer forced to start with
+    # robustness_prefix (records variant robustness_variant; "" = no such pass), and the parent run gets the
+    # accuracy under that perturbation binned by premem.
+    robustness_variant: str = ""
+    robustness_prefix: str = "First,"
 
 
 @dataclass
@@ -227,6 +232,10 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
+    _check(cfg.sweep.robustness_variant != "original", f"{prefix}sweep.robustness_variant", "original",
+           "names the perturbed records: any name but 'original' ('' turns the pass off)")
+    _check(not cfg.sweep.robustness_variant or bool(cfg.sweep.robustness_prefix.strip()),
+           f"{prefix}sweep.robustness_prefix", cfg.sweep.robustness_prefix, "the perturbation: must not be empty")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
     _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")

@@ -46,6 +46,7 @@ class Summary:
     ok: bool  # every trained checkpoint is in the records (a fit that cannot be made is a note, not a failure)
     missing: list[str] = field(default_factory=list)  # trained checkpoints without records: not in the fit
     baselines: dict[str, Fit] = field(default_factory=dict)  # what the paper compares premem with
+    robustness: object = None  # DataFrame: accuracy under the sweep's perturbation, binned by premem
 
     def fit_lines(self) -> list[str]:
         """The fit, the baselines beside it, and the spread it was fit on (terminal and run description)."""
@@ -75,6 +76,14 @@ class Summary:
             lines += ["", f"{self.fit.n_points} (run, checkpoint) points; test accuracy {lo:.3f} .. {hi:.3f}."]
         else:
             lines += self.fit_lines()
+        if self.robustness is not None:
+            table = self.robustness
+            lines += ["", f"**Robustness**: accuracy on train questions at each trial's last checkpoint, the "
+                      f"answer forced to start with a prefix (variant `{table['variant'].iloc[0]}`), by the "
+                      "example's pre-memorization accuracy:", "",
+                      "| premem bin | examples | original acc | perturbed acc | drop |", "|---|---|---|---|---|"]
+            lines += [f"| {r.premem_bin} | {r.n} | {r.original_acc:.3f} | {r.perturbed_acc:.3f} | {r.acc_drop:+.3f} |"
+                      for r in table.itertuples()]
         if self.missing:
             lines += ["", f"**Not in the fit**: {len(self.missing)} trained checkpoint(s) without records."]
         if plot_artifact:
@@ -83,6 +92,10 @@ class Summary:
 
     def text(self, uri: str, paths: SweepPaths, progress=None, urls: tuple[str, str] | None = None) -> str:
         lines = self.fit_lines()
+        if self.robustness is not None:
+            columns = ["premem_bin", "n", "original_acc", "perturbed_acc", "acc_drop"]
+            lines.append(f"robustness (variant '{self.robustness['variant'].iloc[0]}', train questions, last "
+                         f"checkpoints):\n{self.robustness[columns].to_string(index=False, float_format='%.3f')}")
         if self.missing:
             lines.append(f"NOT IN THE FIT: {len(self.missing)} trained checkpoint(s) have no records: "
                          + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
@@ -166,6 +179,11 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     acc = points["test_acc"] if len(points) else table["test_acc"]
     summary = Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
                       ok=not missing, missing=missing, baselines=baselines)
+    variant = cfg.sweep.robustness_variant
+    if variant and paths.record_files(variant):
+        from orchestrator.reeval import robustness_table
+
+        summary.robustness = robustness_table(paths, tau, variant, tracker, parent)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
     tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})

@@ -78,16 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
     variant = cfg.sampler.variant
-    jobs = []
-    for spec in specs:
-        trial_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(spec.config),
-                                                           {"sampler": OmegaConf.to_container(cfg.sampler)}))
-        _, template = schedule.trial_jobs(TrialSpec(spec.run_id, spec.index, spec.grid_values, trial_cfg), paths, "")
-        for ckpt in paths.trial_checkpoints(spec.run_id):
-            state = json.loads(storage.read_text(storage.join(ckpt, "trainer_state.json")))
-            if storage.is_file(paths.records_file(spec.run_id, state["step"], variant)):
-                continue  # done by an earlier, interrupted re-evaluation
-            jobs.append(template.job(state["step"], state["epoch"], ckpt, {}))
+    jobs = variant_jobs(paths, specs, OmegaConf.to_container(cfg.sampler))
     print(f"re-evaluating {len(jobs)} checkpoints of {paths.sweep_id} as variant '{variant}'")
 
     uri = tracking_uri(cfg)
@@ -95,37 +86,65 @@ def main(argv: list[str] | None = None) -> int:
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     pool = schedule.start_pool(cfg.sampler)
-    progress = schedule.Progress(len(specs), len(jobs), trained=len(jobs))
+    failures: list[str] = []
+    not_evaluated = evaluate(pool, jobs, lambda r: log_result(tracker, children[r.run_id], r),
+                             lambda job, line, details: failures.append(
+                                 log_failure(tracker, children[job["run_id"]], paths, job, line, details)))
+    table = robustness_table(paths, float(cfg.sweep.nll_threshold), variant, tracker, parent)
+    print(f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}")
+    print(f"records: {paths.records}")
+    return 1 if not_evaluated else 0
+
+
+def variant_jobs(paths: SweepPaths, specs: list[TrialSpec], sampler: dict, last_only: bool = False) -> list:
+    """Evaluation jobs of the trials' checkpoints (or each trial's last) with these sampler settings (whose
+    `variant` names the records); checkpoints that already have those records are left out."""
+    from orchestrator import schedule
+
+    jobs = []
+    for spec in specs:
+        trial_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(spec.config), {"sampler": sampler}))
+        _, template = schedule.trial_jobs(TrialSpec(spec.run_id, spec.index, spec.grid_values, trial_cfg), paths, "")
+        checkpoints = paths.trial_checkpoints(spec.run_id)
+        for ckpt in checkpoints[-1:] if last_only else checkpoints:
+            state = json.loads(storage.read_text(storage.join(ckpt, "trainer_state.json")))
+            if storage.is_file(paths.records_file(spec.run_id, state["step"], sampler["variant"])):
+                continue  # done by an earlier, interrupted pass
+            jobs.append(template.job(state["step"], state["epoch"], ckpt, {}))
+    return jobs
+
+
+def evaluate(pool, jobs: list, on_result, on_failure) -> int:
+    """Send `jobs` to the sampling pool and hand the results over as they come; how many did not come back
+    evaluated (failed, or never came back)."""
+    from orchestrator import schedule
+
+    progress = schedule.Progress(len({j.run_id for j in jobs}), len(jobs), trained=len(jobs))
     for job in jobs:
         pool.submit.remote(job)
     stop = threading.Event()
     stop.set()
-    failures: list[str] = []
-    schedule.monitor_pool(pool, progress, lambda r: log_result(tracker, children[r.run_id], r),
-                          lambda job, line, details: failures.append(
-                              log_failure(tracker, children[job["run_id"]], paths, job, line, details)), stop)
+    schedule.monitor_pool(pool, progress, on_result, on_failure, stop)
     schedule.show(progress, final=True)
     missing = len(jobs) - progress.evaluated - progress.eval_failed
     if missing:
         print(f"NOT EVALUATED: {missing} of {len(jobs)} checkpoints ({progress.monitor_error or 'no result'}); "
               "run the same command again to evaluate them")
-    print(robustness_summary(paths, cfg, variant, tracker, parent))
-    print(f"records: {paths.records}")
-    return 1 if failures or missing else 0
+    return missing + progress.eval_failed
 
 
-def robustness_summary(paths: SweepPaths, cfg, variant: str, tracker, parent: str) -> str:
+def robustness_table(paths: SweepPaths, tau: float, variant: str, tracker, parent: str):
     """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
     from analysis.curate import robustness
     from analysis.premem import prepare
     from analysis.records import ORIGINAL, load_records
 
     files = paths.record_files(ORIGINAL) + paths.record_files(variant)
-    table = robustness(prepare(load_records(files)), float(cfg.sweep.nll_threshold))
+    table = robustness(prepare(load_records(files)), tau)
     out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
                             json.dumps(table.to_dict(orient="records"), indent=1))
     tracker.log_artifacts(parent, [out], "analysis")
-    return f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}"
+    return table
 
 
 if __name__ == "__main__":

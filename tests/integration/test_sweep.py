@@ -14,7 +14,8 @@ from tests.integration.conftest import run_python as _run
 
 pytestmark = pytest.mark.slow
 
-SMALL = [*SWEEP, "cluster.num_cpus=2"]
+# and the robustness pass: each trial's last checkpoint again with the answer forced to start "First,"
+SMALL = [*SWEEP, "cluster.num_cpus=2", "sweep.robustness_variant=prefixed"]
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,19 @@ def test_sweep_writes_records_for_every_checkpoint(sweep):
     assert (frame.n_samples == 3).all() and frame.n_correct.between(0, 3).all()
     assert sorted(frame.epoch.unique()) == [1.0, 2.0]
     load_records(files)  # passes the analysis contract
-    completions = pd.concat(pd.read_parquet(f) for f in (sweep_dir / "completions").rglob("*.parquet"))
+    completions = pd.concat(pd.read_parquet(f) for f in (sweep_dir / "completions").rglob("*.original.parquet"))
     assert len(completions) == 4 * 96 * 3 and completions.completion.str.len().gt(0).mean() > 0.9
     # Checkpoints are HF directories a person (or vLLM) can load.
     ckpts = sorted((sweep_dir / "checkpoints").glob("*/step_*"))
     assert len(ckpts) == 4 and all((c / "config.json").is_file() and (c / "model.safetensors").is_file()
                                    for c in ckpts)
     assert "premem R² =" in stdout and f"store: {sweep_dir}" in stdout
+    # the robustness pass: the last checkpoint of each trial, once more, under the perturbation
+    prefixed = sorted((sweep_dir / "records").rglob("*.prefixed.parquet"))
+    assert [f.name for f in prefixed] == ["step_000012.prefixed.parquet"] * 2
+    assert "robustness (variant 'prefixed'" in stdout
+    table = json.loads((sweep_dir / "analysis" / "robustness_prefixed.json").read_text())
+    assert sum(row["n"] for row in table) == 2 * 48  # every train question of both last checkpoints, binned
 
 
 def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
@@ -66,6 +73,8 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     assert {"train_acc_r2", "train_nll_r2"} <= set(parent.data.metrics)
     note = parent.data.tags["mlflow.note.content"]
     assert "pre-memorization train accuracy" in note and "train accuracy |" in note and "train NLL" in note
+    assert "**Robustness**" in note and "| premem bin |" in note
+    assert "analysis/robustness_prefixed.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
     image = re.search(r"!\[[^]]*\]\((get-artifact\?[^)]+)\)", note).group(1)
     response = requests.get(f"{mlflow_server}/{image}", timeout=30)  # the UI resolves it against its address
     assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,7 +94,8 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
         assert len(steps) == 2 and steps[0] < steps[1]
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == max(steps)
         records = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
-        assert len(records) == 2 and all(p.endswith(".original.parquet") for p in records)
+        assert sorted(p.rsplit(".", 2)[1] for p in records) == ["original", "original", "prefixed"]
+        assert "test_acc_prefixed" in child.data.metrics
         inputs = {d.tags[0].value: d.dataset for d in client.get_run(child.info.run_id).inputs.dataset_inputs}
         assert set(inputs) == {"train", "test"} and inputs["train"].name == "synthetic-train"
         assert json.loads(inputs["test"].profile)["num_rows"] == 48

@@ -154,3 +154,30 @@ def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run(
     note = summary.description(paths, "get-artifact?path=analysis%2Fpremem_vs_test.png&run_uuid=abc")
     assert "| pre-memorization train accuracy (τ = 0.1) | **0.930** |" in note
     assert "| train accuracy | 0.410 |" in note and "![premem vs test accuracy](get-artifact?" in note
+
+
+def test_the_default_sweep_has_24_points_and_a_robustness_pass_the_small_one_neither():
+    from orchestrator.__main__ import expected_checkpoints
+
+    cfg, _, specs = plan_sweep([])
+    assert expected_checkpoints(specs) == 24 and cfg.sweep.robustness_variant == "first"
+    cfg, _, specs = plan_sweep(["sweep=small"])
+    assert expected_checkpoints(specs) == 4 and cfg.sweep.robustness_variant == ""
+    with pytest.raises(ConfigError, match="sweep.robustness_variant='original'"):
+        plan_sweep(["sweep.robustness_variant=original"])
+
+
+def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
+    import pandas as pd
+
+    from analysis.fit import Fit
+    from orchestrator.finish import Summary
+    from orchestrator.store import sweep_paths
+
+    summary = Summary(Fit(0.9, 0.01, 0.93, 24), 0.1, 6, (0.02, 0.45), None, {}, ok=True)
+    summary.robustness = pd.DataFrame({"variant": ["first"] * 2, "premem_bin": ["[0.0, 0.5)", "[0.5, 1.0]"],
+                                       "n": [10, 20], "premem_mean": [0.2, 0.8], "original_acc": [0.3, 0.9],
+                                       "perturbed_acc": [0.1, 0.85], "acc_drop": [0.2, 0.05]})
+    paths = sweep_paths("/tmp/x", "s")
+    assert "robustness (variant 'first'" in summary.text("sqlite:///x", paths)
+    assert "| [0.0, 0.5) | 10 | 0.300 | 0.100 | +0.200 |" in summary.description(paths, None)
