@@ -132,8 +132,9 @@ def expected_checkpoints(specs: list[TrialSpec]) -> int:
     return total
 
 
-def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str]) -> None:
-    """Each trial's train and test questions as its MLflow run's dataset inputs (built once per task)."""
+def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str], parent: str) -> None:
+    """Each trial's train and test questions as its MLflow run's dataset inputs (built once per task), and
+    the first trial's on the sweep's parent run."""
     import pandas as pd
 
     from workers.tasks import load_task, task_args
@@ -151,6 +152,8 @@ def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str])
                         task[field] if task["name"] != "synthetic" and task[field] else generated)
                 for split, examples, field in (("train", splits.train, "path"), ("test", splits.test, "test_path"))}
         tracker.log_datasets(children[spec.run_id], built[key])
+        if spec is specs[0]:
+            tracker.log_datasets(parent, built[key])
 
 
 def trial_params(spec: TrialSpec) -> dict:
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
-    log_task_datasets(tracker, specs, children)
+    log_task_datasets(tracker, specs, children, parent)
     return execute(cfg, paths, specs, base_model, tracker, parent, children)
 
 

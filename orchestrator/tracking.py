@@ -99,7 +99,8 @@ class Tracker:
         `mlflow ui` that the summary's command starts."""
         base = redact(self.uri).rstrip("/") if self.uri.startswith("http") else "http://127.0.0.1:5000"
         runs = f"{base}/#/experiments/{self.experiment_id}/runs"
-        return f"{runs}/{parent_id}", runs
+        mode = "?workflowType=machine_learning"  # else the UI keeps the last mode it showed, GenAI by default
+        return f"{runs}/{parent_id}{mode}", f"{runs}{mode}"
 
     def log_datasets(self, mlflow_run_id: str, datasets: dict[str, tuple[str, object, object]]) -> None:
         """The task's splits as the run's dataset inputs: {context: (name, DataFrame, source)}; a source is

@@ -79,7 +79,8 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     response = requests.get(f"{mlflow_server}/{image}", timeout=30)  # the UI resolves it against its address
     assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs, not GenAI
-    url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"synthetic-train", "synthetic-test"}
     assert f"MLflow sweep run: {url}" in stdout
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
