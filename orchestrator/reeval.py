@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     pool = schedule.start_pool(cfg.sampler)
-    failures: list[str] = []
     not_evaluated = evaluate(pool, jobs, lambda r: log_result(tracker, children[r.run_id], r),
-                             lambda job, line, details: failures.append(
-                                 log_failure(tracker, children[job["run_id"]], paths, job, line, details)))
+                             lambda job, line, details: log_failure(tracker, children[job["run_id"]], paths, job,
+                                                                    line, details))
     table = robustness_table(paths, float(cfg.sweep.nll_threshold), variant, tracker, parent)
     print(f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}")
     print(f"records: {paths.records}")
