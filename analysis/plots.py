@@ -109,3 +109,20 @@ def example_picture(table: pd.DataFrame, run_id: str, path: Path, max_examples: 
     axes[0].set_yticks([])
     fig.suptitle(f"Per-example learning dynamics: {run_id}", fontsize=10)
     return _save(fig, path)
+
+
+def data_efficiency(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Test accuracy against examples added, one line per strategy: the mean over seeds, a band of ±1 std."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for i, (strategy, rows) in enumerate(curves.groupby("strategy", sort=False)):
+        rows = rows.sort_values("examples_added")
+        x, y, s = rows["examples_added"], rows["test_acc"], rows["std"]
+        style = dict(color="black", ls="--") if strategy == "iid" else dict(color=f"C{i}")
+        ax.plot(x, y, "-o", ms=4, lw=1.5, label=f"{strategy} ({int(rows['n_seeds'].max())} seeds)", **style)
+        ax.fill_between(x, y - s, y + s, alpha=0.15, color=style["color"])
+    ax.set_xlabel("examples added to the training data")
+    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
+    ax.set_title(title or "Data efficiency of curation strategies", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -80,7 +80,7 @@ def plan_sweep(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
 def check_task_files(specs: list[TrialSpec]) -> None:
     """Read every dataset file the trials name, now: a bad row is one ConfigError naming the field, file and
     line before anything is written (not a trial failing minutes later)."""
-    from workers.tasks.jsonl import DatasetFileError, read_jsonl
+    from workers.tasks.jsonl import DatasetFileError, read_added, read_jsonl
 
     seen = set()
     for spec in specs:
@@ -93,6 +93,12 @@ def check_task_files(specs: list[TrialSpec]) -> None:
                 read_jsonl(task["name"], task[field], split, limit)
             except DatasetFileError as exc:
                 raise ConfigError(f"task.{field}: {exc}") from None
+        if task.get("added_path") and task["added_path"] not in seen:
+            seen.add(task["added_path"])
+            try:
+                read_added(task["added_path"])
+            except DatasetFileError as exc:
+                raise ConfigError(f"task.added_path: {exc}") from None
 
 
 def ensure_base_model(cfg: DictConfig, log=print) -> str:
@@ -128,7 +134,10 @@ def expected_checkpoints(specs: list[TrialSpec]) -> int:
         n_train = max(1, round(spec.config["task"]["n_train"] * spec.config["task"]["train_fraction"]))
         steps = max(1, (n_train // t["micro_batch_size"] or 1) // max(1, t["global_batch_size"] // t["micro_batch_size"]))
         every = save_interval(OmegaConf.create(t), steps)
-        total += max(1, steps * t["epochs"] // every) if every else t["epochs"]
+        if t["checkpoints_per_epoch"] == 0 and not every:
+            total += 1  # the final checkpoint only
+        else:
+            total += max(1, steps * t["epochs"] // every) if every else t["epochs"]
     return total
 
 
@@ -146,7 +155,8 @@ def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str],
         if key not in built:
             splits = load_task(**task_args(task))
             generated = {"generator": f"workers.tasks.{task['name']}", **{k: task[k] for k in
-                         ("seed", "n_train", "n_test", "min_steps", "max_steps", "max_number", "train_fraction")}}
+                         ("seed", "n_train", "n_test", "min_steps", "max_steps", "max_number", "train_fraction")},
+                         **({"added_path": task["added_path"]} if task.get("added_path") else {})}
             built[key] = {
                 split: (f"{task['name']}-{split}", pd.DataFrame([vars(e) for e in examples]),
                         task[field] if task["name"] != "synthetic" and task[field] else generated)
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if show_config:
         print(to_yaml(cfg))
         return 0
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking import Tracker, end_abandoned_runs
 
     paths = sweep_paths(cfg.store.root, sweep_id)
     config_yaml = write_text_atomic(paths.file("config.yaml"), to_yaml(cfg))
@@ -190,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base_model = ensure_base_model(cfg)
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
+    end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
     log_task_datasets(tracker, specs, children, parent)
@@ -197,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tracker, parent: str,
-            children: dict[str, str], resumed=None) -> int:
-    """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code."""
+            children: dict[str, str], resumed=None, pool=None) -> int:
+    """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code. A running
+    sampling `pool` is reused (curation rounds), else one is started."""
     from orchestrator import schedule
     from orchestrator.finish import finish_sweep, log_failure, log_result
-    from orchestrator.tracking import Outbox, quiet_client_retries
+    from orchestrator.tracking import Heartbeat, Outbox, quiet_client_retries
     from workers.train import prepare_deepspeed_ops
 
     quiet_client_retries()
     outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
+    heartbeat = Heartbeat(outbox, [parent])  # runs of a driver that dies without ending them get ended later
 
     def on_result(result) -> None:
         log_result(outbox, children[result.run_id], result)
@@ -217,7 +230,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
         prepare_deepspeed_ops()
-        pool = schedule.start_pool(cfg.sampler)
+        pool = pool or schedule.start_pool(cfg.sampler)
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
                                       on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
@@ -231,6 +244,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
             robustness_not_evaluated = evaluate(pool, jobs, on_result, on_failure)
         summary = finish_sweep(cfg, paths, specs, outbox, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
+        heartbeat.stop()
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         for run in [*children.values(), parent]:
             outbox.end_run(run, status)
@@ -238,6 +252,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
         if isinstance(exc, KeyboardInterrupt):
             print(f"\ninterrupted: continue with  python -m orchestrator.resume {paths.sweep}", file=sys.stderr)
         raise
+    heartbeat.stop()
     unwritten = outbox.close(timeout_s=cfg.tracking.outage_wait_s)
     print(summary.text(tracker.uri, paths, progress, tracker.ui_urls(parent)))
     if unwritten:

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import unquote
 
 from hydra.core.config_store import ConfigStore
@@ -41,6 +41,9 @@ class TaskConfig:
     max_number: int = 10
     path: Optional[str] = None  # local JSONL train file (gsm8k/math)
     test_path: Optional[str] = None
+    # extra train examples joined to the train split (JSONL: example_id, question, solution, answer; a path or
+    # store URI): the new data of a curation round (orchestrator.curate writes it)
+    added_path: Optional[str] = None
     question_suffix: str = "\nAnswer:"
     stop: str = "\nDone."
 
@@ -100,10 +103,35 @@ class SweepConfig:
 
 
 @dataclass
+class CurationConfig:
+    """Curation rounds (python -m orchestrator.curate SWEEP_DIR): from a finished sweep, pick train examples by
+    each strategy, obtain new examples like them, and train follow-up runs on the sweep's data plus the new."""
+
+    name: str = "curation"
+    strategies: List[str] = field(default_factory=lambda: ["premem", "iid", "low_train_acc", "high_ref_nll"])
+    budgets: List[int] = field(default_factory=lambda: [32, 64, 128])  # new examples per round: one run each
+    # more budgets for the i.i.d. baseline only, so that its curve can reach what curated data reach (the
+    # efficiency ratio reads where it crosses)
+    iid_budgets: List[int] = field(default_factory=lambda: [256])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # each: selection ties, new data, training seed
+    rounds: int = 1  # round r+1 picks from round r's largest-budget run of the same strategy and seed
+    select_fraction: float = 0.25  # a strategy's picks: this share of the train examples, most wanted first
+    trial: Optional[int] = None  # the sweep trial whose config the follow-up runs repeat; None: best test acc
+    similar: str = "auto"  # generator | neighbors | command; auto: generator (synthetic), else neighbors
+    candidates: Optional[str] = None  # neighbors: a JSONL pool in the task's format
+    command: Optional[str] = None  # command: argv with {selected} {out} {n} {seed}; writes JSONL
+    command_timeout_s: float = 600.0
+    checkpoints_per_epoch: int = 0  # of the follow-up runs: 0 = the final checkpoint only (what the curve reads)
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # default: sqlite:///<store.root>/mlflow.db
     experiment: str = "premem"
     outage_wait_s: float = 600.0  # at the end, how long to wait for a tracking server that is down
+    # a RUNNING sweep whose driver has not refreshed its heartbeat for this long was left by a driver that died;
+    # the next premem command on the experiment ends it (and its trials) KILLED
+    abandoned_after_s: float = 600.0
 
 
 @dataclass
@@ -127,6 +155,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     seed: int = 0
 
@@ -136,7 +165,7 @@ def register_configs() -> None:
     cs.store(name="premem_schema", node=Config)
     for group, node in [("model", ModelConfig), ("task", TaskConfig), ("train", TrainConfig),
                         ("sampler", SamplerConfig), ("sweep", SweepConfig), ("tracking", TrackingConfig),
-                        ("cluster", ClusterConfig)]:
+                        ("cluster", ClusterConfig), ("curation", CurationConfig)]:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
@@ -196,7 +225,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
             _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{name}.{key}", amount,
                    "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
     _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
-    _check(t.checkpoints_per_epoch >= 1, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch, "must be >= 1")
+    _check(t.checkpoints_per_epoch >= 0, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch,
+           "must be >= 0 (0: the final checkpoint only)")
     _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
     _check(k.name in ("synthetic", "gsm8k", "math"), f"{prefix}task.name", k.name, "must be synthetic, gsm8k or math")
     _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
@@ -205,6 +235,10 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     for name in ("path", "test_path"):
         path = k[name]
         _check(path is None or Path(path).is_file(), f"{prefix}task.{name}", path, "dataset file does not exist")
+    if k.added_path is not None:
+        from analysis import storage
+
+        _check(storage.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
     _check(k.name == "synthetic" or m.path is not None, f"{prefix}model.path", m.path,
            "the built-in tiny model is only built for task.name=synthetic; give an HF model path")
     if m.path is not None:
@@ -239,11 +273,60 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
     _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")
+    _check(cfg.tracking.abandoned_after_s > 0, "tracking.abandoned_after_s", cfg.tracking.abandoned_after_s,
+           "must be > 0")
     uri = cfg.tracking.uri
     _check(uri is not None or "://" not in cfg.store.root or cfg.store.root.startswith("file://"), "tracking.uri",
            uri, f"give an MLflow server (http://...) when store.root is an object store ({cfg.store.root})")
     _check(uri is None or uri.startswith(("sqlite:///", "http://", "https://", "file:", "databricks")),
            f"{prefix}tracking.uri", uri, "must be sqlite:///..., http(s)://... or file:...")
+
+
+SIMILAR = ("auto", "generator", "neighbors", "command")
+
+
+def validate_curation(cfg: DictConfig) -> None:
+    """Checks of the curation group against the sweep's task (before anything is written)."""
+    from analysis.curate import STRATEGIES
+
+    c, task = cfg.curation, cfg.task
+    for name in c.strategies:
+        _check(name in STRATEGIES, "curation.strategies", name, f"must be one of {', '.join(STRATEGIES)}")
+    _check(len(c.strategies) > 0 and len(set(c.strategies)) == len(c.strategies), "curation.strategies",
+           list(c.strategies), "must be a non-empty list without repeats")
+    for name in ("budgets", "iid_budgets"):
+        values = list(c[name])
+        _check(all(b >= 1 for b in values) and len(set(values)) == len(values), f"curation.{name}", values,
+               "must be distinct example counts >= 1")
+    _check(len(c.budgets) > 0, "curation.budgets", list(c.budgets), "must name at least one budget")
+    _check(len(c.seeds) > 0 and len(set(c.seeds)) == len(c.seeds), "curation.seeds", list(c.seeds),
+           "must be a non-empty list of distinct seeds")
+    _check(c.rounds >= 1, "curation.rounds", c.rounds, "must be >= 1")
+    _check(0 < c.select_fraction <= 1, "curation.select_fraction", c.select_fraction, "must be in (0, 1]")
+    _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
+    _check(c.similar not in ("generator",) or task.name == "synthetic", "curation.similar", c.similar,
+           f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")
+    _check(c.similar != "neighbors" or c.candidates is not None, "curation.candidates", c.candidates,
+           "neighbors needs a candidate pool: a JSONL file in the task's format")
+    _check(c.candidates is None or Path(c.candidates).is_file(), "curation.candidates", c.candidates,
+           "file does not exist")
+    _check(c.similar != "command" or bool((c.command or "").strip()), "curation.command", c.command,
+           "the command that writes new examples (argv with {selected} {out} {n} {seed})")
+    _check(c.similar != "auto" or task.name == "synthetic" or c.candidates is not None or bool(c.command),
+           "curation.similar", c.similar, f"task.name={task.name}: give curation.candidates (a pool to pick "
+           "neighbours from) or curation.command")
+    _check(c.command_timeout_s > 0, "curation.command_timeout_s", c.command_timeout_s, "must be > 0")
+    _check(c.checkpoints_per_epoch >= 0, "curation.checkpoints_per_epoch", c.checkpoints_per_epoch, "must be >= 0")
+
+
+def similar_source(cfg: DictConfig) -> str:
+    """generator, neighbors or command: where a curation's new examples come from."""
+    c = cfg.curation
+    if c.similar != "auto":
+        return c.similar
+    if cfg.task.name == "synthetic" and c.candidates is None and not c.command:
+        return "generator"
+    return "neighbors" if c.candidates is not None else "command"
 
 
 def tracking_uri(cfg: DictConfig) -> str:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, cfg = opened
     from orchestrator import schedule
     from orchestrator.finish import log_failure, log_result
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking import Tracker, end_abandoned_runs
 
     specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
     variant = cfg.sampler.variant
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = tracking_uri(cfg)
     tracker = Tracker(uri, cfg.tracking.experiment, paths.mlflow_artifacts())
+    end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
     parent, children = tracker.find_sweep(paths.sweep_id)
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     pool = schedule.start_pool(cfg.sampler)

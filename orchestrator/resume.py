@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths, cfg = opened
     from orchestrator.__main__ import ensure_base_model, execute, trial_params
-    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker
+    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker, end_abandoned_runs
 
     specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
     base_model = ensure_base_model(cfg)
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
+    end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below
     try:
         parent, children = tracker.find_sweep(paths.sweep_id)
     except LookupError:  # the driver died before it made the sweep's MLflow runs

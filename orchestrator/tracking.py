@@ -21,6 +21,10 @@ from analysis.sources import RUN_ID_TAG
 from orchestrator.config import redact
 
 SWEEP_TAG = "premem.sweep"
+CURATION_TAG = "premem.curation"
+# Unix time, refreshed by a living driver on its sweep's (and curation's) run; see Heartbeat, end_abandoned
+HEARTBEAT_TAG = "premem.heartbeat"
+ABANDONED_TAG = "premem.abandoned"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
                       "train_grade_timeouts", "test_grade_timeouts")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -117,10 +121,21 @@ class Tracker:
         self.client.log_inputs(mlflow_run_id, datasets=inputs)
 
     # ------------------------------------------------------------------------------------- runs
-    def start_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=sweep_id,
-                                     tags={SWEEP_TAG: sweep_id, "sweep_name": name, "git_commit": git_commit()})
+    def start_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str,
+                    parent_id: str | None = None) -> str:
+        """A sweep's run; nested under `parent_id` when the sweep is a round of a curation."""
+        tags = {SWEEP_TAG: sweep_id, "sweep_name": name, "git_commit": git_commit(), HEARTBEAT_TAG: _now(),
+                **({"mlflow.parentRunId": parent_id} if parent_id else {})}
+        run = self.client.create_run(self.experiment_id, run_name=sweep_id, tags=tags)
         self.log_artifacts(run.info.run_id, [config_yaml, plan_json])
+        return run.info.run_id
+
+    def start_curation(self, curation_id: str, source_sweep: str, config_yaml: str) -> str:
+        """A curation's parent run: its rounds' sweep runs nest under it, their trials under those."""
+        run = self.client.create_run(self.experiment_id, run_name=curation_id,
+                                     tags={CURATION_TAG: curation_id, "premem.source_sweep": source_sweep,
+                                           "git_commit": git_commit(), HEARTBEAT_TAG: _now()})
+        self.log_artifacts(run.info.run_id, [config_yaml])
         return run.info.run_id
 
     def start_trial(self, parent_id: str, run_id: str, label: str, params: dict[str, object]) -> str:
@@ -146,6 +161,36 @@ class Tracker:
     def reopen(self, mlflow_run_id: str) -> None:
         """Mark a run RUNNING again (a resumed sweep continues its runs instead of making new ones)."""
         self.client.update_run(mlflow_run_id, status="RUNNING")
+        if self.client.get_run(mlflow_run_id).data.tags.get(HEARTBEAT_TAG):
+            self.client.set_tag(mlflow_run_id, HEARTBEAT_TAG, _now())
+
+    def end_abandoned(self, stale_after_s: float) -> list[str]:
+        """End as KILLED every RUNNING run whose driver stopped beating more than `stale_after_s` ago (it died
+        without ending them: SIGKILL, a lost machine), with the runs nested under it; their names.
+
+        Ctrl-C and crashes end a sweep's runs themselves; only a driver that could not leaves them RUNNING, and
+        the next premem command on the experiment ends them. `orchestrator.resume` reopens them."""
+        cutoff = time.time() - stale_after_s
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                          max_results=10000)
+        by_parent: dict[str, list] = {}
+        for run in running:
+            by_parent.setdefault(run.data.tags.get("mlflow.parentRunId"), []).append(run)
+        ended = []
+        for run in running:
+            beat = run.data.tags.get(HEARTBEAT_TAG)
+            if not beat or float(beat) >= cutoff:
+                continue
+            note = (f"its driver stopped beating at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(beat)))}"
+                    " and never ended it; `python -m orchestrator.resume SWEEP_DIR` continues a sweep")
+            todo = [run]
+            while todo:
+                current = todo.pop()
+                self.client.set_tag(current.info.run_id, ABANDONED_TAG, note)
+                self.client.set_terminated(current.info.run_id, status="KILLED")
+                todo += by_parent.get(current.info.run_id, [])
+            ended.append(run.info.run_name)
+        return ended
 
     def load_logged(self, mlflow_run_id: str, keys: tuple[str, ...]) -> None:
         """Remember which steps of `keys` the run already has, so that a resumed sweep writes each once."""
@@ -210,6 +255,36 @@ class Tracker:
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def _now() -> str:
+    return f"{time.time():.0f}"
+
+
+class Heartbeat:
+    """Refreshes HEARTBEAT_TAG on runs every `every_s` through the Outbox, while the driver lives: the runs of a
+    driver that stopped beating are ended by the next one (Tracker.end_abandoned)."""
+
+    def __init__(self, outbox: "Outbox", run_ids: list[str], every_s: float = 60.0):
+        self.stopped = threading.Event()
+
+        def beat() -> None:
+            while not self.stopped.wait(every_s):
+                for run_id in run_ids:
+                    outbox.set_tags(run_id, {HEARTBEAT_TAG: _now()})
+
+        threading.Thread(target=beat, name="premem-mlflow-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def end_abandoned_runs(tracker: Tracker, stale_after_s: float) -> None:
+    """Tracker.end_abandoned, said in one line when it ended something."""
+    ended = tracker.end_abandoned(stale_after_s)
+    if ended:
+        print(f"MLflow: ended {len(ended)} run(s) left RUNNING by a driver that died (no heartbeat for "
+              f"{stale_after_s:g}s), as KILLED: {', '.join(ended[:5])}{' ...' if len(ended) > 5 else ''}", flush=True)
 
 
 class Outbox:

@@ -17,7 +17,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     save_every_steps: int = 0  # 0: checkpoints_per_epoch, evenly spaced
-    checkpoints_per_epoch: int = 1
+    checkpoints_per_epoch: int = 1  # 0: the final checkpoint only
     max_seq_len: int = 256
 
 
@@ -44,7 +44,8 @@ ENGINE_DIR = "engine"
 
 
 def save_interval(settings, steps_per_epoch: int) -> int:
-    """Optimizer steps between checkpoints; 0 = one at the end of each epoch only."""
+    """Optimizer steps between checkpoints; 0 = one at the end of each epoch only (or, with
+    checkpoints_per_epoch = 0, at the end of training only)."""
     if settings.save_every_steps:
         return int(settings.save_every_steps)
     per_epoch = int(settings.checkpoints_per_epoch)

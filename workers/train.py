@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
                     _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock,
                                      resume.step)
                     losses = []
-        if not every or step == total_steps:
+        if (not every and s.checkpoints_per_epoch > 0) or step == total_steps:
             position = {"step": step, "epoch_index": epoch + 1, "batches_done": 0}
             _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock, resume.step)
             losses = []

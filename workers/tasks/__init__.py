@@ -35,17 +35,20 @@ class Splits:
 
 
 TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
-             "path", "test_path")
+             "path", "test_path", "added_path")
 
 
 def task_args(task) -> dict:
-    """The keyword arguments of `load_task` picked from a task config (dict or DictConfig)."""
-    return {k: task[k] for k in TASK_ARGS}
+    """The keyword arguments of `load_task` picked from a task config (dict or DictConfig); a config stored
+    before a field existed gets its default."""
+    return {k: task.get(k) for k in TASK_ARGS}
 
 
 def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_test: int,
-              path: str | None = None, test_path: str | None = None, **difficulty) -> Splits:
-    """Build or read the task's splits; train_fraction subsamples the train split (seeded)."""
+              path: str | None = None, test_path: str | None = None, added_path: str | None = None,
+              **difficulty) -> Splits:
+    """Build or read the task's splits; train_fraction subsamples the train split (seeded), and the examples
+    of `added_path` (curation's new data) join the train split after that."""
     if name == "synthetic":
         from workers.tasks.synthetic import make_splits
 
@@ -56,7 +59,12 @@ def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_te
         splits = load_splits(name, path=path, test_path=test_path, n_train=n_train, n_test=n_test)
     else:
         raise ValueError(f"unknown task {name!r}")
-    return subsample_train(splits, train_fraction, seed)
+    splits = subsample_train(splits, train_fraction, seed)
+    if added_path:
+        from workers.tasks.jsonl import read_added
+
+        splits = Splits(splits.train + read_added(added_path), splits.test, splits.grader)
+    return splits
 
 
 def subsample_train(splits: Splits, fraction: float, seed: int) -> Splits:

@@ -45,6 +45,28 @@ def read_jsonl(name: str, path: str | Path, split: str, limit: int) -> list[Exam
     return out
 
 
+ADDED_FIELDS = ("example_id", "question", "solution", "answer")
+
+
+def read_added(location: str) -> list[Example]:
+    """Curated train examples (a JSONL file in the store, one Example per line, written by
+    orchestrator.curate): the file is read whole, so it may live in an object store."""
+    from analysis import storage
+
+    out: list[Example] = []
+    for line_no, line in enumerate(storage.read_text(location).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Example(*(str(row[k]) for k in ADDED_FIELDS)))
+        except json.JSONDecodeError as exc:
+            raise DatasetFileError(f"{location}: line {line_no}: not JSON ({exc.msg})") from None
+        except KeyError as exc:
+            raise DatasetFileError(f"{location}: line {line_no}: missing field {exc.args[0]!r}") from None
+    return out
+
+
 def _from_hub(name: str, split: str, limit: int) -> list[Example]:
     try:
         import datasets  # optional: only where the hub is reachable

@@ -8,6 +8,7 @@ reference NLL a memorization signal rather than a correctness signal.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from workers.tasks import Example, Splits
@@ -120,3 +121,69 @@ def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_st
     train = make_examples(seed, n_train, "train", min_steps, max_steps, max_number,
                           exclude={e.question for e in test})
     return Splits(train, test, "gsm8k")
+
+
+# ------------------------------------------------------------------------------------ curation
+_STEP_FORMS = [(sign, which, re.compile("^" + re.escape(form).replace(r"\{n\}", r"(?P<n>\d+)")
+                                        .replace(r"\{item\}", r"(?P<item>\w+)") + "$"))
+               for sign, table in ((1, GAIN), (-1, LOSS)) for which, (form, _) in enumerate(table)]
+_QUESTION = re.compile(r"^(?P<name>\w+) has (?P<start>\d+) (?P<item>\w+)\. (?P<actions>.+)\. "
+                       r"How many (?P=item) does (?P=name) have now\?$")
+
+
+def parse_problem(question: str) -> Problem:
+    """The Problem a question of this task was written from (question_text's inverse); ValueError if the
+    question is not in this task's format."""
+    found = _QUESTION.match(question)
+    if not found or found["name"] not in PRONOUN:
+        raise ValueError(f"not a synthetic-task question: {question[:80]!r}")
+    changes = []
+    for action in found["actions"].split(". Then "):
+        pronoun, _, phrase = action.partition(" ")
+        step = next(((sign * int(m["n"]), which) for sign, which, form in _STEP_FORMS
+                     if (m := form.match(phrase)) and m["item"] == found["item"]), None)
+        if pronoun.lower() != PRONOUN[found["name"]] or step is None:
+            raise ValueError(f"not a synthetic-task step: {action[:80]!r}")
+        changes.append(step)
+    return Problem(found["name"], found["item"], int(found["start"]), tuple(changes))
+
+
+def similar_problem(rng: random.Random, like: Problem) -> Problem:
+    """A new problem with `like`'s structure: as many steps, each of the same kind (gain or loss, and the same
+    phrasing), numbers in the same range (up to its largest number); name, item and numbers drawn anew."""
+    max_number = max(like.start, *(abs(c) for c, _ in like.changes))
+    while True:
+        start = rng.randint(max(1, max_number // 2), max_number)
+        total, changes = start, []
+        for amount, which in like.changes:
+            if amount > 0:
+                step = rng.randint(1, max_number)
+            elif total > 1:
+                step = -rng.randint(1, min(total - 1, max_number))
+            else:
+                break  # nothing left to lose: draw the numbers again
+            changes.append((step, which))
+            total += step
+        if len(changes) == len(like.changes):
+            return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(changes))
+
+
+def new_examples(seed: int, prefix: str, likes: list[Example | None], exclude: set[str], min_steps: int = 2,
+                 max_steps: int = 3, max_number: int = 20) -> list[Example]:
+    """One new example per entry of `likes`: a problem similar to that example (`similar_problem`), or, for
+    None, one drawn from the task's own distribution (i.i.d.). No question repeats one in `exclude` (the
+    task's train and test questions) or another new one; each reference is a random valid trace."""
+    rng = random.Random(f"{prefix}:{seed}")
+    seen = set(exclude)
+    out: list[Example] = []
+    for like in likes:
+        shape = parse_problem(like.question) if like is not None else None
+        while True:
+            problem = (similar_problem(rng, shape) if shape is not None
+                       else make_problem(rng, min_steps, max_steps, max_number))
+            question = question_text(problem)
+            if question not in seen:
+                break
+        seen.add(question)
+        out.append(Example(f"{prefix}-{len(out)}", question, rng.choice(traces(problem)), str(problem.answer)))
+    return out

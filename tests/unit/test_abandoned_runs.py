@@ -1,0 +1,56 @@
+"""Runs a driver left RUNNING when it died (no Ctrl-C handler ran: SIGKILL, a lost machine) are ended KILLED
+by the next premem command on the experiment, once their heartbeat is older than tracking.abandoned_after_s."""
+from __future__ import annotations
+
+import time
+
+from orchestrator.tracking import ABANDONED_TAG, HEARTBEAT_TAG, Heartbeat, Outbox, Tracker
+
+
+def _sweep(tracker: Tracker, tmp_path, name: str, beat_age_s: float, parent: str | None = None) -> tuple[str, str]:
+    config = tmp_path / "config.yaml"
+    config.write_text("a: 1\n")
+    run = tracker.start_sweep(name, "small", str(config), str(config), parent)
+    tracker.client.set_tag(run, HEARTBEAT_TAG, f"{time.time() - beat_age_s:.0f}")
+    trial = tracker.start_trial(run, f"{name}-t00", "lr=0.001", {"lr": 0.001})
+    return run, trial
+
+
+def test_dead_drivers_runs_end_killed_and_living_ones_stay(tmp_path, capsys):
+    from orchestrator.tracking import end_abandoned_runs
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    curation = tracker.start_curation("cur-1", "small-1", __file__)
+    tracker.client.set_tag(curation, HEARTBEAT_TAG, f"{time.time() - 3600:.0f}")
+    dead, dead_trial = _sweep(tracker, tmp_path, "dead", 3600, parent=curation)
+    alive, alive_trial = _sweep(tracker, tmp_path, "alive", 5)
+    done, done_trial = _sweep(tracker, tmp_path, "done", 3600)
+    for run in (done_trial, done):
+        tracker.end_run(run)
+    legacy = tracker.client.create_run(tracker.experiment_id, run_name="no-heartbeat").info.run_id
+
+    end_abandoned_runs(tracker, 600)
+    line = capsys.readouterr().out
+    assert "ended 2 run(s) left RUNNING by a driver that died" in line and "cur-1" in line and "dead" in line
+    status = {r: tracker.client.get_run(r).info.status for r in
+              (curation, dead, dead_trial, alive, alive_trial, done, done_trial, legacy)}
+    assert [status[r] for r in (curation, dead, dead_trial)] == ["KILLED"] * 3  # nested runs with their parent
+    assert [status[r] for r in (alive, alive_trial, legacy)] == ["RUNNING"] * 3
+    assert [status[r] for r in (done, done_trial)] == ["FINISHED"] * 2
+    assert "orchestrator.resume" in tracker.client.get_run(dead_trial).data.tags[ABANDONED_TAG]
+    # resume reopens a run with a fresh heartbeat: the next command leaves it alone
+    tracker.reopen(dead)
+    assert tracker.end_abandoned(600) == []
+    assert tracker.client.get_run(dead).info.status == "RUNNING"
+
+
+def test_heartbeat_refreshes_the_tag(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    run, _ = _sweep(tracker, tmp_path, "s", 3600)
+    outbox = Outbox(tracker)
+    beat = Heartbeat(outbox, [run], every_s=0.2)
+    time.sleep(1.0)
+    beat.stop()
+    assert outbox.close(timeout_s=30) == 0
+    assert float(tracker.client.get_run(run).data.tags[HEARTBEAT_TAG]) > time.time() - 60
+    assert tracker.end_abandoned(600) == []

@@ -1,0 +1,307 @@
+"""Curation pieces: strategies' rankings, new data like the picks (generator, pool neighbours, a user command),
+the curves and the efficiency ratio, the added-data file, the curation config."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.curate import (efficiency, efficiency_report, first_reach, mean_curves, per_seed_curves,
+                             rank_examples)
+from workers.tasks import Example, load_task
+from workers.tasks.similar import NewDataError, from_command, from_pool
+from workers.tasks.synthetic import (make_examples, new_examples, parse_problem, question_text,
+                                     similar_problem)
+
+
+# ------------------------------------------------------------------------------ the built-in task
+@pytest.mark.parametrize("difficulty", [(2, 3, 10), (1, 6, 50)])
+def test_parse_problem_inverts_question_text(difficulty):
+    lo, hi, top = difficulty
+    for example in make_examples(3, 500, "p", lo, hi, top):
+        assert question_text(parse_problem(example.question)) == example.question
+
+
+@pytest.mark.parametrize("question", ["Ava has 3 apples. How many apples does Ava have now?",
+                                      "Ava has 3 apples. She eats 2 apples. How many apples does Ava have now?",
+                                      "Ava has 3 apples. He buys 2 more apples. How many apples does Ava have now?",
+                                      "Natalia sold clips to 48 of her friends in April."])
+def test_parse_problem_refuses_other_text(question):
+    with pytest.raises(ValueError, match="not a synthetic-task"):
+        parse_problem(question)
+
+
+def test_similar_problem_keeps_structure_and_range():
+    rng = random.Random(0)
+    for example in make_examples(1, 200, "s", 1, 5, 40):
+        like = parse_problem(example.question)
+        top = max(like.start, *(abs(c) for c, _ in like.changes))
+        new = similar_problem(rng, like)
+        assert [(c > 0, w) for c, w in new.changes] == [(c > 0, w) for c, w in like.changes]
+        assert max(new.start, *(abs(c) for c, _ in new.changes)) <= top
+        running = new.start
+        for change, _ in new.changes:  # never below one item, as the task's own problems
+            running += change
+            assert running >= 1
+
+
+def test_new_examples_are_new_and_like_their_models():
+    train = make_examples(0, 64, "train", 2, 3, 10)
+    likes = [train[0], train[0], None, train[5]] * 10
+    exclude = {e.question for e in train}
+    new = new_examples(7, "cur", likes, exclude, 2, 3, 10)
+    assert len(new) == 40 and len({e.question for e in new}) == 40 and not exclude & {e.question for e in new}
+    assert [e.example_id for e in new[:2]] == ["cur-0", "cur-1"]
+    for example, like in zip(new, likes):
+        problem = parse_problem(example.question)
+        assert example.answer == str(problem.answer) and example.solution.endswith(f"#### {problem.answer}")
+        if like is not None:
+            assert len(problem.changes) == len(parse_problem(like.question).changes)
+    assert new == new_examples(7, "cur", likes, exclude, 2, 3, 10)  # seeded
+    assert new != new_examples(8, "cur", likes, exclude, 2, 3, 10)
+
+
+# ------------------------------------------------------------------------------ strategies
+def _scores() -> pd.DataFrame:
+    return pd.DataFrame({"example_id": [f"e{i}" for i in range(6)],
+                         "premem_train_acc": [0.5, 0.0, 0.0, 0.9, 0.0, 0.2],
+                         "train_acc": [0.1, 0.6, 0.9, 0.3, 0.2, 0.0],
+                         "ref_nll": [0.3, 0.1, 2.0, 0.5, 0.05, 1.0]})
+
+
+def test_rank_examples_by_strategy():
+    scores = _scores()
+    premem = rank_examples(scores, "premem", seed=0)
+    assert set(premem[:3]) == {"e1", "e2", "e4"} and premem[3:] == ["e5", "e0", "e3"]
+    assert rank_examples(scores, "low_train_acc", 0) == ["e5", "e0", "e4", "e3", "e1", "e2"]
+    assert rank_examples(scores, "high_ref_nll", 0) == ["e2", "e5", "e3", "e0", "e1", "e4"]
+    assert sorted(rank_examples(scores, "iid", 0)) == sorted(scores["example_id"])
+    # ties (and iid) in a seeded order: reproducible, and different across seeds
+    orders = {tuple(rank_examples(scores, "premem", seed)[:3]) for seed in range(20)}
+    assert len(orders) > 1 and rank_examples(scores, "premem", 4) == rank_examples(scores, "premem", 4)
+    with pytest.raises(ValueError, match="unknown curation strategy 'loss'"):
+        rank_examples(scores, "loss", 0)
+
+
+# ------------------------------------------------------------------------------ curves, efficiency
+def test_first_reach_interpolates():
+    x, y = np.array([0, 32, 64, 128.0]), np.array([0.2, 0.25, 0.3, 0.4])
+    assert first_reach(x, y, 0.2) == 0 and first_reach(x, y, 0.1) == 0
+    assert first_reach(x, y, 0.35) == pytest.approx(96.0)
+    assert first_reach(x, y, 0.3) == pytest.approx(64.0)
+    assert np.isnan(first_reach(x, y, 0.41))
+    # a dip does not count as reaching: the first crossing does
+    assert first_reach(np.array([0, 10, 20.0]), np.array([0.1, 0.5, 0.3]), 0.3) == pytest.approx(5.0)
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.02), (2, -0.02)):
+        rows.append(("base", seed, 0, 0.20 + shift))
+        rows += [("iid", seed, n, acc + shift) for n, acc in ((32, 0.25), (64, 0.30), (128, 0.40))]
+        rows += [("premem", seed, n, acc + shift) for n, acc in ((32, 0.30), (64, 0.35))]
+    return pd.DataFrame(rows, columns=["strategy", "seed", "examples_added", "test_acc"])
+
+
+def test_curves_share_the_base_point_and_average_seeds():
+    per_seed = per_seed_curves(_results())
+    assert set(per_seed["strategy"]) == {"iid", "premem"}
+    curves = mean_curves(per_seed)
+    premem = curves[curves["strategy"] == "premem"]
+    assert premem["examples_added"].tolist() == [0, 32, 64]
+    assert premem["test_acc"].tolist() == pytest.approx([0.20, 0.30, 0.35])
+    assert premem["std"].tolist() == pytest.approx([0.02] * 3)  # ddof 1 over (0, +0.02, -0.02)
+    assert premem["n_seeds"].tolist() == [3, 3, 3]
+
+
+def test_efficiency_ratio_of_mean_curves_and_per_seed():
+    per_seed = per_seed_curves(_results())
+    report = efficiency_report(per_seed, "premem")
+    # premem reaches 0.35 with 64 examples; i.i.d. data reach 0.35 half-way from 64 (0.30) to 128 (0.40)
+    assert report["budget"] == 64 and report["ratio"] == pytest.approx(1.5) and not report["lower_bound"]
+    assert report["ratio_by_seed"] == pytest.approx({0: 1.5, 1: 1.5, 2: 1.5})
+    assert report["ratio_std"] == pytest.approx(0.0)
+    # curated data the i.i.d. curve never reaches: the ratio is a lower bound (its largest budget over B)
+    better = per_seed.copy()
+    better.loc[(better["strategy"] == "premem") & (better["examples_added"] == 64), "test_acc"] = 0.9
+    assert efficiency_report(better, "premem")["lower_bound"]
+    assert efficiency_report(better, "premem")["ratio"] == pytest.approx(2.0)
+    # worse than i.i.d.: fewer i.i.d. examples than B reach it
+    curve = pd.DataFrame({"examples_added": [0, 64], "test_acc": [0.2, 0.25]})
+    iid = pd.DataFrame({"examples_added": [0, 32, 64, 128], "test_acc": [0.2, 0.25, 0.3, 0.4]})
+    assert efficiency(curve, iid, 64).ratio == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------ JSONL tasks
+POOL = [Example(f"p{i}", q, f"{q} #### {i}", str(i)) for i, q in enumerate([
+    "A train travels 60 miles per hour for 3 hours. How far does it go?",
+    "A car drives 50 miles per hour for 2 hours. How far does it drive?",
+    "Tom bakes 12 cookies and eats 3. How many cookies are left?",
+    "Sara bakes 20 muffins and gives away 5. How many muffins are left?",
+    "A rectangle is 4 meters by 6 meters. What is its area?",
+    "A square garden has sides of 7 meters. What is its area?",
+])]
+
+
+def test_pool_neighbours_are_the_most_similar_unused_questions():
+    like_speed = Example("t0", "A bus goes 40 miles per hour for 5 hours. How far does it go?", "", "200")
+    like_area = Example("t1", "A rectangle is 3 meters by 9 meters. What is its area?", "", "27")
+    new = from_pool([like_speed, like_speed, like_area], POOL, exclude=set(), seed=0, prefix="n")
+    assert [e.question for e in new] == [POOL[0].question, POOL[1].question, POOL[4].question]
+    assert [e.example_id for e in new] == ["n-0", "n-1", "n-2"] and new[0].answer == "0"
+    # a pool question that is already a train or test question is never added
+    new = from_pool([like_speed], POOL, exclude={POOL[0].question}, seed=0, prefix="n")
+    assert new[0].question == POOL[1].question
+    iid = from_pool([None] * 6, POOL, exclude=set(), seed=3, prefix="n")
+    assert sorted(e.question for e in iid) == sorted(e.question for e in POOL)
+    with pytest.raises(NewDataError, match="candidate pool has 6 questions .* 7 are needed"):
+        from_pool([None] * 7, POOL, exclude=set(), seed=0, prefix="n")
+
+
+WRITER = """
+import json, sys
+selected, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [json.loads(line) for line in open(selected)]
+with open(out, "w") as f:
+    f.write(json.dumps({"question": rows[0]["question"], "answer": "repeat #### 1"}) + "\\n")
+    for i, row in enumerate(rows[:n]):
+        f.write(json.dumps({"question": "Like: " + row["question"] + f" ({i})", "answer": f"so #### {i}"}) + "\\n")
+"""
+
+
+def test_command_writes_new_examples_from_the_selected(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    train = [Example("t0", "How many legs do 3 cats have?", "3 x 4 = 12\n#### 12", "12"),
+             Example("t1", "What is 5 + 5?", "10\n#### 10", "10")]
+    command = f"{sys.executable} {script} {{selected}} {{out}} {{n}}"
+    new = from_command(command, [train[1], None, train[1]], train, "gsm8k", {e.question for e in train}, 0, "c", 60)
+    # the first row repeats a train question and is dropped; the rest are kept in order, graded by gold answer
+    assert [e.question for e in new] == ["Like: What is 5 + 5? (0)", new[1].question, "Like: What is 5 + 5? (2)"]
+    assert [e.answer for e in new] == ["0", "1", "2"] and new[0].example_id == "c-0"
+    with pytest.raises(NewDataError, match=r"curation.command '.*' exited 3: boom"):
+        from_command(f"{sys.executable} -c \"import sys; print('boom', file=sys.stderr); sys.exit(3)\"",
+                     [train[0]], train, "gsm8k", set(), 0, "c", 60)
+    with pytest.raises(NewDataError, match=r"wrote 1 new questions \(2 rows, the rest repeat .*\); 5 are needed"):
+        from_command(f"{sys.executable} {script} {{selected}} {{out}} 1", [train[0]] * 5, train, "gsm8k",
+                     {e.question for e in train}, 0, "c", 60)
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys; open(sys.argv[1], 'w').write('{\"question\": \"q\"}\\n')")
+    with pytest.raises(NewDataError, match="line 1: missing field 'answer'"):
+        from_command(f"{sys.executable} {bad} {{out}}", [train[0]], train, "gsm8k", set(), 0, "c", 60)
+
+
+# ------------------------------------------------------------------------------ added data, config
+@pytest.fixture
+def finished_sweep(tmp_path):
+    """A one-trial sweep in a store as the driver leaves it: config, plan and records (seeded, no training)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.__main__ import compose_config
+    from orchestrator.config import to_yaml
+    from orchestrator.plan import expand_grid
+    from tests.unit.records_factory import make_records
+
+    store = tmp_path / "store"
+    cfg = compose_config(["sweep=small", "sweep.grid.train.lr=[1e-3]", "task.n_train=16", "task.n_test=8",
+                          f"store.root={store}"])
+    spec = expand_grid(cfg, "small-1")[0]
+    sweep_dir = store / "sweeps" / "small-1"
+    (sweep_dir / "records" / spec.run_id).mkdir(parents=True)
+    (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
+    (sweep_dir / "plan.json").write_text(json.dumps([spec.__dict__]))
+    records = make_records(1, 2, 16, n_test=8).to_pandas()
+    records["run_id"] = spec.run_id
+    for step, rows in records.groupby("step"):
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
+                       sweep_dir / "records" / spec.run_id / f"step_{step:06d}.original.parquet")
+    return sweep_dir, store
+
+
+def test_added_examples_join_the_train_split(tmp_path):
+    added = tmp_path / "added.jsonl"
+    rows = [{"example_id": "cur-0", "question": "Q?", "solution": "S\n#### 4", "answer": "4", "similar_to": "t"}]
+    added.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = load_task("synthetic", seed=0, train_fraction=0.5, n_train=20, n_test=5)
+    more = load_task("synthetic", seed=0, train_fraction=0.5, n_train=20, n_test=5, added_path=str(added))
+    assert more.train[:-1] == plain.train and more.test == plain.test
+    assert more.train[-1] == Example("cur-0", "Q?", "S\n#### 4", "4")
+    added.write_text('{"example_id": "x", "question": "Q?"}\n')
+    from workers.tasks.jsonl import DatasetFileError
+
+    with pytest.raises(DatasetFileError, match="added.jsonl: line 1: missing field 'solution'"):
+        load_task("synthetic", seed=0, train_fraction=1.0, n_train=5, n_test=5, added_path=str(added))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["curation.strategies=[premem,loss]"], "curation.strategies='loss': must be one of premem, low_train_acc"),
+    (["curation.budgets=[]"], "curation.budgets=[]: must name at least one budget"),
+    (["curation.budgets=[8,8]"], "curation.budgets=[8, 8]: must be distinct"),
+    (["curation.seeds=[]"], "curation.seeds=[]: must be a non-empty list"),
+    (["curation.rounds=0"], "curation.rounds=0: must be >= 1"),
+    (["curation.select_fraction=0"], "curation.select_fraction=0.0: must be in (0, 1]"),
+    (["curation.similar=neighbors"], "curation.candidates=None: neighbors needs a candidate pool"),
+    (["curation.similar=command"], "curation.command=None: the command that writes new examples"),
+    (["curation.similar=nearest"], "curation.similar='nearest': must be one of auto, generator"),
+    (["curation.candidates=/no/such.jsonl"], "curation.candidates='/no/such.jsonl': file does not exist"),
+    (["curation.trial=9"], "curation.trial=9: the sweep has trials 0..0"),
+    (["train.lr=-1"], "train.lr=-1.0: must be > 0"),
+    (["task.n_train=5"], "task.n_train: only train*, sampler*, tracking*, cluster*"),
+])
+def test_bad_curation_input_is_one_line_and_exit_2(finished_sweep, overrides, message, capsys):
+    from orchestrator.curate import main
+
+    sweep_dir, store = finished_sweep
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    assert main([str(sweep_dir), *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing written
+
+
+def test_curation_group_is_validated_against_the_task(finished_sweep, capsys):
+    from orchestrator.config import validate_curation
+    from orchestrator.curate import load_curation_config
+    from orchestrator.store import open_sweep
+
+    sweep_dir, _ = finished_sweep
+    cfg = load_curation_config(open_sweep(str(sweep_dir)), ["curation=small"])
+    assert cfg.curation.name == "curation-small" and list(cfg.curation.strategies) == ["premem", "iid"]
+    cfg.task.name = "gsm8k"
+    from orchestrator.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task.name=gsm8k: give curation.candidates"):
+        validate_curation(cfg)
+    cfg.curation.similar = "generator"
+    with pytest.raises(ConfigError, match="generator makes the built-in task's problems"):
+        validate_curation(cfg)
+
+
+def test_no_records_is_exit_2(finished_sweep, tmp_path, capsys):
+    import shutil
+
+    from orchestrator.curate import main
+
+    sweep_dir, _ = finished_sweep
+    empty = tmp_path / "sweeps" / sweep_dir.name
+    shutil.copytree(sweep_dir, empty, ignore=shutil.ignore_patterns("records"))
+    assert main([str(empty)]) == 2
+    assert "no records; curation picks from a sweep's evaluated checkpoints" in capsys.readouterr().err
+
+
+def test_expected_checkpoints_final_only():
+    from omegaconf import OmegaConf
+
+    from orchestrator.__main__ import compose_config, expected_checkpoints
+    from orchestrator.plan import expand_grid
+
+    cfg = compose_config(["sweep=small", "task.n_train=64", "train.epochs=3", "train.checkpoints_per_epoch=0"])
+    assert expected_checkpoints(expand_grid(cfg, "x")) == 2  # two trials, the final checkpoint each
+    cfg.train.checkpoints_per_epoch = 2
+    assert expected_checkpoints(expand_grid(cfg, "x")) == 2 * 3 * 2
+    assert OmegaConf.select(cfg, "curation.name") == "curation"
