@@ -114,10 +114,11 @@ def example_picture(table: pd.DataFrame, run_id: str, path: Path, max_examples: 
 def data_efficiency(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Test accuracy against examples added, one line per strategy: the mean over seeds, a band of ±1 std."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    colors = {"premem": "C3", "iid": "black", "low_train_acc": "C0", "high_ref_nll": "C2"}
     for i, (strategy, rows) in enumerate(curves.groupby("strategy", sort=False)):
         rows = rows.sort_values("examples_added")
         x, y, s = rows["examples_added"], rows["test_acc"], rows["std"]
-        style = dict(color="black", ls="--") if strategy == "iid" else dict(color=f"C{i}", ls="-")
+        style = dict(color=colors.get(strategy, f"C{i + 4}"), ls="--" if strategy == "iid" else "-")
         ax.plot(x, y, marker="o", ms=4, lw=1.5, label=f"{strategy} ({int(rows['n_seeds'].max())} seeds)", **style)
         ax.fill_between(x, y - s, y + s, alpha=0.15, color=style["color"])
     ax.set_xlabel("examples added to the training data")

@@ -293,7 +293,7 @@ def publish(report: dict, curves: pd.DataFrame, curation_dir: str, out_json: str
     from orchestrator.tracking import NOTE_TAG
 
     ratio = report.get("efficiency_ratio")
-    title = "Data efficiency on the built-in task" + (f": premem {ratio:.2f}x i.i.d." if ratio is not None else "")
+    title = f"Data efficiency, task {report['task']}" + (f": premem {ratio:.2f}x i.i.d." if ratio is not None else "")
     with tempfile.TemporaryDirectory(prefix="premem-curve-") as tmp:
         local = data_efficiency(curves, Path(tmp) / "curation.png", title)
         plot = storage.write_bytes(storage.join(curation_dir, "curation.png"), local.read_bytes())
@@ -373,7 +373,8 @@ def run_curation(paths: SweepPaths, cfg: DictConfig, trial: TrialSpec, base: Dic
         raise
     accuracy = final_test_accuracy(record_files, float(cfg.sweep.nll_threshold)) if record_files else pd.Series(dtype=float)
     curves, report = curation_result(all_specs, accuracy)
-    report.update(curation_id=curation_id, source_sweep=paths.sweep_id, trial=trial.run_id, similar=similar_source(base),
+    report.update(curation_id=curation_id, source_sweep=paths.sweep_id, trial=trial.run_id, task=base.task.name,
+                  similar=similar_source(base),
                   seeds=list(c.seeds), strategies=list(c.strategies), rounds=c.rounds,
                   examples_added=sorted({int(n) for n in curves["examples_added"]}))
     heartbeat.stop()

@@ -37,26 +37,40 @@ def flatten_grid(grid: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def _settings(cfg: DictConfig, key: str, values: list) -> list[dict[str, object]]:
+    """Each value of a grid axis as the fields it sets: {key: value}, or, for a linked axis (values are
+    mappings, e.g. `regime: [{task.train_fraction: 0.25, train.epochs: 8}, ...]`), the fields of each."""
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"sweep.grid.{key}={values!r}: must be a non-empty list of values")
+    linked = [isinstance(v, dict) for v in values]
+    if any(linked) and not all(linked):
+        raise ConfigError(f"sweep.grid.{key}: either every value sets several fields ({{field: value, ...}}) or none")
+    settings = [flatten_grid(v) for v in values] if all(linked) else [{key: v} for v in values]
+    for fields in settings:
+        if not fields:
+            raise ConfigError(f"sweep.grid.{key}: a linked value must set at least one field")
+        for field in fields:
+            if OmegaConf.select(cfg, field, default="__missing__") == "__missing__" or field.startswith("sweep."):
+                raise ConfigError(f"sweep.grid.{key}" + (f".{field}" if all(linked) else "")
+                                  + ": not a config field that a trial can vary")
+    return settings
+
+
 def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
-    """One validated TrialSpec per point of cfg.sweep.grid (declared order; last key varies fastest)."""
+    """One validated TrialSpec per point of cfg.sweep.grid (declared order; last key varies fastest). A linked
+    axis moves several fields together (e.g. less data with more epochs, as the paper's sweeps do)."""
     grid = flatten_grid(OmegaConf.to_container(cfg.sweep.grid, resolve=True))
-    keys = list(grid)
-    for key in keys:
-        values = grid[key]
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.grid.{key}={values!r}: must be a non-empty list of values")
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" or key.startswith("sweep."):
-            raise ConfigError(f"sweep.grid.{key}: not a config field that a trial can vary")
+    axes = [_settings(cfg, key, values) for key, values in grid.items()]
     specs = []
-    for index, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
+    for index, combo in enumerate(itertools.product(*axes)):
         trial = cfg.copy()
-        for key, value in zip(keys, combo):
+        values = {field: value for fields in combo for field, value in fields.items()}
+        for key, value in values.items():
             try:
                 OmegaConf.update(trial, key, value, merge=False)
             except OmegaConfBaseException as exc:
                 raise ConfigError(f"sweep.grid.{key}={value!r}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
         validate(trial, prefix=f"sweep.grid point {index}: ")
-        values = dict(zip(keys, combo))
         suffix = "_".join(f"{k.split('.')[-1]}{_short(v)}" for k, v in values.items())
         run_id = f"{sweep_id}-t{index:02d}" + (f"-{suffix}" if suffix else "")
         specs.append(TrialSpec(run_id, index, values, OmegaConf.to_container(trial, resolve=True)))

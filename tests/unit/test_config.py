@@ -26,7 +26,24 @@ def test_grid_from_command_line():
     assert flatten_grid({"train.lr": [1], "task": {"seed": [2]}}) == {"train.lr": [1], "task.seed": [2]}
 
 
+def test_linked_axis_moves_fields_together():
+    cfg = compose_config(["~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001,0.003]",
+                          "+sweep.grid.regime=[{task.train_fraction:0.25,train.epochs:8},{task.train_fraction:1.0,train.epochs:2}]"])
+    specs = expand_grid(cfg, "x")
+    assert [(s.config["train"]["lr"], s.config["task"]["train_fraction"], s.config["train"]["epochs"]) for s in specs] \
+        == [(0.001, 0.25, 8), (0.001, 1.0, 2), (0.003, 0.25, 8), (0.003, 1.0, 2)]
+    assert specs[0].grid_values == {"train.lr": 0.001, "task.train_fraction": 0.25, "train.epochs": 8}
+    assert specs[0].run_id == "x-t00-lr0.001_train_fraction0.25_epochs8"
+    # nested mappings inside a linked value name the same fields as dotted keys
+    cfg = compose_config(["~sweep.grid.train.epochs", "+sweep.grid.regime=[{train:{epochs:4}}]"])
+    assert {s.config["train"]["epochs"] for s in expand_grid(cfg, "x")} == {4}
+
+
 @pytest.mark.parametrize("overrides,message", [
+    (["+sweep.grid.regime=[{train.nope:1}]"], "sweep.grid.regime.train.nope: not a config field"),
+    (["+sweep.grid.regime=[{train.epochs:2},3]"], "sweep.grid.regime: either every value sets several fields"),
+    (["+sweep.grid.regime=[{}]"], "sweep.grid.regime: a linked value must set at least one field"),
+    (["+sweep.grid.regime=[{sweep.nll_threshold:0.2}]"], "sweep.grid.regime.sweep.nll_threshold: not a config"),
     (["train.foo=1"], "train.foo: Key 'foo' not in 'TrainConfig'"),
     (["train.lr=abc"], "train.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["train.lr=0"], "train.lr=0.0: must be > 0"),
