@@ -305,3 +305,27 @@ def test_expected_checkpoints_final_only():
     cfg.train.checkpoints_per_epoch = 2
     assert expected_checkpoints(expand_grid(cfg, "x")) == 2 * 3 * 2
     assert OmegaConf.select(cfg, "curation.name") == "curation"
+
+
+def test_curation_result_reads_runs_into_curves_and_ratio():
+    from orchestrator.curate import curation_result, describe, summary_lines
+    from orchestrator.plan import TrialSpec
+
+    results = _results()
+    specs, accuracy = [], {}
+    for i, row in enumerate(results.itertuples()):
+        run_id = f"c-r1-{row.strategy}-s{row.seed}-n{row.examples_added}"
+        specs.append(TrialSpec(run_id, i, {"curation.strategy": row.strategy, "seed": row.seed,
+                                           "curation.examples_added": row.examples_added, "curation.round": 1}, {}))
+        accuracy[run_id] = row.test_acc
+    specs.append(TrialSpec("c-r1-iid-s9-n32", 99, {"curation.strategy": "iid", "seed": 9,
+                                                   "curation.examples_added": 32, "curation.round": 1}, {}))
+    curves, report = curation_result(specs, pd.Series(accuracy))  # the last run has no records: left out
+    assert np.allclose(report["curves"]["premem"], [[0, 0.2, 0.02], [32, 0.3, 0.02], [64, 0.35, 0.02]])
+    assert report["n_seeds"] == {"iid": 3, "premem": 3}
+    assert report["efficiency_ratio"] == pytest.approx(1.5) and report["efficiency_ratio_std"] == pytest.approx(0)
+    report.update(curation_id="c", source_sweep="s", trial="t", similar="generator", examples_added=[0, 32, 64, 128])
+    note = describe("c", report, "get-artifact?path=x")
+    assert "| premem | 0.200 ± 0.020 | 0.300 ± 0.020 | 0.350 ± 0.020 |  |" in note
+    assert "efficiency ratio 1.50" in note and "![test accuracy vs examples added](get-artifact?path=x)" in note
+    assert "efficiency vs i.i.d. (premem, +64): 1.50x" in "\n".join(summary_lines(report))
