@@ -1,13 +1,18 @@
 """A whole small sweep with store.root=s3://... on a local S3 server (moto) and a two-node Ray cluster
 (two raylets, each with its own temp dir), MLflow's artifacts in the same bucket: nothing crosses between
 processes except through the bucket, nothing of the sweep stays on local disk outside temp dirs, and the
-analysis CLI on the S3 sweep gives the fit the driver printed."""
+analysis CLI on the S3 sweep gives the fit the driver printed. Then its re-evaluation, and two curation
+rounds from it (their new data in the bucket too)."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
+
+import pandas as pd
 
 import pytest
 
@@ -94,3 +99,60 @@ def test_reevaluation_reads_and_writes_the_s3_sweep(s3_sweep, ray_cluster, s3_ml
                 f"cluster.address={ray_cluster}"], timeout=900)
     assert len(storage.list_files(f"{sweep}/records", suffix=".first.parquet")) == 4
     assert storage.is_file(f"{sweep}/analysis/robustness_first.json")
+
+
+def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp_path):
+    """Two rounds of premem and i.i.d. curation: follow-up runs train on the sweep's data plus new generated
+    problems (a JSONL file in the bucket), are evaluated like any trial, and give the curves, the efficiency
+    ratio and MLflow runs nested curation -> round -> trial."""
+    from mlflow import MlflowClient
+
+    sweep, _ = s3_sweep
+    store = storage.parent(storage.parent(sweep))
+    out = tmp_path / "curation.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]",
+         "curation.seeds=[0]", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
+         f"cluster.address={ray_cluster}"], cwd=REPO, capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "CURATION_OUT": str(out)})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [0] and report["rounds"] == 2 and report["similar"] == "generator"
+    # the curves: the shared base run at 0, then +6 (round 1) and +12 (round 2) for both strategies
+    assert {s: [p[0] for p in points] for s, points in report["curves"].items()} == {"iid": [0, 6, 12],
+                                                                                  "premem": [0, 6, 12]}
+    assert report["curves"]["iid"][0] == report["curves"]["premem"][0]
+    assert all(0 <= acc <= 1 and std == 0 for points in report["curves"].values() for _, acc, std in points)
+    assert report["efficiency"]["premem"]["budget"] == 12 and report["efficiency_ratio"] >= 0
+    assert "efficiency vs i.i.d. (premem, +12)" in result.stdout
+    # each round is a sweep in the bucket; round 2's new data hold round 1's and six more, all new questions
+    rounds = sorted(r for r in storage.list_dirs(f"{store}/sweeps") if "curation-small-" in r)
+    assert [r[-3:] for r in rounds] == ["-r1", "-r2"]
+    first = [json.loads(line) for line in storage.read_text(f"{rounds[0]}/data/premem-s0-n6.jsonl").splitlines()]
+    second = [json.loads(line) for line in storage.read_text(f"{rounds[1]}/data/premem-s0-n12.jsonl").splitlines()]
+    assert second[:6] == first and len(second) == 12
+    sweep_records = pd.concat(storage.read_parquet(f).to_pandas()
+                              for f in storage.list_files(f"{sweep}/records", suffix=".original.parquet"))
+    train_ids = set(sweep_records[sweep_records.split == "train"].example_id)
+    assert all(row["similar_to"] in train_ids for row in first)  # round 1 resembles the sweep's examples
+    assert {row["similar_to"] for row in second[6:]} <= {row["example_id"] for row in first} | train_ids
+    questions = {row["question"] for row in second}
+    assert len(questions) == 12  # (the sweep's questions are excluded by construction: unit-tested)
+    # follow-up runs were evaluated on the grown train split: 48 + 6 train questions in round 1
+    records = pd.concat(storage.read_parquet(f).to_pandas()
+                        for f in storage.list_files(f"{rounds[0]}/records", suffix=".original.parquet"))
+    assert sorted(records[records.split == "train"].groupby("run_id").size().tolist()) == [48, 54, 54]
+    assert storage.read_bytes(f"{store}/curations/{report['curation_id']}/curation.png")[:4] == b"\x89PNG"
+    client = MlflowClient(s3_mlflow)
+    exp = client.get_experiment_by_name("s3")
+    parent = client.search_runs([exp.experiment_id], f"tags.`premem.curation` = '{report['curation_id']}'")[0]
+    assert parent.info.status == "FINISHED" and "efficiency_ratio" in parent.data.metrics
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "test_acc_premem")] == [0, 6, 12]
+    assert "curation/curation.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curation")}
+    assert "| premem |" in parent.data.tags["mlflow.note.content"]
+    round_runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.info.run_name for r in round_runs) == [storage.name(r) for r in rounds]
+    trials = [t for r in round_runs for t in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
+    assert len(trials) == 3 + 2 and all(t.info.status == "FINISHED" for t in trials)
+    assert {t.data.params["curation.strategy"] for t in trials} == {"base", "premem", "iid"}

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import requests
 import pytest
 
-from tests.conftest import REPO
 from tests.integration.conftest import SMALL as SWEEP
 from tests.integration.conftest import run_python as _run
 
@@ -140,55 +136,3 @@ def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server):
     # Nothing was retrained: still the same four checkpoints.
     assert len(list((sweep_dir / "checkpoints").glob("*/step_*"))) == 4
 
-
-def test_curation_rounds_on_the_sweep(sweep, mlflow_server, tmp_path):
-    """Two rounds of premem and i.i.d. curation from the sweep: follow-up runs train on its data plus new
-    generated problems, are evaluated like any trial, and give curves, an efficiency ratio and MLflow runs
-    nested curation -> round -> trial."""
-    from mlflow import MlflowClient
-
-    store, sweep_dir, _ = sweep
-    out = tmp_path / "curation.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.curate", str(sweep_dir), "curation=small", "curation.budgets=[6]",
-         "curation.seeds=[0]", f"tracking.uri={mlflow_server}", "tracking.experiment=integration",
-         "cluster.num_cpus=2"], cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "CURATION_OUT": str(out)})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    report = json.loads(out.read_text())
-    assert report["seeds"] == [0] and report["rounds"] == 2 and report["similar"] == "generator"
-    # the curves: the shared base run at 0, then +6 (round 1) and +12 (round 2) for both strategies
-    assert {s: [p[0] for p in points] for s, points in report["curves"].items()} == {"iid": [0, 6, 12],
-                                                                                  "premem": [0, 6, 12]}
-    assert report["curves"]["iid"][0] == report["curves"]["premem"][0]
-    assert all(0 <= acc <= 1 and std == 0 for points in report["curves"].values() for _, acc, std in points)
-    assert report["efficiency"]["premem"]["budget"] == 12 and report["efficiency_ratio"] >= 0
-    # each round is a sweep in the store; round 2's added data hold round 1's plus six more, all new questions
-    rounds = sorted(p for p in (store / "sweeps").iterdir() if p.name.startswith("curation-small-"))
-    assert [p.name[-3:] for p in rounds] == ["-r1", "-r2"]
-    first = [json.loads(line) for line in (rounds[0] / "data" / "premem-s0-n6.jsonl").read_text().splitlines()]
-    second = [json.loads(line) for line in (rounds[1] / "data" / "premem-s0-n12.jsonl").read_text().splitlines()]
-    assert second[:6] == first and len(second) == 12
-    train_questions = set(pd.concat(pd.read_parquet(f) for f in (sweep_dir / "records").rglob("*.original.parquet"))
-                          .example_id)
-    assert all(row["similar_to"] in train_questions for row in first)  # round 1 resembles the sweep's examples
-    assert {row["similar_to"] for row in second[6:]} <= {row["example_id"] for row in first} | train_questions
-    # follow-up runs were evaluated on the grown train split: 48 + 6 train questions in round 1
-    records = pd.concat(pd.read_parquet(f) for f in (rounds[0] / "records").rglob("*.original.parquet"))
-    sizes = records[records.split == "train"].groupby("run_id").size()
-    assert sorted(sizes.tolist()) == [48, 54, 54]
-    assert (store / "curations" / report["curation_id"] / "curation.png").read_bytes()[:4] == b"\x89PNG"
-    assert "efficiency vs i.i.d. (premem, +12)" in result.stdout
-    client = MlflowClient(mlflow_server)
-    exp = client.get_experiment_by_name("integration")
-    parent = client.search_runs([exp.experiment_id], f"tags.`premem.curation` = '{report['curation_id']}'")[0]
-    assert parent.info.status == "FINISHED" and "efficiency_ratio" in parent.data.metrics
-    assert [m.step for m in client.get_metric_history(parent.info.run_id, "test_acc_premem")] == [0, 6, 12]
-    assert "curation/curation.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curation")}
-    assert "| premem |" in parent.data.tags["mlflow.note.content"]
-    round_runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in round_runs) == [p.name for p in rounds]
-    trials = [t for r in round_runs for t in client.search_runs(
-        [exp.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
-    assert len(trials) == 3 + 2 and all(t.info.status == "FINISHED" for t in trials)
-    assert {t.data.params["curation.strategy"] for t in trials} == {"base", "premem", "iid"}
