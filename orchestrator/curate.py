@@ -111,6 +111,7 @@ def obtain(cfg: DictConfig, likes: list[Example | None], train: list[Example], e
     from workers.tasks import similar
 
     source, task = similar_source(cfg), cfg.task
+    file_format = "gsm8k" if task.name == "synthetic" else task.name  # the built-in task writes GSM8k's format
     if source == "generator":
         from workers.tasks.synthetic import new_examples
 
@@ -118,10 +119,10 @@ def obtain(cfg: DictConfig, likes: list[Example | None], train: list[Example], e
     if source == "neighbors":
         from workers.tasks.jsonl import read_jsonl
 
-        pool = read_jsonl(task.name, cfg.curation.candidates, "candidates", 0)
+        pool = read_jsonl(file_format, cfg.curation.candidates, "candidates", 0)
         return similar.from_pool(likes, pool, exclude, seed, prefix)
-    return similar.from_command(cfg.curation.command, likes, train, "gsm8k" if task.name == "synthetic" else task.name,
-                                exclude, seed, prefix, cfg.curation.command_timeout_s)
+    return similar.from_command(cfg.curation.command, likes, train, file_format, exclude, seed, prefix,
+                                cfg.curation.command_timeout_s)
 
 
 def plan_round(cfg: DictConfig, round_no: int, round_id: str, sources: dict[tuple[str, int], Source],

@@ -329,3 +329,53 @@ def test_curation_result_reads_runs_into_curves_and_ratio():
     assert "| premem | 0.200 ± 0.020 | 0.300 ± 0.020 | 0.350 ± 0.020 |  |" in note
     assert "efficiency ratio 1.50" in note and "![test accuracy vs examples added](get-artifact?path=x)" in note
     assert "efficiency vs i.i.d. (premem, +64): 1.50x" in "\n".join(summary_lines(report))
+
+
+@pytest.mark.parametrize("source", ["generator", "neighbors", "command"])
+def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_sweep, tmp_path, source):
+    """Round 1 from the sweep's records: per (strategy, seed) the largest budget's new examples, nested budgets,
+    new examples like the strategy's picks, nothing written yet."""
+    from orchestrator.curate import Source, follow_up_config, load_curation_config, plan_round
+    from orchestrator.plan import TrialSpec
+    from orchestrator.store import open_sweep
+    from workers.tasks import task_args
+
+    sweep_dir, store = finished_sweep
+    paths = open_sweep(str(sweep_dir))
+    overrides = ["curation.strategies=[premem,iid,high_ref_nll]", "curation.budgets=[2,4]", "curation.iid_budgets=[6]",
+                 "curation.seeds=[0,1]", "curation.select_fraction=0.25"]
+    pool = tmp_path / "pool.jsonl"  # candidates in GSM8k's format: the built-in task's own problems
+    pool.write_text("".join(json.dumps({"question": e.question, "answer": e.solution}) + "\n"
+                            for e in make_examples(5, 40, "pool", 2, 3, 10)))
+    writer = tmp_path / "writer.py"
+    writer.write_text(WRITER)
+    overrides += {"generator": [], "neighbors": [f"curation.candidates={pool}"],
+                  "command": [f"curation.command='{sys.executable} {writer} {{selected}} {{out}} {{n}}'"]}[source]
+    cfg = load_curation_config(paths, overrides)
+    spec = TrialSpec(**json.loads((sweep_dir / "plan.json").read_text())[0])
+    base = follow_up_config(cfg, spec, [])
+    assert base.train.checkpoints_per_epoch == 0 and base.sweep.robustness_variant == ""
+    splits = load_task(**task_args(base.task))
+    before = sorted(store.rglob("*"))
+    record_files = paths.record_files("original")
+    sources = {(s, seed): Source(record_files) for s in cfg.curation.strategies for seed in cfg.curation.seeds}
+    follow_ups = plan_round(base, 1, "c-r1", sources, splits.train, splits.test)
+    assert sorted(store.rglob("*")) == before  # obtained, not written
+    got = {(f.strategy, f.seed, f.examples_added) for f in follow_ups}
+    assert got == {(s, seed, n) for seed in (0, 1) for s, ns in (("premem", (2, 4)), ("high_ref_nll", (2, 4)),
+                                                                  ("iid", (2, 4, 6))) for n in ns}
+    by_key = {(f.strategy, f.seed, f.examples_added): f for f in follow_ups}
+    old = {e.question for e in splits.train + splits.test}
+    for (strategy, seed, n), run in by_key.items():
+        assert len(run.added) == n and run.added == by_key[(strategy, seed, max(ns for s, sd, ns in by_key
+                                                                               if (s, sd) == (strategy, seed)))].added[:n]
+        assert not old & {r["question"] for r in run.added}
+        assert all((r["similar_to"] is None) == (strategy == "iid") for r in run.added)
+    if source == "generator":  # premem's picks are its 25% lowest-premem train examples (4 of 16)
+        from analysis.curate import example_scores
+        from analysis.premem import prepare
+        from analysis.records import load_records
+
+        scores = example_scores(prepare(load_records(record_files)), 0.1).set_index("example_id")["premem_train_acc"]
+        picked = {r["similar_to"] for r in by_key[("premem", 0, 4)].added}
+        assert len(picked) == 4 and max(scores[list(picked)]) <= scores.quantile(0.25) + 1e-12
