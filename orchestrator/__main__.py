@@ -29,7 +29,9 @@ Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p
   e.g.  python -m orchestrator train=gpu sampler=vllm cluster=ray model=hf model.path=/models/llama3-8b
         python -m orchestrator sweep.grid.train.lr=[1e-3,3e-3] +sweep.grid.seed=[0,1] store.root=/data/runs
   --cfg   print the composed config and exit
-Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]"""
+Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]
+Finish an interrupted sweep:  python -m orchestrator.resume SWEEP_DIR
+Curation rounds from a sweep: python -m orchestrator.curate SWEEP_DIR [curation=NAME] [curation.* ...]"""
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
               "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
 
