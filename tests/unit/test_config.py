@@ -10,14 +10,19 @@ def test_defaults_compose_and_expand_to_six_trials():
     cfg, sweep_id, specs = plan_sweep([])
     assert cfg.train.zero_stage == 2 and cfg.sampler.k == 5 and cfg.sampler.temperature == 0.8
     assert len(specs) == 6
-    assert [s.grid_values for s in specs[:2]] == [{"train.lr": 3e-4, "train.epochs": 1},
-                                                  {"train.lr": 3e-4, "train.epochs": 3}]
+    # 2 learning rates x 3 linked data regimes of 96 optimizer steps each
+    assert [s.grid_values for s in specs[:2]] == [
+        {"train.lr": 1e-3, "task.train_fraction": 1.0, "train.epochs": 3},
+        {"train.lr": 1e-3, "task.train_fraction": 0.25, "train.epochs": 12, "train.save_every_steps": 12}]
     assert len({s.run_id for s in specs}) == 6
-    assert specs[3].config["train"]["lr"] == 1e-3 and specs[3].config["train"]["epochs"] == 3
+    assert specs[5].config["train"]["lr"] == 3e-3 and specs[5].config["train"]["epochs"] == 24
+    assert specs[5].config["task"]["train_fraction"] == 0.125 and specs[0].config["train"]["checkpoints_per_epoch"] == 2
+    _, _, lr_epochs = plan_sweep(["sweep=lr_epochs"])  # what `make curate` picks from
+    assert [(s.config["train"]["lr"], s.config["train"]["epochs"]) for s in lr_epochs][2:4] == [(1e-3, 1), (1e-3, 3)]
 
 
 def test_grid_from_command_line():
-    cfg = compose_config(["~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001]",
+    cfg = compose_config(["~sweep.grid.regime", "sweep.grid.train.lr=[0.001]",
                           "+sweep.grid.task.train_fraction=[0.5,1.0]", "+sweep.grid.seed=[0,1,2]"])
     specs = expand_grid(cfg, "x")
     assert len(specs) == 6 and specs[-1].config["seed"] == 2 and specs[0].config["task"]["train_fraction"] == 0.5
@@ -27,7 +32,7 @@ def test_grid_from_command_line():
 
 
 def test_linked_axis_moves_fields_together():
-    cfg = compose_config(["~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001,0.003]",
+    cfg = compose_config(["sweep=lr_epochs", "~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001,0.003]",
                           "+sweep.grid.regime=[{task.train_fraction:0.25,train.epochs:8},{task.train_fraction:1.0,train.epochs:2}]"])
     specs = expand_grid(cfg, "x")
     assert [(s.config["train"]["lr"], s.config["task"]["train_fraction"], s.config["train"]["epochs"]) for s in specs] \
@@ -35,7 +40,7 @@ def test_linked_axis_moves_fields_together():
     assert specs[0].grid_values == {"train.lr": 0.001, "task.train_fraction": 0.25, "train.epochs": 8}
     assert specs[0].run_id == "x-t00-lr0.001_train_fraction0.25_epochs8"
     # nested mappings inside a linked value name the same fields as dotted keys
-    cfg = compose_config(["~sweep.grid.train.epochs", "+sweep.grid.regime=[{train:{epochs:4}}]"])
+    cfg = compose_config(["sweep=lr_epochs", "~sweep.grid.train.epochs", "+sweep.grid.regime=[{train:{epochs:4}}]"])
     assert {s.config["train"]["epochs"] for s in expand_grid(cfg, "x")} == {4}
 
 
@@ -54,7 +59,7 @@ def test_linked_axis_moves_fields_together():
     (["sampler.score_batch_tokens=0"], "sampler.score_batch_tokens=0: must be >= 1"),
     (["task.name=gsm8k", "task.path=/no/such.jsonl", "model.path=/tmp"], "task.path='/no/such.jsonl': dataset file"),
     (["model.path=/no/such/model"], "model.path='/no/such/model': not an HF model directory"),
-    (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.train.epochs"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
+    (["sweep.grid.train.lr=[0.001,-1]", "~sweep.grid.regime"], "sweep.grid point 1: train.lr=-1.0: must be > 0"),
     (["+sweep.grid.train.nope=[1]"], "sweep.grid.train.nope: not a config field"),
     (["train.global_batch_size=12"], "train.global_batch_size=12: must be a multiple of micro_batch_size"),
     (["sampler=vllm_gpu", "sampler.tensor_parallel_size=2"], "sampler.gpus_per_actor=1.0: must be 0 (CPU) or"),
@@ -173,11 +178,12 @@ def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run(
     assert "| train accuracy | 0.410 |" in note and "![premem vs test accuracy](get-artifact?" in note
 
 
-def test_the_default_sweep_has_24_points_and_a_robustness_pass_the_small_one_neither():
+def test_the_default_sweep_has_44_points_and_a_robustness_pass_the_small_one_neither():
     from orchestrator.__main__ import expected_checkpoints
 
     cfg, _, specs = plan_sweep([])
-    assert expected_checkpoints(specs) == 24 and cfg.sweep.robustness_variant == "first"
+    assert expected_checkpoints(specs) == 44 and cfg.sweep.robustness_variant == "first"
+    assert expected_checkpoints(plan_sweep(["sweep=lr_epochs"])[2]) == 24
     cfg, _, specs = plan_sweep(["sweep=small"])
     assert expected_checkpoints(specs) == 4 and cfg.sweep.robustness_variant == ""
     with pytest.raises(ConfigError, match="sweep.robustness_variant='original'"):
