@@ -55,6 +55,9 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
         bar.set_label(color_label)
         if not numeric:
             bar.set_ticks(range(len(levels)), labels=[str(v) for v in levels])
+        elif len(levels) <= 6:  # a few values: label each one plainly (a log scale would print 10^0 and the like)
+            bar.set_ticks(levels, labels=[f"{v:g}" for v in levels])
+            bar.ax.minorticks_off()
     ax.set_xlabel(f"pre-memorization train accuracy (τ = {tau:g})")
     ax.set_ylabel("test accuracy")
     title = f"premem R² = {fit.r2:.3f}  ({fit.n_points} checkpoints, {points['run_id'].nunique()} runs)"

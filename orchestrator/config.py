@@ -100,6 +100,7 @@ class SweepConfig:
     # accuracy under that perturbation binned by premem.
     robustness_variant: str = ""
     robustness_prefix: str = "First,"
+    color_by: Optional[str] = None  # the config field that colours the runs in the scatter plot; None: the first axis
 
 
 @dataclass
@@ -270,6 +271,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
            "names the perturbed records: any name but 'original' ('' turns the pass off)")
     _check(not cfg.sweep.robustness_variant or bool(cfg.sweep.robustness_prefix.strip()),
            f"{prefix}sweep.robustness_prefix", cfg.sweep.robustness_prefix, "the perturbation: must not be empty")
+    _check(cfg.sweep.color_by is None or OmegaConf.select(cfg, cfg.sweep.color_by, default="__missing__") != "__missing__",
+           f"{prefix}sweep.color_by", cfg.sweep.color_by, "must name a config field (e.g. task.train_fraction)")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
     _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")

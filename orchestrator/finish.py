@@ -158,12 +158,13 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     points_file = write_text_atomic(paths.file("analysis", "points.csv"), points.to_csv(index=False))
     plot = None
     if fit.n_points >= 2:
-        color_key = next(iter(specs[0].grid_values), None) if specs else None
+        color_key = cfg.sweep.color_by or (next(iter(specs[0].grid_values), None) if specs else None)
         color = None
         if color_key:
             import pandas as pd
+            from omegaconf import OmegaConf
 
-            color = pd.Series({s.run_id: s.grid_values[color_key] for s in specs})
+            color = pd.Series({s.run_id: OmegaConf.select(OmegaConf.create(s.config), color_key) for s in specs})
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
                                                 color_key or "", {BASELINES[k]: f.r2 for k, f in baselines.items()})

@@ -46,6 +46,7 @@ def test_linked_axis_moves_fields_together():
 
 @pytest.mark.parametrize("overrides,message", [
     (["+sweep.grid.regime=[{train.nope:1}]"], "sweep.grid.regime.train.nope: not a config field"),
+    (["sweep.color_by=train.nope"], "sweep.color_by='train.nope': must name a config field"),
     (["+sweep.grid.regime=[{train.epochs:2},3]"], "sweep.grid.regime: either every value sets several fields"),
     (["+sweep.grid.regime=[{}]"], "sweep.grid.regime: a linked value must set at least one field"),
     (["+sweep.grid.regime=[{sweep.nll_threshold:0.2}]"], "sweep.grid.regime.sweep.nll_threshold: not a config"),
