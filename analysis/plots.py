@@ -39,7 +39,7 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
                 matplotlib.colors.Normalize(min(levels), max(levels) if max(levels) > min(levels) else min(levels) + 1)
         cmap = plt.get_cmap("viridis")
     for run_id, run_points in points.sort_values("step").groupby("run_id", sort=True):
-        if run_values is not None and run_id in run_values.index:
+        if run_values is not None and run_id in run_values.index and pd.notna(run_values[run_id]):
             v = run_values[run_id]
             color = cmap(norm(v if numeric else levels.index(v)))
         else:

@@ -164,7 +164,9 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
             import pandas as pd
             from omegaconf import OmegaConf
 
-            color = pd.Series({s.run_id: OmegaConf.select(OmegaConf.create(s.config), color_key) for s in specs})
+            # a grid value (a curation round's strategy is one, not a config field), else the trial's config
+            color = pd.Series({s.run_id: s.grid_values[color_key] if color_key in s.grid_values
+                               else OmegaConf.select(OmegaConf.create(s.config), color_key) for s in specs})
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
                                                 color_key or "", {BASELINES[k]: f.r2 for k, f in baselines.items()})

@@ -379,3 +379,17 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
         scores = example_scores(prepare(load_records(record_files)), 0.1).set_index("example_id")["premem_train_acc"]
         picked = {r["similar_to"] for r in by_key[("premem", 0, 4)].added}
         assert len(picked) == 4 and max(scores[list(picked)]) <= scores.quantile(0.25) + 1e-12
+
+
+def test_scatter_colours_by_a_grid_value_and_leaves_runs_without_one_plain(tmp_path):
+    """A curation round's sweep colours its runs by `curation.strategy` (a grid value, not a config field);
+    a run without a value is drawn in the plain colour instead of failing the plot."""
+    from analysis.fit import fit_line
+    from analysis.plots import scatter_premem_vs_test
+
+    points = pd.DataFrame({"run_id": ["a", "a", "b", "c"], "step": [1, 2, 1, 1],
+                           "premem_train_acc": [0.1, 0.2, 0.3, 0.25], "test_acc": [0.1, 0.25, 0.3, 0.2]})
+    fit = fit_line(points["premem_train_acc"], points["test_acc"])
+    for color in (pd.Series({"a": "premem", "b": "iid", "c": None}), pd.Series({"a": 0.25, "b": 1.0, "c": None})):
+        out = scatter_premem_vs_test(points, fit, 0.1, tmp_path / "p.png", color, "curation.strategy")
+        assert out.read_bytes()[:4] == b"\x89PNG"
