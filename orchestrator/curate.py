@@ -72,7 +72,7 @@ def pick_trial(cfg: DictConfig, specs: list[TrialSpec], table: pd.DataFrame) -> 
         if not 0 <= cfg.curation.trial < len(specs):
             raise ConfigError(f"curation.trial={cfg.curation.trial}: the sweep has trials 0..{len(specs) - 1}")
         return specs[cfg.curation.trial]
-    last = table.sort_values("step").groupby("run_id").tail(1).set_index("run_id")["test_acc"]
+    last = last_test_accuracy(table)
     by_run = {s.run_id: s for s in specs}
     return by_run[max((r for r in last.index if r in by_run), key=lambda r: (last[r], r))]
 
@@ -226,13 +226,17 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
 
 
 # ------------------------------------------------------------------------------------------ results
+def last_test_accuracy(table: pd.DataFrame) -> pd.Series:
+    """Each run's test accuracy at its last checkpoint, by run_id (from a checkpoint table)."""
+    return table.sort_values("step").groupby("run_id").tail(1).set_index("run_id")["test_acc"]
+
+
 def final_test_accuracy(record_files: list[str], tau: float) -> pd.Series:
-    """Each run's test accuracy at its last checkpoint, by run_id."""
+    """Each run's test accuracy at its last checkpoint, by run_id, from its records."""
     from analysis.premem import checkpoint_table, prepare
     from analysis.records import load_records
 
-    table = checkpoint_table(prepare(load_records(record_files)), tau)
-    return table.sort_values("step").groupby("run_id").tail(1).set_index("run_id")["test_acc"]
+    return last_test_accuracy(checkpoint_table(prepare(load_records(record_files)), tau))
 
 
 def curation_result(specs: list[TrialSpec], accuracy: pd.Series) -> tuple[pd.DataFrame, dict]:
@@ -244,10 +248,10 @@ def curation_result(specs: list[TrialSpec], accuracy: pd.Series) -> tuple[pd.Dat
              "test_acc": float(accuracy[s.run_id])} for s in specs if s.run_id in accuracy.index]
     per_seed = per_seed_curves(pd.DataFrame(rows))
     curves = mean_curves(per_seed)
-    report = {"curves": {strategy: [[int(r.examples_added), float(r.test_acc), float(r.std)]
-                                    for r in rows.itertuples()]
-                         for strategy, rows in curves.groupby("strategy", sort=False)},
-              "n_seeds": {strategy: int(rows["n_seeds"].min()) for strategy, rows in curves.groupby("strategy")},
+    report = {"curves": {strategy: [[int(p.examples_added), float(p.test_acc), float(p.std)]
+                                    for p in points.itertuples()]
+                         for strategy, points in curves.groupby("strategy", sort=False)},
+              "n_seeds": {strategy: int(points["n_seeds"].min()) for strategy, points in curves.groupby("strategy")},
               "runs": rows}
     strategies = [s for s in curves["strategy"].unique() if s != "iid"]
     if "iid" in set(curves["strategy"]):
