@@ -8,6 +8,7 @@ store module builds the paths.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -147,29 +148,50 @@ def upload_dir(local_dir: str | os.PathLike, location: str) -> str:
     return location
 
 
+def is_hub_name(location: str | os.PathLike) -> bool:
+    """An HF hub model id (`org/name`) that is not a path on this machine: loaders fetch it from the hub."""
+    text = str(location)
+    parts = text.split("/")
+    return (not is_uri(text) and len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+            and not Path(text).exists())
+
+
 def local_copy(location: str, cache_root: str | os.PathLike | None = None, skip: tuple[str, ...] = ()) -> str:
     """A local directory with the contents of `location` (less the subdirectories named in `skip`): the path
-    itself when it is local, else a copy in this node's cache (made under a temp name and renamed, so a
-    half-fetched copy is never used)."""
+    itself when it is local, a hub model id unchanged (the HF loaders resolve it), else one copy per node in
+    its cache. Concurrent callers on a node (a trial's workers) take a lock: the first fetches, under a temp
+    name renamed into place so a half-fetched copy is never used; the others wait for it and use it."""
+    if is_hub_name(location):
+        return str(location)
     if not is_uri(location):
         return normalize(location)
     root = Path(cache_root or Path(tempfile.gettempdir()) / "premem-cache")
     target = root / hashlib.sha256(location.encode()).hexdigest()[:16] / name(location)
-    if target.is_dir():
-        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when its process dies
+        if not target.is_dir():
+            _fetch_dir(location, target, skip)
+    return str(target)
+
+
+def _fetch_dir(location: str, target: Path, skip: tuple[str, ...]) -> None:
     fs, path = resolve(location)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        relative = info.path[len(path.rstrip("/")) + 1:]
-        if info.type != pafs.FileType.File or relative.split("/", 1)[0] in skip:
-            continue
-        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(tmp / relative, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-    os.replace(tmp, target)
-    return str(target)
+    try:
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            relative = info.path[len(path.rstrip("/")) + 1:]
+            if info.type != pafs.FileType.File or relative.split("/", 1)[0] in skip:
+                continue
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src, open(tmp / relative, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        os.replace(tmp, target)
+    except BaseException:  # a failed fetch leaves no orphaned partial copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def delete_dir(location: str) -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis import storage
 from orchestrator.config import ConfigError, register_configs, take_credentials, to_yaml, tracking_uri, validate
+from orchestrator.placement import PlacementError
 from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
 
@@ -103,6 +104,17 @@ def check_task_files(specs: list[TrialSpec]) -> None:
                 raise ConfigError(f"task.added_path: {exc}") from None
 
 
+def connect_and_place(cfg: DictConfig, specs: list[TrialSpec]):
+    """Start or join Ray and check that the cluster holds the sampling pool and each trial (PlacementError
+    naming the field and what the cluster has: Ray itself would wait for good); None when not checked."""
+    from orchestrator import schedule
+
+    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
+    if cfg.cluster.check_placement:
+        return schedule.check_placement(specs, cfg.sampler)
+    return None
+
+
 def ensure_base_model(cfg: DictConfig, log=print) -> str:
     """The model every trial starts from: model.path, or the cached tiny base model (built once)."""
     if cfg.model.path:
@@ -184,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     show_config = "--cfg" in argv
     try:
         cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])
-        if not show_config:  # both checked before anything is written
+        if not show_config:  # all checked before anything is written
             storage.check_writable(storage.normalize(cfg.store.root))
             check_tracking(tracking_uri(cfg))
-    except (ConfigError, storage.StorageError, TrackingError) as exc:
+            connect_and_place(cfg, specs)
+    except (ConfigError, storage.StorageError, TrackingError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if show_config:
@@ -231,10 +244,12 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
     robustness_not_evaluated = 0
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+        connect_and_place(cfg, specs)  # resume and curate come here without the driver's check
         prepare_deepspeed_ops()
         pool = pool or schedule.start_pool(cfg.sampler)
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
                                       on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
+        print(schedule.record_placement(pool, paths))
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
             from orchestrator.reeval import evaluate, variant_jobs

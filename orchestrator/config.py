@@ -60,6 +60,12 @@ class TrainConfig(TrainSettings):
     resources_per_worker: Dict[str, float] = field(default_factory=dict)
     keep_engine_states: int = 1  # newest checkpoints that keep DeepSpeed's engine state (what a restart needs)
     max_failures: int = 2  # worker-group restarts (a killed worker, a lost node), each from the last checkpoint
+    # Ray's placement of a trial's workers: PACK (as few nodes as fit), STRICT_PACK (one node, e.g. to keep a
+    # trial on one NVLink domain), SPREAD
+    placement_strategy: str = "PACK"
+    dist_backend: str = "auto"  # torch.distributed: auto = nccl with use_gpu, else gloo
+    # environment of the train workers, e.g. {NCCL_SOCKET_IFNAME: eth0, NCCL_IB_HCA: mlx5} for multi-node trials
+    env: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +146,9 @@ class ClusterConfig:
     address: Optional[str] = None  # None starts a local Ray; "auto" or ray://... joins a cluster
     num_cpus: Optional[int] = None
     num_gpus: Optional[int] = None
+    # refuse a pool or trial the cluster cannot hold before starting (off for an autoscaling cluster, whose
+    # nodes join when requests wait)
+    check_placement: bool = True
 
 
 @dataclass
@@ -225,6 +234,21 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         for key, amount in resources.items():
             _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{name}.{key}", amount,
                    "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
+    _check(not (t.use_gpu and cfg.sweep.name == "default"), f"{prefix}sweep", "default",
+           "the CPU demo's grid (lr 1e-3 and 3e-3, up to 24 epochs, 44 checkpoints) is not for train.use_gpu=true: "
+           "use sweep=gpu (the paper's settings), sweep=small, or a grid of your own")
+    _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"), f"{prefix}train.placement_strategy",
+           t.placement_strategy, "must be PACK, STRICT_PACK or SPREAD")
+    _check(t.dist_backend in ("auto", "nccl", "gloo"), f"{prefix}train.dist_backend", t.dist_backend,
+           "must be auto, nccl or gloo")
+    _check(t.dist_backend != "nccl" or t.use_gpu, f"{prefix}train.dist_backend", t.dist_backend,
+           "nccl needs train.use_gpu=true")
+    for name in ("offload_optimizer", "offload_param"):
+        _check(t[name] in ("none", "cpu"), f"{prefix}train.{name}", t[name], "must be none or cpu")
+    _check(t.offload_param == "none" or t.zero_stage == 3, f"{prefix}train.offload_param", t.offload_param,
+           f"parameters are offloaded by ZeRO-3 only (train.zero_stage={t.zero_stage})")
+    _check(t.offload_optimizer == "none" or t.zero_stage >= 1, f"{prefix}train.offload_optimizer",
+           t.offload_optimizer, "the optimizer is offloaded by ZeRO stages 1-3 (train.zero_stage=0)")
     _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
     _check(t.checkpoints_per_epoch >= 0, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch,
            "must be >= 0 (0: the final checkpoint only)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -38,34 +39,62 @@ HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
 # --------------------------------------------------------------------------------- ray and the pool
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, log_dir: Path) -> None:
-    """Join a cluster or start a local Ray; Ray's own logs go to a file in the store, not the terminal."""
+def job_env() -> dict[str, str]:
+    """Environment variables every process of the sweep's Ray job gets (its runtime_env).
+
+    Nothing here depends on the driver's hardware: on a cluster the driver often runs on a GPU-less head, and
+    what it sees says nothing about the nodes. DeepSpeed picks its accelerator on each worker's own node (CUDA
+    where that process sees a GPU, else CPU)."""
+    return {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
+            "RAY_AIR_NEW_OUTPUT": "0",  # our progress line replaces Tune's tables
+            # The Train controller notices a finished worker group at its next poll; at the default 2 s that
+            # added about 4 s to every trial (bench/evaluation.py's trial phases), at 0.2 s it is under 1 s.
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, log_dir: Path | None = None) -> None:
+    """Join a cluster or start a local Ray (once); Ray's own logs go to a file in `log_dir`, not the terminal
+    (without one, until `log_ray_to` names it)."""
+    env = job_env()
+    os.environ.update(env)
+    if log_dir is None and not ray.is_initialized():
+        _route_ray_loggers(logging.NullHandler())  # the terminal is ours; the file comes with the sweep's directory
+    if not ray.is_initialized():
+        kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                      runtime_env={"env_vars": env}, include_dashboard=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            from orchestrator import reaper  # this Ray is ours: nothing of it may outlive this driver
+
+            reaper.start(ray._private.worker._global_node.get_session_dir_path())
+    if log_dir is not None:
+        log_ray_to(log_dir)
+
+
+def log_ray_to(log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_dir / "ray_driver.log")
+    _route_ray_loggers(logging.FileHandler(log_dir / "ray_driver.log"))
+    _link_ray_logs(log_dir)
+
+
+def _route_ray_loggers(handler: logging.Handler) -> None:
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False
-    env = {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-           "RAY_AIR_NEW_OUTPUT": "0",  # our progress line replaces Tune's tables
-           # The Train controller notices a finished worker group at its next poll; at the default 2 s that
-           # added about 4 s to every trial (bench/evaluation.py's trial phases), at 0.2 s it is under 1 s.
-           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
-    if not _cuda_available():
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator (gloo) on machines without CUDA
-    os.environ.update(env)
-    if ray.is_initialized():
-        return
-    kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                  runtime_env={"env_vars": env}, include_dashboard=False)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
-        from orchestrator import reaper  # this Ray is ours: nothing of it may outlive this driver
 
-        reaper.start(ray._private.worker._global_node.get_session_dir_path())
-    _link_ray_logs(log_dir)
+
+def check_placement(specs: list[TrialSpec], sampler):
+    """Refuse (PlacementError, one line) a pool or a trial that the joined cluster cannot hold; else where
+    the pool and the largest trial will go."""
+    from orchestrator import placement
+
+    nodes = placement.nodes_from_ray(ray.nodes())
+    plans = [placement.plan_placement(nodes, sampler, spec.config["train"], spec.config["train"]["placement_strategy"])
+             for spec in specs]
+    return max(plans, key=lambda p: len(p.workers))
 
 
 def _link_ray_logs(log_dir: Path) -> None:
@@ -77,12 +106,6 @@ def _link_ray_logs(log_dir: Path) -> None:
     link = log_dir / "ray"
     if not link.exists():
         link.symlink_to(session, target_is_directory=True)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 VLLM_OPTIONS = ("dtype", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
@@ -100,6 +123,32 @@ def start_pool(sampler):
     pool_cls = ray.remote(num_cpus=0, resources=HEAD_NODE)(SamplingPool)
     return pool_cls.options(name=POOL_NAME, namespace=NAMESPACE, lifetime=None).remote(
         sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options)
+
+
+def record_placement(pool, paths: SweepPaths) -> str:
+    """Write where the sampler actors ran beside the trials' files (analysis/placement/); one line a node
+    for the terminal: what ran there and on which GPU ids."""
+    samplers = ray.get(pool.placement.remote())
+    storage.write_text(paths.file("analysis", "placement", "samplers.json"), json.dumps(samplers, indent=1))
+    by_node: dict[str, list[str]] = {}
+    for s in samplers:
+        by_node.setdefault(s["node_id"], []).append(f"sampler on {s['device']}{_gpus(s)}")
+    for location in storage.list_files(storage.join(paths.analysis, "placement"), suffix=".json"):
+        if storage.name(location) == "samplers.json":
+            continue
+        for rank, w in enumerate(json.loads(storage.read_text(location))):
+            by_node.setdefault(w["node_id"], []).append(f"{_trial_of(storage.name(location))} rank {rank}{_gpus(w)}")
+    lines = [f"  node {node[:8]}: " + ", ".join(items) for node, items in by_node.items()]
+    return "placement (analysis/placement/):\n" + "\n".join(lines)
+
+
+def _trial_of(file_name: str) -> str:
+    found = re.search(r"-(t\d+)(-|\.json$)", file_name)
+    return found.group(1) if found else file_name.removesuffix(".json")
+
+
+def _gpus(where: dict) -> str:
+    return f" GPU {','.join(where['gpu_ids'])}" if where["gpu_ids"] else ""
 
 
 # ------------------------------------------------------------------------------- one trial (Tune)
@@ -132,8 +181,10 @@ class RouteCheckpoints(UserCallback):
     def __init__(self, template: EvalTemplate, keep_engine_states: int = 1):
         self.template = template
         self.keep_engine_states = keep_engine_states
+        self.placement: list | None = None
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        self._record_placement([m.get("placement") for m in metrics])
         if checkpoint is None:
             return
         # The checkpoint as a store location (Ray gives a path on its filesystem, without the URI scheme)
@@ -146,6 +197,14 @@ class RouteCheckpoints(UserCallback):
                  if storage.name(c).startswith("step_") and storage.name(c) < storage.name(location)]
         for stale in older[: max(0, len(older) - self.keep_engine_states + 1)]:
             storage.delete_dir(storage.join(stale, ENGINE_DIR))
+
+
+    def _record_placement(self, workers: list) -> None:
+        """Where this trial's workers run (node, GPU ids), rank by rank: written again after a restart moves them."""
+        if workers != self.placement and all(workers):
+            self.placement = workers
+            storage.write_text(self.template.paths.file("analysis", "placement", f"{self.template.run_id}.json"),
+                               json.dumps(workers, indent=1))
 
 
 def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[TrainJob, EvalTemplate]:
@@ -168,26 +227,38 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[Tra
 
 def run_trial(config: dict) -> dict:
     """The Tune function trainable: build this trial's TorchTrainer and fit it (Train V2)."""
+    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
     job, template, train_cfg = config["job"], config["template"], config["train_cfg"]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**asdict(job), "train": asdict(job.train)},
+        torch_config=TorchConfig(backend=dist_backend(train_cfg)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
             resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {}),
-                                  **train_cfg["resources_per_worker"]}),
+                                  **train_cfg["resources_per_worker"]},
+            placement_strategy=train_cfg["placement_strategy"]),
         run_config=ray.train.RunConfig(
             name=job.run_id, storage_path=template.paths.checkpoints,
             failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            worker_runtime_env={"env_vars": dict(train_cfg["env"])} if train_cfg["env"] else None,
             callbacks=[RouteCheckpoints(template, train_cfg["keep_engine_states"]), TuneReportCallback()]),
     )
     started = time.time()
     result = trainer.fit()
     ended = time.time()
     return {"final_step": (result.metrics or {}).get("step", 0), **trial_timings(started, ended, result.metrics)}
+
+
+def dist_backend(train_cfg: dict) -> str:
+    """torch.distributed's backend for a trial: NCCL between GPU workers, gloo on CPU (`train.dist_backend`
+    names one outright, e.g. gloo for workers placed on GPU nodes that train on CPU)."""
+    if train_cfg["dist_backend"] != "auto":
+        return train_cfg["dist_backend"]
+    return "nccl" if train_cfg["use_gpu"] else "gloo"
 
 
 def trial_timings(started: float, ended: float, last_metrics: dict | None) -> dict:

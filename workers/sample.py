@@ -158,14 +158,20 @@ class SamplerActor:
     """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
 
     def __init__(self, backend: str, threads: int, nice: int = 0, vllm_options: dict | None = None):
+        from workers.placement import hide_unassigned_gpus
+
+        hide_unassigned_gpus()  # before the backend touches CUDA
         if nice:  # on a machine shared with training, sample with the cycles training leaves
             os.nice(nice)
         self.backend = make_backend(backend, threads, vllm_options)
         self._splits: dict[str, Splits] = {}
         self._graders: dict[tuple, Grader] = {}
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> dict:
+        """Where this actor runs (node, GPU ids, the device its backend samples on)."""
+        from workers.placement import here
+
+        return here(self.backend.device)
 
     def evaluate(self, job: EvalJob) -> EvalResult:
         key = repr(sorted(job.task.items()))
@@ -204,6 +210,7 @@ class SamplingPool:
         self.failed: list[tuple[dict, str, str]] = []  # (job, one line, traceback)
         self.retried: list[tuple[dict, str]] = []  # (job, why): evaluated again after losing its actor
         self.tasks: set = set()  # keeps the dispatch tasks referenced until they finish
+        self.placements: list[dict] = []
 
     async def _ensure_idle(self) -> asyncio.Queue:
         if self.idle is None:
@@ -218,10 +225,15 @@ class SamplingPool:
         """An actor takes checkpoints once it is up. One that cannot be placed (the cluster has fewer of its
         resources than sampler.num_actors asks) never holds one; the others do all the work."""
         try:
-            await actor.ready.remote()
+            self.placements.append(await actor.ready.remote())
         except Exception:  # it failed to start: its first evaluation reports why
             pass
         self.idle.put_nowait(actor)
+
+    async def placement(self) -> list[dict]:
+        """Where the sampler actors that are up run (workers.placement.here), in the order they came up."""
+        await self._ensure_idle()
+        return list(self.placements)
 
     async def submit(self, job: EvalJob) -> None:
         await self._ensure_idle()

@@ -19,6 +19,12 @@ class TrainSettings:
     save_every_steps: int = 0  # 0: checkpoints_per_epoch, evenly spaced
     checkpoints_per_epoch: int = 1  # 0: the final checkpoint only
     max_seq_len: int = 256
+    # Memory, for models that do not fit whole on each GPU. Weights load in the precision's dtype (bf16 halves
+    # an 8B model's load from 32 GB to 16 GB per worker).
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    zero_init: bool = True  # ZeRO-3: build the model already partitioned (deepspeed.zero.Init), never whole on a rank
+    offload_optimizer: str = "none"  # none | cpu: optimizer state and step on the CPU (DeepSpeedCPUAdam)
+    offload_param: str = "none"  # none | cpu: ZeRO-3 only, parameters on the CPU between their uses
 
 
 @dataclass

@@ -88,18 +88,54 @@ def linear_warmup_decay(total_steps: int, warmup_frac: float):
 
 def deepspeed_config(s: TrainSettings, world_size: int) -> dict:
     accumulation = s.global_batch_size // (s.micro_batch_size * world_size)
+    zero: dict = {"stage": s.zero_stage}
+    if s.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if s.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": s.offload_optimizer, "pin_memory": True}
+    if s.offload_param != "none":
+        zero["offload_param"] = {"device": s.offload_param, "pin_memory": True}
     return {
         "train_micro_batch_size_per_gpu": s.micro_batch_size,
         "gradient_accumulation_steps": max(1, accumulation),
         "train_batch_size": s.micro_batch_size * world_size * max(1, accumulation),
         "gradient_clipping": s.grad_clip,
-        "zero_optimization": {"stage": s.zero_stage, **({"stage3_gather_16bit_weights_on_model_save": True}
-                                                       if s.zero_stage == 3 else {})},
+        "zero_optimization": zero,
         "bf16": {"enabled": s.precision == "bf16"},
         "fp16": {"enabled": s.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_for_training(path: str, s: TrainSettings, ds_config: dict):
+    """The model as training needs it: in the precision's dtype; under ZeRO-3 with `zero_init`, built inside
+    deepspeed.zero.Init so each rank only ever holds its partition (transformers does this while an
+    HfDeepSpeedConfig is alive); with `gradient_checkpointing`, activations recomputed in the backward pass."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from workers.models import load_model
+
+    keep_alive = HfDeepSpeedConfig(ds_config) if s.zero_stage == 3 and s.zero_init else None
+    model = load_model(path, DTYPES[s.precision])
+    del keep_alive  # transformers holds it by weak reference: only this load is partitioned
+    if s.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def make_optimizer(model, s: TrainSettings):
+    """AdamW: torch's, or DeepSpeed's CPU Adam when the optimizer is offloaded (DeepSpeed refuses a client
+    optimizer that is not, and it is the one that steps fast on CPU)."""
+    if s.offload_optimizer == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
 
 ENGINE_TAG = "state"
@@ -128,13 +164,18 @@ def _resume_point(checkpoint) -> ResumePoint:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # dropout on GPUs draws from this process's CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -144,7 +185,8 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from torch.utils.data.distributed import DistributedSampler
 
-    from workers.models import load_model, load_tokenizer
+    from workers.models import load_tokenizer
+    from workers.placement import here
 
     entered_at = time.time()  # wall clock: the trial compares it with when its TorchTrainer started
     job = TrainJob(**{**config, "train": TrainSettings(**config["train"])})
@@ -160,7 +202,8 @@ def train_loop_per_worker(config: dict) -> None:
     resume = _resume_point(ray.train.get_checkpoint())
     base_model = storage.local_copy(job.base_model)  # this node's copy when the store is an object store
     tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model)
+    ds_config = deepspeed_config(s, world)
+    model = load_for_training(base_model, s, ds_config)
     splits = load_task(**job.task)
     fmt = PromptFormat(**job.prompt)
     data = SupervisedData(splits.train, tokenizer, fmt, s.max_seq_len)
@@ -170,12 +213,11 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Engine: the optimizer and schedule are torch's; DeepSpeed owns ZeRO, precision and accumulation, and
     # saves and restores all three with the weights.
-    ds_config = deepspeed_config(s, world)
     accumulation = ds_config["gradient_accumulation_steps"]
     steps_per_epoch = max(1, len(loader) // accumulation)
     total_steps = steps_per_epoch * s.epochs
     every = save_interval(s, steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = make_optimizer(model, s)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, s.warmup_frac))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, dist_init_required=False)
@@ -183,11 +225,11 @@ def train_loop_per_worker(config: dict) -> None:
         engine.load_checkpoint(resume.engine_dir, tag=ENGINE_TAG)
         _set_rng_state(torch.load(Path(resume.engine_dir) / f"rng_rank{rank}.pt", weights_only=False))
     step = resume.step
-    clock = PhaseClock(entered_at=entered_at, ready_at=time.time())
+    clock = PhaseClock(entered_at=entered_at, ready_at=time.time(), placement=here(engine.device))
 
     # Train: loss on solution tokens only; report a checkpoint at each save point.
     losses: list[tuple[int, float]] = []
-    window: list[float] = []
+    window: list[torch.Tensor] = []  # this optimizer step's micro-batch losses, on the engine's device
     for epoch in range(resume.epoch_index, s.epochs):
         sampler.set_epoch(epoch)
         engine.train()
@@ -201,11 +243,11 @@ def train_loop_per_worker(config: dict) -> None:
             loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
             engine.backward(loss)
             engine.step()
-            window.append(loss.item())
+            window.append(loss.detach())
             clock.compute_seconds += time.perf_counter() - t_step
             if len(window) == accumulation:
                 step += 1
-                losses.append((step, _mean_across_ranks(sum(window) / len(window), dist)))
+                losses.append((step, mean_across_ranks(torch.stack(window).mean(), dist)))
                 window = []
                 if every and step % every == 0 and step < total_steps:
                     position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
@@ -224,20 +266,26 @@ class PhaseClock:
 
     entered_at: float  # the loop function started (wall clock)
     ready_at: float  # model, data and DeepSpeed engine ready (wall clock)
+    placement: dict = field(default_factory=dict)  # where this worker runs (workers.placement.here)
     compute_seconds: float = 0.0  # forward/backward/step
     checkpoint_seconds: float = 0.0  # HF save and Ray Train report (checkpoint persisted to storage)
 
     def metrics(self) -> dict:
         return {"worker_entered_at": self.entered_at, "worker_ready_at": self.ready_at,
-                "train_compute_seconds": self.compute_seconds, "checkpoint_seconds": self.checkpoint_seconds}
+                "train_compute_seconds": self.compute_seconds, "checkpoint_seconds": self.checkpoint_seconds,
+                "placement": self.placement}
 
 
-def _mean_across_ranks(value: float, dist) -> float:
+def mean_across_ranks(value: torch.Tensor, dist) -> float:
+    """The mean of a scalar tensor over the trial's ranks.
+
+    The reduction runs on the tensor's own device (the engine's): on GPUs Ray Train opens the process group
+    with NCCL only (ray/train/torch/config.py), which cannot reduce a CPU tensor."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item() / dist.get_world_size())
+        return float(value.item())
+    total = value.detach().reshape(1).to(torch.float32).clone()
+    dist.all_reduce(total)
+    return float(total.item() / dist.get_world_size())
 
 
 def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: float,

@@ -1,5 +1,6 @@
 """Config composition, validation (one line, exit 2, nothing written) and grid expansion."""
 import pytest
+from omegaconf import OmegaConf
 
 from orchestrator.__main__ import compose_config, main, plan_sweep
 from orchestrator.config import ConfigError, validate
@@ -78,10 +79,11 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, over
 
 
 def test_validate_accepts_gpu_settings():
-    cfg = compose_config(["train=gpu", "sampler=vllm_gpu", "sampler.tensor_parallel_size=2",
+    cfg = compose_config(["train=gpu", "sampler=vllm_gpu", "sweep=gpu", "sampler.tensor_parallel_size=2",
                           "sampler.gpus_per_actor=2"])
     validate(cfg)
     assert cfg.train.zero_stage == 3 and cfg.train.precision == "bf16" and cfg.sampler.backend == "vllm"
+    assert cfg.train.zero_init and cfg.train.gradient_checkpointing  # an 8B model's memory options
     cpu = compose_config(["sampler=vllm"])
     validate(cpu)
     assert cpu.sampler.gpus_per_actor == 0 and cpu.sampler.max_new_tokens <= 128  # fits the tiny model's 256
@@ -205,3 +207,48 @@ def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
     paths = sweep_paths("/tmp/x", "s")
     assert "robustness (variant 'first'" in summary.text("sqlite:///x", paths)
     assert "| [0.0, 0.5) | 10 | 0.300 | 0.100 | +0.200 |" in summary.description(paths, None)
+
+
+def test_gpu_commands_run_the_gpu_grid_not_the_cpu_demo(monkeypatch):
+    """train=gpu with the default group (the CPU demo: lr 1e-3/3e-3, 24-epoch arms) is refused in one line;
+    the cluster groups and sweep=gpu give the paper's settings, which train=gpu's lr does not contradict."""
+    with pytest.raises(ConfigError, match=r"^sweep='default': the CPU demo's grid .* use sweep=gpu"):
+        plan_sweep(["train=gpu", "sampler=vllm_gpu"])
+    monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    for cluster in ("compose", "kuberay"):
+        cfg = compose_config([f"cluster={cluster}"])
+        validate(cfg)
+        specs = expand_grid(cfg, "x")
+        assert cfg.sweep.name == "gpu" and cfg.train.use_gpu and cfg.sampler.backend == "vllm"
+        lrs = {s.config["train"]["lr"] for s in specs}
+        assert lrs and all(1e-5 <= lr <= 1e-4 for lr in lrs)
+        assert max(s.config["train"]["epochs"] for s in specs) <= 6
+        assert all(s.config["train"]["checkpoints_per_epoch"] == 1 and s.config["train"]["global_batch_size"] == 128
+                   for s in specs)
+
+
+def test_the_job_environment_does_not_carry_the_drivers_hardware():
+    """The runtime_env every Ray process of the sweep gets: nothing in it depends on the driver's node (a
+    GPU-less head must not tell GPU workers to use DeepSpeed's CPU accelerator)."""
+    from orchestrator.schedule import dist_backend, job_env
+
+    env = job_env()
+    assert "DS_ACCELERATOR" not in env and "CUDA_VISIBLE_DEVICES" not in env
+    gpu = OmegaConf.to_container(compose_config(["train=gpu", "sweep=gpu"]).train)
+    assert dist_backend(gpu) == "nccl" and dist_backend({**gpu, "dist_backend": "gloo"}) == "gloo"
+    assert dist_backend(OmegaConf.to_container(compose_config([]).train)) == "gloo"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.offload_param=cpu"], "train.offload_param='cpu': parameters are offloaded by ZeRO-3 only"),
+    (["train.offload_optimizer=nvme"], "train.offload_optimizer='nvme': must be none or cpu"),
+    (["train.zero_stage=0", "train.offload_optimizer=cpu"], "train.offload_optimizer='cpu': the optimizer is "
+                                                              "offloaded by ZeRO stages 1-3"),
+    (["train.placement_strategy=STRICT"], "train.placement_strategy='STRICT': must be PACK, STRICT_PACK or SPREAD"),
+    (["train.dist_backend=nccl"], "train.dist_backend='nccl': nccl needs train.use_gpu=true"),
+])
+def test_gpu_fields_are_checked(overrides, message):
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_config(overrides))
+    assert str(refused.value).startswith(message)

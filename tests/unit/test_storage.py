@@ -94,3 +94,50 @@ def test_driver_refuses_an_unwritable_local_store(tmp_path, capsys):
     assert main([f"store.root={blocked}/runs"]) == 2
     err = capsys.readouterr().err
     assert f"store.root={blocked}/runs: cannot write there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hub_model_id_stays_a_hub_id(tmp_path, monkeypatch):
+    """`org/name` that is no path here is handed to the HF loaders as it is, not made `<cwd>/org/name`."""
+    monkeypatch.chdir(tmp_path)
+    assert storage.local_copy("meta-llama/Meta-Llama-3-8B") == "meta-llama/Meta-Llama-3-8B"
+    (tmp_path / "models" / "tiny").mkdir(parents=True)  # a relative path that exists is a local directory
+    assert storage.local_copy("models/tiny") == str(tmp_path / "models" / "tiny")
+    assert storage.local_copy("./models/tiny") == str(tmp_path / "models" / "tiny")
+
+
+def _fetch_after(barrier, location: str, cache: str, out) -> None:
+    barrier.wait()  # all fetchers start together, as a trial's workers on one node do
+    try:
+        out.put(("ok", storage.local_copy(location, cache_root=cache)))
+    except Exception as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_concurrent_fetchers_on_a_node_share_one_copy(s3_server, tmp_path):
+    """N workers of a node asking for the same object-store model at once all get one complete copy; none
+    fails on the rename and no partial copy is left behind."""
+    import multiprocessing
+
+    src = tmp_path / "model"
+    src.mkdir()
+    for i in range(8):
+        (src / f"shard-{i}.bin").write_bytes(os.urandom(512 * 1024))
+    (src / "config.json").write_text("{}")
+    location = storage.upload_dir(src, make_bucket(f"unit-{uuid.uuid4().hex[:12]}") + "/base/model")
+    cache = tmp_path / "cache"
+    context = multiprocessing.get_context("spawn")
+    n = 4
+    barrier, out = context.Barrier(n), context.Queue()
+    procs = [context.Process(target=_fetch_after, args=(barrier, location, str(cache), out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [status for status, _ in results] == ["ok"] * n, results
+    assert len({path for _, path in results}) == 1
+    local = results[0][1]
+    assert sorted(os.listdir(local)) == sorted(os.listdir(src))
+    assert all(open(os.path.join(local, f), "rb").read() == (src / f).read_bytes() for f in os.listdir(src))
+    leftovers = [p for p in cache.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []

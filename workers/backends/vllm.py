@@ -38,12 +38,25 @@ def architecture(checkpoint_dir: str) -> dict:
     return {k: v for k, v in config.items() if k not in CHECKPOINT_ONLY_KEYS}
 
 
+def request_sampling(settings: SamplingSettings, max_tokens: int, on_gpu: bool) -> dict:
+    """SamplingParams of one sampling request.
+
+    On CPU each request carries the sweep's seed, so a checkpoint's samples do not depend on how the engine
+    batches requests (and match across reruns). On GPUs a seeded request sends vLLM's sampler into its
+    request-by-request loop (vllm/v1/sample/ops/topk_topp_sampler.py, `random_sample`: "This can be slow
+    because we handle each request one by one") and off FlashInfer's batched kernel: there the engine's own
+    generator, seeded once when the engine is built, draws for all requests."""
+    return dict(n=settings.k, temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
+                stop=[settings.stop], seed=None if on_gpu else settings.seed)
+
+
 class VLLMBackend:
     def __init__(self, dtype: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  enforce_eager: bool = False, cpu_kvcache_gib: int = 2, threads: int = 1):
         import torch
 
         self.on_gpu = torch.cuda.is_available()
+        self.device = "cuda" if self.on_gpu else "cpu"
         # bf16 where the kernels are made for it; on CPU fp32, so records match the HF backend (bf16 there
         # moves ref NLL by ~4e-3 and changes ~10% of greedy completions of the tiny model)
         self.dtype = dtype if dtype != "auto" else ("bfloat16" if self.on_gpu else "float32")
@@ -137,8 +150,7 @@ class VLLMBackend:
             # a prompt near the context limit gets what room is left instead of failing the checkpoint
             room = max(1, min(settings.max_new_tokens, max_len - len(ids)))
             requests.append({"prompt_token_ids": ids})
-            params.append(SamplingParams(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
-                                         max_tokens=room, stop=[settings.stop], seed=settings.seed))
+            params.append(SamplingParams(**request_sampling(settings, room, self.on_gpu)))
         pairs = [encode_pair(self.tokenizer, p, t, max_len - 1) for p, t in zip(score_prompts, score_targets)]
         score_params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         requests += [{"prompt_token_ids": ids} for ids, _ in pairs]

@@ -15,7 +15,9 @@ class WeightSwap:
 
     def swap_weights(self, checkpoint_dir: str) -> int:
         """Reload every weight from `checkpoint_dir`; returns how many layers had derived state rebuilt."""
-        self.model_runner.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
+        # the Worker's own reload_weights: it enters set_current_vllm_config, which the layers' weight loaders
+        # and post-load processing read (vllm/v1/worker/gpu_worker.py); the model runner's does not
+        self.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
         return refresh_tied_layers(self.model_runner.get_model())
 
     def exit_with(self, owner_pid: int, interval_s: float = 1.0) -> int:
