@@ -110,9 +110,12 @@ def connect_and_place(cfg: DictConfig, specs: list[TrialSpec]):
     from orchestrator import schedule
 
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-    if cfg.cluster.check_placement:
-        return schedule.check_placement(specs, cfg.sampler)
-    return None
+    if not cfg.cluster.check_placement:
+        return None
+    planned = schedule.check_placement(specs, cfg.sampler)
+    if planned.note:
+        print(f"note: {planned.note}")
+    return planned
 
 
 def ensure_base_model(cfg: DictConfig, log=print) -> str:
@@ -219,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
     log_task_datasets(tracker, specs, children, parent)
-    return execute(cfg, paths, specs, base_model, tracker, parent, children)
+    return execute(cfg, paths, specs, base_model, tracker, parent, children, placed=True)
 
 
 def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tracker, parent: str,
-            children: dict[str, str], resumed=None, pool=None) -> int:
+            children: dict[str, str], resumed=None, pool=None, placed: bool = False) -> int:
     """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code. A running
     sampling `pool` is reused (curation rounds), else one is started."""
     from orchestrator import schedule
@@ -244,7 +247,8 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tra
     robustness_not_evaluated = 0
     try:
         schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
-        connect_and_place(cfg, specs)  # resume and curate come here without the driver's check
+        if not placed:  # resume and curate come here without main's check
+            connect_and_place(cfg, specs)
         prepare_deepspeed_ops()
         pool = pool or schedule.start_pool(cfg.sampler)
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,

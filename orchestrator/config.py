@@ -55,6 +55,7 @@ class TrainConfig(TrainSettings):
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu; below 1, a GPU shared with the sampling pool (a one-GPU box)
     # custom Ray resources each train worker holds, e.g. {trainer: 1} to train only on nodes started with
     # `ray start --resources='{"trainer": N}'`
     resources_per_worker: Dict[str, float] = field(default_factory=dict)
@@ -281,9 +282,13 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}sampler.dtype", s.dtype,
            "must be auto, float32, bfloat16 or float16")
     _check(s.tensor_parallel_size >= 1, f"{prefix}sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
-    _check(s.gpus_per_actor == 0 or s.gpus_per_actor == s.tensor_parallel_size, f"{prefix}sampler.gpus_per_actor",
-           s.gpus_per_actor, f"must be 0 (CPU) or sampler.tensor_parallel_size = {s.tensor_parallel_size}: "
-           "one engine's GPUs per sampler actor")
+    shared_gpu = s.tensor_parallel_size == 1 and 0 < s.gpus_per_actor < 1
+    _check(s.gpus_per_actor == 0 or s.gpus_per_actor == s.tensor_parallel_size or shared_gpu,
+           f"{prefix}sampler.gpus_per_actor", s.gpus_per_actor,
+           f"must be 0 (CPU), sampler.tensor_parallel_size = {s.tensor_parallel_size} (one engine's GPUs per "
+           "sampler actor), or a share of one GPU below 1 with tensor_parallel_size 1")
+    _check(0 < t.gpus_per_worker <= 1, f"{prefix}train.gpus_per_worker", t.gpus_per_worker,
+           "must be in (0, 1]: one GPU per worker, or a share of one")
     _check(0 < s.gpu_memory_utilization <= 1, f"{prefix}sampler.gpu_memory_utilization", s.gpu_memory_utilization,
            "must be in (0, 1]")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")

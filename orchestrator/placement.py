@@ -39,6 +39,7 @@ class Placement:
 
     samplers: list[str] = field(default_factory=list)
     workers: list[str] = field(default_factory=list)
+    note: str = ""  # a pool that runs with fewer sampler actors than asked: what the driver tells the user
 
 
 def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
@@ -50,7 +51,7 @@ def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
 
 def worker_bundle(train: dict) -> dict[str, float]:
     """One train worker's request, as the trial's TorchTrainer makes it (orchestrator.schedule.run_trial)."""
-    return {"CPU": float(train["cpus_per_worker"]), "GPU": 1.0 if train["use_gpu"] else 0.0,
+    return {"CPU": float(train["cpus_per_worker"]), "GPU": float(train["gpus_per_worker"]) if train["use_gpu"] else 0.0,
             **{k: float(v) for k, v in train["resources_per_worker"].items()}}
 
 
@@ -58,6 +59,18 @@ def sampler_bundle(sampler: dict) -> dict[str, float]:
     """One sampler actor's request, as orchestrator.schedule.start_pool makes it."""
     return {"CPU": float(sampler["cpus_per_actor"]), "GPU": float(sampler["gpus_per_actor"]),
             **{k: float(v) for k, v in sampler["resources_per_actor"].items()}}
+
+
+def _fit_some(nodes: list[Node], bundle: dict[str, float], count: int) -> list[str]:
+    """Node addresses for as many of `count` copies of `bundle` as the nodes hold (first fit)."""
+    placed = []
+    for _ in range(count):
+        node = next((n for n in nodes if n.fits(bundle)), None)
+        if node is None:
+            break
+        node.take(bundle)
+        placed.append(node.address)
+    return placed
 
 
 def _first_fit(nodes: list[Node], bundle: dict[str, float], count: int, one_node: bool) -> list[str] | None:
@@ -112,12 +125,14 @@ def plan_placement(nodes: list[Node], sampler: dict, train: dict, placement_stra
     does not fit."""
     free = _copy(nodes)
     s_bundle = sampler_bundle(sampler)
-    samplers = _first_fit(free, s_bundle, int(sampler["num_actors"]), one_node=False)
-    if samplers is None:
-        raise PlacementError(
-            f"sampler.num_actors={sampler['num_actors']}: each sampler actor needs {_show(s_bundle)} "
-            f"(sampler.cpus_per_actor, gpus_per_actor, resources_per_actor); the cluster holds "
-            f"{_capacity(_copy(nodes), s_bundle)} — it has {describe(nodes)}")
+    # The pool samples with the actors that are up (workers.sample.SamplingPool): fewer than asked is slower,
+    # none is a sweep whose checkpoints are never evaluated.
+    samplers = _fit_some(free, s_bundle, int(sampler["num_actors"]))
+    wanted = (f"sampler.num_actors={sampler['num_actors']}: each sampler actor needs {_show(s_bundle)} "
+              f"(sampler.cpus_per_actor, gpus_per_actor, resources_per_actor); the cluster holds {len(samplers)}")
+    if not samplers:
+        raise PlacementError(f"{wanted} — it has {describe(nodes)}")
+    note = f"{wanted}: the pool samples with {len(samplers)}" if len(samplers) < int(sampler["num_actors"]) else ""
     w_bundle = worker_bundle(train)
     one_node = placement_strategy == "STRICT_PACK"
     beside_pool = _copy(free)
@@ -130,4 +145,4 @@ def plan_placement(nodes: list[Node], sampler: dict, train: dict, placement_stra
             f"train.num_workers={train['num_workers']}: a trial needs {train['num_workers']} workers of "
             f"{_show(w_bundle)}{where} (train.cpus_per_worker, use_gpu, resources_per_worker); beside the "
             f"sampling pool the cluster holds {room} — it has {describe(nodes)}")
-    return Placement(samplers, workers)
+    return Placement(samplers, workers, note)

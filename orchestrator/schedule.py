@@ -237,7 +237,8 @@ def run_trial(config: dict) -> dict:
         torch_config=TorchConfig(backend=dist_backend(train_cfg)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
-            resources_per_worker={"CPU": train_cfg["cpus_per_worker"], **({"GPU": 1} if train_cfg["use_gpu"] else {}),
+            resources_per_worker={"CPU": train_cfg["cpus_per_worker"],
+                                  **({"GPU": train_cfg["gpus_per_worker"]} if train_cfg["use_gpu"] else {}),
                                   **train_cfg["resources_per_worker"]},
             placement_strategy=train_cfg["placement_strategy"]),
         run_config=ray.train.RunConfig(

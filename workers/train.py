@@ -7,6 +7,7 @@ Ray Train, which routes it to the sampling pool.
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 import time
@@ -200,6 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # Model and data; after a restart the engine state below replaces the base weights.
     resume = _resume_point(ray.train.get_checkpoint())
+    deepspeed.init_distributed()  # adopts Ray Train's process group; DeepSpeed's configs read its world size
     base_model = storage.local_copy(job.base_model)  # this node's copy when the store is an object store
     tokenizer = load_tokenizer(base_model)
     ds_config = deepspeed_config(s, world)
@@ -367,6 +369,8 @@ def prepare_deepspeed_ops(log=print, stale_after_s: float = 600.0) -> None:
     build it. torch's extension builder guards a build with a lock file that a killed build leaves behind,
     and every later build then waits on it forever: a lock that outlives any real build is removed.
     """
+    if not torch.cuda.is_available():  # this process only (Ray is up): DeepSpeed would warn it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.accelerator import get_accelerator
     from deepspeed.ops import __compatible_ops__
     from torch.utils.cpp_extension import _get_build_directory

@@ -219,8 +219,22 @@ def test_gpu_smoke_refuses_in_one_line_without_a_gpu():
 
 
 def test_gpu_smoke_splits_the_gpus_between_training_and_sampling():
-    from bench.gpu_smoke import gpu_split
+    """Two or more NCCL train workers where 3+ GPUs exist, the rest sample; TP 2 checked from 3 GPUs; one GPU
+    shared by a worker and a sampler; every split passes the config checks the sweep applies."""
+    from bench.gpu_smoke import gpu_plan
+    from orchestrator.__main__ import compose_config
+    from orchestrator.config import validate
 
-    assert [gpu_split(n) for n in (2, 3, 4, 8, 16)] == [(1, 1), (2, 1), (2, 2), (4, 4), (8, 8)]
-    with pytest.raises(ValueError, match="needs 2 GPUs"):
-        gpu_split(1)
+    plans = {n: gpu_plan(n) for n in (1, 2, 3, 4, 8, 16)}
+    assert [(p.train_workers, p.sampler_actors) for p in plans.values()] == [
+        (1, 1), (1, 1), (2, 1), (2, 2), (4, 4), (8, 8)]
+    assert [p.tensor_parallel_2 for p in plans.values()] == [False, False, True, True, True, True]
+    assert (plans[1].gpus_per_worker, plans[1].gpus_per_actor) == (0.5, 0.5)
+    for n, plan in plans.items():
+        from bench.gpu_smoke import SMALL
+
+        cfg = compose_config(["train=gpu", "sampler=vllm_gpu", *SMALL, *plan.overrides(n)])
+        validate(cfg)
+        assert cfg.train.global_batch_size % (cfg.train.micro_batch_size * cfg.train.num_workers) == 0
+    with pytest.raises(ValueError, match="needs a GPU"):
+        gpu_plan(0)

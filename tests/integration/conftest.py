@@ -131,7 +131,7 @@ class RayCluster:
 
 @contextlib.contextmanager
 def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: int | None = None):
-    """`ray start` a head and workers on this host; each node dict: num_cpus and optional resources. `env` is
+    """`ray start` a head and workers on this host; each node dict: num_cpus, optional num_gpus and resources. `env` is
     every node's environment on top of this one's (as a pod's env; Ray's token authentication stays off unless
     it sets RAY_AUTH_MODE); with `dashboard_port` the head serves the dashboard and its job API there.
     Stopped afterwards by killing only its own processes (`ray stop` would stop every Ray on the host)."""
@@ -148,6 +148,8 @@ def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: i
             role = ["--head", f"--port={port}", *dashboard] if i == 0 else [f"--address={cluster.address}"]
             args = [*ray, "start", *role, f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
                     f"--num-cpus={node['num_cpus']}", "--disable-usage-stats"]
+            if node.get("num_gpus"):  # Ray schedules them; the processes still run on CPU
+                args.append(f"--num-gpus={node['num_gpus']}")
             if node.get("resources"):
                 args.append(f"--resources={json.dumps(node['resources'])}")
             subprocess.run(args, env=env, check=True, capture_output=True)

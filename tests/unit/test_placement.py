@@ -51,26 +51,31 @@ def test_a_feasible_plan_places_trainers_and_samplers_on_their_own_nodes(monkeyp
 def test_samplers_hold_their_gpus_first_so_a_trial_needs_what_they_leave():
     one_box = [ray_node("1", 32, gpus=8, head=True)]
     sampler = {"cpus_per_actor": 2, "gpus_per_actor": 1, "resources_per_actor": {}, "num_actors": 2}
-    train = {"cpus_per_worker": 2, "use_gpu": True, "resources_per_worker": {}, "num_workers": 8}
+    train = {"cpus_per_worker": 2, "use_gpu": True, "gpus_per_worker": 1, "resources_per_worker": {}, "num_workers": 8}
     with pytest.raises(PlacementError, match=r"train.num_workers=8: .* beside the sampling pool the cluster holds 6"):
         plan_placement(nodes_from_ray(one_box), sampler, train)
     plan = plan_placement(nodes_from_ray(one_box), sampler, {**train, "num_workers": 6})
     assert len(plan.workers) == 6 and len(plan.samplers) == 2
 
 
-def test_a_pool_that_cannot_be_placed_is_refused_naming_the_sampler_fields():
-    sampler = {"cpus_per_actor": 4, "gpus_per_actor": 1, "resources_per_actor": {"sampler": 1}, "num_actors": 3}
-    train = {"cpus_per_worker": 1, "use_gpu": True, "resources_per_worker": {"trainer": 1}, "num_workers": 1}
+def test_a_pool_with_no_placeable_actor_is_refused_and_a_partial_one_runs_with_a_note():
+    sampler = {"cpus_per_actor": 4, "gpus_per_actor": 1, "resources_per_actor": {"gpu_sampler": 1}, "num_actors": 2}
+    train = {"cpus_per_worker": 1, "use_gpu": True, "gpus_per_worker": 1, "resources_per_worker": {"trainer": 1}, "num_workers": 1}
     with pytest.raises(PlacementError) as refused:
         plan_placement(nodes_from_ray(COMPOSE), sampler, train)
-    assert str(refused.value).startswith("sampler.num_actors=3: each sampler actor needs {CPU: 4, GPU: 1, sampler: 1}")
-    assert "the cluster holds 2" in str(refused.value)
+    assert str(refused.value).startswith(
+        "sampler.num_actors=2: each sampler actor needs {CPU: 4, GPU: 1, gpu_sampler: 1}")
+    assert "the cluster holds 0" in str(refused.value)
+    # three actors, two `sampler` units: the pool samples with two (slower, never stuck)
+    plan = plan_placement(nodes_from_ray(COMPOSE), {**sampler, "resources_per_actor": {"sampler": 1}, "num_actors": 3},
+                          train)
+    assert plan.samplers == ["10.0.0.3"] * 2 and plan.note.endswith("the cluster holds 2: the pool samples with 2")
 
 
 def test_strict_pack_keeps_a_trial_on_one_node_or_refuses():
     nodes = [ray_node("1", 8, head=True), ray_node("2", 16, gpus=4), ray_node("3", 16, gpus=4)]
     sampler = {"cpus_per_actor": 1, "gpus_per_actor": 0, "resources_per_actor": {}, "num_actors": 1}
-    train = {"cpus_per_worker": 2, "use_gpu": True, "resources_per_worker": {}, "num_workers": 6}
+    train = {"cpus_per_worker": 2, "use_gpu": True, "gpus_per_worker": 1, "resources_per_worker": {}, "num_workers": 6}
     assert sorted(set(plan_placement(nodes_from_ray(nodes), sampler, train, "PACK").workers)) == ["10.0.0.2", "10.0.0.3"]
     with pytest.raises(PlacementError, match=r"on one node \(train.placement_strategy=STRICT_PACK\).* holds 4"):
         plan_placement(nodes_from_ray(nodes), sampler, train, "STRICT_PACK")
@@ -78,7 +83,7 @@ def test_strict_pack_keeps_a_trial_on_one_node_or_refuses():
 
 def test_dead_nodes_do_not_count():
     nodes = [ray_node("1", 8, head=True), ray_node("2", 16, gpus=8, alive=False)]
-    train = {"cpus_per_worker": 1, "use_gpu": True, "resources_per_worker": {}, "num_workers": 1}
+    train = {"cpus_per_worker": 1, "use_gpu": True, "gpus_per_worker": 1, "resources_per_worker": {}, "num_workers": 1}
     sampler = {"cpus_per_actor": 1, "gpus_per_actor": 0, "resources_per_actor": {}, "num_actors": 1}
     with pytest.raises(PlacementError, match="the cluster holds 0"):
         plan_placement(nodes_from_ray(nodes), sampler, train)
