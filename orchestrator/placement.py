@@ -43,10 +43,13 @@ class Placement:
 
 
 def nodes_from_ray(ray_nodes: list[dict]) -> list[Node]:
-    """Alive nodes of `ray.nodes()` with their total resources."""
-    return [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), dict(n.get("Resources", {})),
+    """Alive nodes of `ray.nodes()` with their total resources, named by address (and node id where several
+    nodes share one, as raylets on one host do)."""
+    alive = [n for n in ray_nodes if n.get("Alive")]
+    addresses = [n.get("NodeManagerAddress", "?") for n in alive]
+    return [Node(n["NodeID"], a if addresses.count(a) == 1 else f"{a}/{n['NodeID'][:6]}", dict(n.get("Resources", {})),
                  "node:__internal_head__" in n.get("Resources", {}))
-            for n in ray_nodes if n.get("Alive")]
+            for n, a in zip(alive, addresses)]
 
 
 def worker_bundle(train: dict) -> dict[str, float]:

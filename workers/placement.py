@@ -24,4 +24,5 @@ def here(device: str) -> dict:
     return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": str(device),
+            "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},  # train.env
             "pid": os.getpid()}

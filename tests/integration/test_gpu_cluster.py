@@ -16,7 +16,7 @@ from tests.integration.conftest import SMALL, ray_cluster_at
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 NODES = [{"num_cpus": 2},  # head: the driver, the trials' controllers, the pool's router; no GPU
-         {"num_cpus": 8, "num_gpus": 6, "resources": {"trainer": 6}},
+         {"num_cpus": 24, "num_gpus": 6, "resources": {"trainer": 6}},
          {"num_cpus": 8, "num_gpus": 2, "resources": {"sampler": 2}}]
 
 
@@ -51,7 +51,7 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_in_one_line(gpu_cluster, tmp
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         "error: train.num_workers=8: a trial needs 8 workers of {CPU: 4, GPU: 1, trainer: 1}"), result.stderr
-    assert "the cluster holds 6" in err[0] and "{CPU: 8, GPU: 6, trainer: 6}" in err[0]
+    assert "the cluster holds 6" in err[0] and "{CPU: 24, GPU: 6, trainer: 6}" in err[0]
     assert not (store / "sweeps").exists()
 
 
@@ -65,7 +65,8 @@ def test_a_feasible_plan_lands_where_configured(gpu_cluster, tmp_path):
                             "sampler.backend=hf", "sampler.grade_workers=1", "sampler.max_new_tokens=64",
                             # every memory option of an 8B run, on the tiny model: train=gpu has bf16, ZeRO-3,
                             # zero_init and gradient checkpointing on
-                            "train.offload_optimizer=cpu", "train.offload_param=cpu", timeout=900)
+                            "train.offload_optimizer=cpu", "train.offload_param=cpu",
+                            "+train.env.NCCL_SOCKET_IFNAME=lo", timeout=900)  # a multi-node trial's NCCL settings
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     role = nodes_by_resource(gpu_cluster.address)
     sweep = next((store / "sweeps").iterdir())
@@ -78,6 +79,8 @@ def test_a_feasible_plan_lands_where_configured(gpu_cluster, tmp_path):
     workers = json.loads(trial.read_text())
     assert len(workers) == 2 and {role[w["node_id"]] for w in workers} == {"trainer"}
     assert all(len(w["gpu_ids"]) == 1 for w in workers) and len({w["gpu_ids"][0] for w in workers}) == 2
+    assert all(w["nccl_env"] == {"NCCL_SOCKET_IFNAME": "lo"} for w in workers)  # train.env reaches every rank
+    assert all(s["nccl_env"] == {} for s in samplers)  # and only the train workers
     assert "placement (analysis/placement/):" in result.stdout
     records = list((sweep / "records").rglob("*.original.parquet"))
     assert len(records) == 2  # 2 epochs, a checkpoint each, every one evaluated

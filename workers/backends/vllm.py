@@ -64,7 +64,13 @@ class VLLMBackend:
         self.gpu_memory_utilization = gpu_memory_utilization
         self.enforce_eager = enforce_eager
         self.threads = threads
-        if not self.on_gpu:
+        if self.on_gpu:
+            # vLLM's default top-k/top-p sampler on CUDA is FlashInfer's, whose kernels nvcc compiles at first
+            # use, which is the engine's start-up profiling (vllm-project/vllm#49497); PyPI has no prebuilt ones
+            # for this FlashInfer (docker/cuda-requirements.txt). Without nvcc every engine start fails: sample
+            # with vLLM's PyTorch path unless the user says otherwise.
+            os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        else:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
             # The engine's worker would pin its OpenMP threads to whole cores; on a Ray node shared with
             # training it gets the actor's share of threads instead (read by the engine process at start).
