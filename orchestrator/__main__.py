@@ -22,13 +22,16 @@ from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.store import base_model_dir, sweep_paths, write_text_atomic
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-HELP = f"""usage: python -m orchestrator [--cfg] [hydra overrides ...]
+HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg] [hydra overrides ...]
 
 {__doc__.strip()}
 
 Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))}
-  e.g.  python -m orchestrator train=gpu sampler=vllm cluster=ray model=hf model.path=/models/llama3-8b
-        python -m orchestrator sweep.grid.train.lr=[1e-3,3e-3] +sweep.grid.seed=[0,1] store.root=/data/runs
+  e.g.  python -m orchestrator -m sweep=small train.lr=1e-3,3e-3 'seed=range(2)'   (one sweep of 4 trials)
+        python -m orchestrator cluster=ray train=gpu sampler=vllm_gpu sweep=gpu model=hf model.path=/models/llama3-8b
+  -m, --multirun  Hydra's sweep syntax (a=1,2, range(), choice(), glob(), config groups): optional, any sweep
+                  override or a preset's hydra.sweeper.params makes the run one premem sweep
+  --plan  print the trials and their checkpoints, start and write nothing
   --cfg   print the composed config and exit
 Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]
 Finish an interrupted sweep:  python -m orchestrator.resume SWEEP_DIR
@@ -39,19 +42,28 @@ KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.n
 
 def compose_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "config") -> DictConfig:
     """Compose conf/ with command-line overrides through Hydra; schema errors become ConfigError."""
+    return compose_with_sweeper_params(overrides, config_dir, config_name)[0]
+
+
+def compose_with_sweeper_params(overrides: list[str], config_dir: Path = CONF_DIR,
+                                config_name: str = "config") -> tuple[DictConfig, dict]:
+    """The composed config (Hydra's node dropped) and its `hydra.sweeper.params`: a grid that a preset declares in
+    Hydra's spelling, which makes the run a Hydra sweep."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from orchestrator.multirun import without_hydra
+
     register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides)
-        OmegaConf.to_container(cfg, resolve=True)  # ${oc.env:...} of cluster groups: an unset one fails here
-        OmegaConf.resolve(cfg)
-        return cfg
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        params = dict(OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {})
+        cfg = without_hydra(cfg)  # resolves: ${oc.env:...} of cluster groups, an unset one fails here
+        return cfg, params
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_config_message(exc)) from None
 
@@ -69,9 +81,10 @@ def _config_message(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def plan_sweep(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
-    """Config, sweep id and trial specs; raises ConfigError before anything is written."""
-    cfg = compose_config(overrides)
+def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """Config, sweep id and trial specs (of `cfg` when already composed from the overrides); raises ConfigError
+    before anything is written."""
+    cfg = cfg if cfg is not None else compose_config(overrides)
     take_credentials(cfg)
     validate(cfg)
     sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -190,25 +203,86 @@ def trial_params(spec: TrialSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.tracking import TrackingError, check_tracking
+    from orchestrator import multirun
 
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(HELP)
         return 0
-    show_config = "--cfg" in argv
+    mode = "cfg" if "--cfg" in argv else "plan" if "--plan" in argv else "run"
+    overrides = [a for a in argv if a not in ("--cfg", "--plan")]
     try:
-        cfg, sweep_id, specs = plan_sweep([a for a in argv if a != "--cfg"])
-        if not show_config:  # all checked before anything is written
-            storage.check_writable(storage.normalize(cfg.store.root))
-            check_tracking(tracking_uri(cfg))
-            connect_and_place(cfg, specs)
+        swept = any(a in multirun.SWEEP_FLAGS for a in overrides) or multirun.has_sweep(overrides)
+        cfg, params = (None, {}) if swept else compose_with_sweeper_params(overrides)
+        if swept or params:
+            cfg, sweep_id, specs = multirun.plan(overrides)  # Hydra's sweep syntax: still one sweep
+        else:
+            cfg, sweep_id, specs = plan_sweep(overrides, cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_plan(cfg, sweep_id, specs, mode)
+
+
+def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """plan_sweep for a Hydra sweep: the base config (no sweep override applied) and each job's composed config."""
+    from orchestrator.plan import expand_jobs
+
+    take_credentials(base)
+    validate(base)
+    for _, cfg in jobs:
+        take_credentials(cfg)
+    sweep_id = f"{base.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    specs = expand_jobs(jobs, sweep_id)
+    check_task_files(specs)
+    return base, sweep_id, specs
+
+
+def run_plan(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec], mode: str = "run") -> int:
+    """Print the config (`--cfg`) or the plan (`--plan`), or check that the sweep can run and run it."""
+    from orchestrator.tracking import TrackingError, check_tracking
+
+    if mode == "cfg":
+        print(to_yaml(cfg))
+        return 0
+    if mode == "plan":
+        print(plan_text(specs))
+        return 0
+    try:  # all checked before anything is written
+        storage.check_writable(storage.normalize(cfg.store.root))
+        check_tracking(tracking_uri(cfg))
+        connect_and_place(cfg, specs)
     except (ConfigError, storage.StorageError, TrackingError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if show_config:
-        print(to_yaml(cfg))
-        return 0
+    return launch(cfg, sweep_id, specs)
+
+
+def plan_text(specs: list[TrialSpec]) -> str:
+    """The trials a sweep would run, each with what varies and its checkpoints; nothing started or written."""
+    lines = [f"plan: {len(specs)} trials, {expected_checkpoints(specs)} checkpoints (nothing started, nothing written)"]
+    for spec in specs:
+        lines.append(f"  t{spec.index:02d}  {spec.label:<60} checkpoints {expected_checkpoints([spec]):>3}  "
+                     f"model {spec.config['model']['name']}  workers {spec.config['train']['num_workers']}")
+    return "\n".join(lines)
+
+
+def base_models(specs: list[TrialSpec]) -> dict[str, str]:
+    """Each trial's starting model (built once per distinct model: a sweep may vary the model group)."""
+    built: dict[str, str] = {}
+    by_trial = {}
+    for spec in specs:
+        cfg = OmegaConf.create(spec.config)
+        key = json.dumps([spec.config["model"], {k: spec.config["task"][k] for k in ("min_steps", "max_steps",
+                          "max_number", "question_suffix", "stop")}], sort_keys=True)
+        if key not in built:
+            built[key] = ensure_base_model(cfg)
+        by_trial[spec.run_id] = built[key]
+    return by_trial
+
+
+def launch(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec]) -> int:
+    """Write the sweep's config and plan, build the base model(s), open the MLflow runs and execute."""
     from orchestrator.tracking import Tracker, end_abandoned_runs
 
     paths = sweep_paths(cfg.store.root, sweep_id)
@@ -216,16 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     plan_json = write_text_atomic(paths.file("plan.json"), json.dumps([asdict(s) for s in specs], indent=1))
     print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
 
-    base_model = ensure_base_model(cfg)
+    models = base_models(specs)
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
     children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
     log_task_datasets(tracker, specs, children, parent)
-    return execute(cfg, paths, specs, base_model, tracker, parent, children, placed=True)
+    return execute(cfg, paths, specs, models, tracker, parent, children, placed=True)
 
 
-def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str, tracker, parent: str,
+def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker, parent: str,
             children: dict[str, str], resumed=None, pool=None, placed: bool = False) -> int:
     """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code. A running
     sampling `pool` is reused (curation rounds), else one is started."""

@@ -56,12 +56,13 @@ def _settings(cfg: DictConfig, key: str, values: list) -> list[dict[str, object]
     return settings
 
 
-def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
-    """One validated TrialSpec per point of cfg.sweep.grid (declared order; last key varies fastest). A linked
-    axis moves several fields together (e.g. less data with more epochs, as the paper's sweeps do)."""
+def grid_points(cfg: DictConfig, prefix: str = "") -> list[tuple[dict, DictConfig]]:
+    """(grid values, validated trial config) per point of cfg.sweep.grid (declared order; last key varies
+    fastest). A linked axis moves several fields together (e.g. less data with more epochs, as the paper's
+    sweeps do)."""
     grid = flatten_grid(OmegaConf.to_container(cfg.sweep.grid, resolve=True))
     axes = [_settings(cfg, key, values) for key, values in grid.items()]
-    specs = []
+    points = []
     for index, combo in enumerate(itertools.product(*axes)):
         trial = cfg.copy()
         values = {field: value for fields in combo for field, value in fields.items()}
@@ -70,8 +71,51 @@ def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
                 OmegaConf.update(trial, key, value, merge=False)
             except OmegaConfBaseException as exc:
                 raise ConfigError(f"sweep.grid.{key}={value!r}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
-        validate(trial, prefix=f"sweep.grid point {index}: ")
+        validate(trial, prefix=f"{prefix}sweep.grid point {index}: " if grid else prefix)
+        points.append((values, trial))
+    return points
+
+
+def specs_from_points(points: list[tuple[dict, DictConfig]], sweep_id: str) -> list[TrialSpec]:
+    """Numbered TrialSpecs, each named by its grid values."""
+    specs = []
+    for index, (values, trial) in enumerate(points):
         suffix = "_".join(f"{k.split('.')[-1]}{_short(v)}" for k, v in values.items())
         run_id = f"{sweep_id}-t{index:02d}" + (f"-{suffix}" if suffix else "")
         specs.append(TrialSpec(run_id, index, values, OmegaConf.to_container(trial, resolve=True)))
     return specs
+
+
+def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
+    """One validated TrialSpec per point of cfg.sweep.grid."""
+    return specs_from_points(grid_points(cfg), sweep_id)
+
+
+def expand_jobs(jobs: list[tuple[dict, DictConfig]], sweep_id: str) -> list[TrialSpec]:
+    """One sweep from Hydra's sweep (`-m a=1,2 model=x,y`, `hydra.sweeper.params`): each job is its swept values
+    and its composed config, multiplied by the job's own sweep.grid. A field swept by Hydra replaces the grid's
+    axis over it (overrides win, as everywhere in Hydra); one inside a linked axis is refused, since the axis
+    would set it too."""
+    points = []
+    for job_index, (job_values, cfg) in enumerate(jobs):
+        cfg = without_axes(cfg, set(job_values))
+        prefix = f"sweep job {job_index} ({' '.join(f'{k}={_short(v)}' for k, v in job_values.items())}): "
+        points += [({**job_values, **values}, trial) for values, trial in grid_points(cfg, prefix)]
+    return specs_from_points(points, sweep_id)
+
+
+def without_axes(cfg: DictConfig, fields: set[str]) -> DictConfig:
+    """cfg with the sweep.grid axes over `fields` dropped (ConfigError for a field a linked axis sets)."""
+    grid = flatten_grid(OmegaConf.to_container(cfg.sweep.grid, resolve=True))
+    kept = {}
+    for key, values in grid.items():
+        linked = {f for v in values if isinstance(v, dict) for f in flatten_grid(v)} if isinstance(values, list) else set()
+        clash = sorted(linked & fields)
+        if clash:
+            raise ConfigError(f"{clash[0]}: swept on the command line (or hydra.sweeper.params) and set by the linked "
+                              f"axis sweep.grid.{key}; drop one (e.g. ~sweep.grid.{key})")
+        if key not in fields:
+            kept[key] = values
+    trial = cfg.copy()
+    OmegaConf.update(trial, "sweep.grid", kept, merge=False)
+    return trial

@@ -22,7 +22,7 @@ ALLOWED = ("tracking.", "cluster.")
 DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint)
 
 
-def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: str, tracker,
+def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker,
                         children: dict[str, str]):
     """What the interrupted sweep has: registered checkpoints, and those whose evaluation is not in MLflow."""
     from orchestrator import schedule
@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if opened is None:
         return 2
     paths, cfg = opened
-    from orchestrator.__main__ import ensure_base_model, execute, trial_params
+    from orchestrator.__main__ import base_models, execute, trial_params
     from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker, end_abandoned_runs
 
     specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
-    base_model = ensure_base_model(cfg)
+    base_model = base_models(specs)  # one per trial: a sweep may vary the model group
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below
     try:

@@ -207,8 +207,11 @@ class RouteCheckpoints(UserCallback):
                                json.dumps(workers, indent=1))
 
 
-def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str) -> tuple[TrainJob, EvalTemplate]:
-    """The training job and the evaluation template of one trial, from its resolved config."""
+def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str | dict[str, str]) -> tuple[TrainJob, EvalTemplate]:
+    """The training job and the evaluation template of one trial, from its resolved config (`base_model`: the
+    sweep's starting model, or one per run_id where the sweep varies the model)."""
+    if isinstance(base_model, dict):
+        base_model = base_model[spec.run_id]
     c = spec.config
     task = task_args(c["task"])
     prompt = {"question_suffix": c["task"]["question_suffix"], "stop": c["task"]["stop"]}
@@ -368,7 +371,7 @@ class Resumed:
     finished_trials: set  # run_ids Tune finished (it does not run them again)
 
 
-def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str, max_concurrent: int,
+def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str], max_concurrent: int,
               pool, on_result, on_failure, expected_checkpoints: int,
               refresh_seconds: float = 2.0, resumed: Resumed | None = None) -> Progress:
     """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end.
