@@ -126,29 +126,35 @@ def start_pool(sampler):
 
 
 def record_placement(pool, paths: SweepPaths) -> str:
-    """Write where the sampler actors ran beside the trials' files (analysis/placement/); one line a node
-    for the terminal: what ran there and on which GPU ids."""
-    samplers = ray.get(pool.placement.remote())
+    """Write where the sampler actors ran beside the trials' files (analysis/placement/); for the terminal, one
+    line a node: what ran there, on which GPU ids."""
+    try:
+        samplers = ray.get(pool.placement.remote(), timeout=60)
+    except Exception as exc:  # a lost pool was reported already; where it ran is not worth failing for
+        return f"placement: the sampling pool did not answer ({type(exc).__name__})"
     storage.write_text(paths.file("analysis", "placement", "samplers.json"), json.dumps(samplers, indent=1))
-    by_node: dict[str, list[str]] = {}
-    for s in samplers:
-        by_node.setdefault(s["node_id"], []).append(f"sampler on {s['device']}{_gpus(s)}")
-    for location in storage.list_files(storage.join(paths.analysis, "placement"), suffix=".json"):
-        if storage.name(location) == "samplers.json":
-            continue
-        for rank, w in enumerate(json.loads(storage.read_text(location))):
-            by_node.setdefault(w["node_id"], []).append(f"{_trial_of(storage.name(location))} rank {rank}{_gpus(w)}")
-    lines = [f"  node {node[:8]}: " + ", ".join(items) for node, items in by_node.items()]
+    trials = {_trial_of(storage.name(location)): json.loads(storage.read_text(location))
+              for location in storage.list_files(storage.join(paths.analysis, "placement"), suffix=".json")
+              if storage.name(location) != "samplers.json"}
+    return placement_text(samplers, trials)
+
+
+def placement_text(samplers: list[dict], trials: dict[str, list[dict]]) -> str:
+    """One line a node: its sampler actors and each trial's workers there, with their GPU ids."""
+    by_node: dict[str, dict[str, list]] = {}  # node -> what ran there -> one entry per process: its GPU ids
+    for what, processes in [("samplers", samplers), *trials.items()]:
+        for where in processes:
+            by_node.setdefault(where["node_id"], {}).setdefault(what, []).append(where["gpu_ids"])
+    lines = [f"  node {node[:8]}: " + "; ".join(
+        f"{what} x{len(processes)}" + (f" (GPU {','.join(g for ids in processes for g in ids)})"
+                                       if any(processes) else "")
+        for what, processes in items.items()) for node, items in by_node.items()]
     return "placement (analysis/placement/):\n" + "\n".join(lines)
 
 
 def _trial_of(file_name: str) -> str:
     found = re.search(r"-(t\d+)(-|\.json$)", file_name)
     return found.group(1) if found else file_name.removesuffix(".json")
-
-
-def _gpus(where: dict) -> str:
-    return f" GPU {','.join(where['gpu_ids'])}" if where["gpu_ids"] else ""
 
 
 # ------------------------------------------------------------------------------- one trial (Tune)

@@ -87,3 +87,14 @@ def test_dead_nodes_do_not_count():
     sampler = {"cpus_per_actor": 1, "gpus_per_actor": 0, "resources_per_actor": {}, "num_actors": 1}
     with pytest.raises(PlacementError, match="the cluster holds 0"):
         plan_placement(nodes_from_ray(nodes), sampler, train)
+
+
+def test_where_things_ran_is_one_line_a_node():
+    from orchestrator.schedule import placement_text
+
+    samplers = [{"node_id": "bbbbbbbb1", "gpu_ids": ["0"]}, {"node_id": "bbbbbbbb1", "gpu_ids": ["1"]}]
+    trials = {"t00": [{"node_id": "aaaaaaaa1", "gpu_ids": [str(i)]} for i in range(2)],
+              "t01": [{"node_id": "cccccccc1", "gpu_ids": []}]}
+    assert placement_text(samplers, trials).splitlines() == [
+        "placement (analysis/placement/):", "  node bbbbbbbb: samplers x2 (GPU 0,1)", "  node aaaaaaaa: t00 x2 (GPU 0,1)",
+        "  node cccccccc: t01 x1"]
