@@ -90,6 +90,7 @@ def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[Dic
     sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand_grid(cfg, sweep_id)
     check_task_files(specs)
+    expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
     return cfg, sweep_id, specs
 
 
@@ -156,19 +157,9 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
 
 
 def expected_checkpoints(specs: list[TrialSpec]) -> int:
-    from workers.settings import save_interval
+    from orchestrator.cost import trial_steps
 
-    total = 0
-    for spec in specs:
-        t = spec.config["train"]
-        n_train = max(1, round(spec.config["task"]["n_train"] * spec.config["task"]["train_fraction"]))
-        steps = max(1, (n_train // t["micro_batch_size"] or 1) // max(1, t["global_batch_size"] // t["micro_batch_size"]))
-        every = save_interval(OmegaConf.create(t), steps)
-        if t["checkpoints_per_epoch"] == 0 and not every:
-            total += 1  # the final checkpoint only
-        else:
-            total += max(1, steps * t["epochs"] // every) if every else t["epochs"]
-    return total
+    return sum(trial_steps(spec)[1] for spec in specs)
 
 
 def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str], parent: str) -> None:
@@ -235,6 +226,7 @@ def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[Di
     sweep_id = f"{base.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     specs = expand_jobs(jobs, sweep_id)
     check_task_files(specs)
+    expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
     return base, sweep_id, specs
 
 
@@ -246,6 +238,8 @@ def run_plan(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec], mode: str =
         print(to_yaml(cfg))
         return 0
     if mode == "plan":
+        from orchestrator.cost import plan_text
+
         print(plan_text(specs))
         return 0
     try:  # all checked before anything is written
@@ -256,15 +250,6 @@ def run_plan(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec], mode: str =
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return launch(cfg, sweep_id, specs)
-
-
-def plan_text(specs: list[TrialSpec]) -> str:
-    """The trials a sweep would run, each with what varies and its checkpoints; nothing started or written."""
-    lines = [f"plan: {len(specs)} trials, {expected_checkpoints(specs)} checkpoints (nothing started, nothing written)"]
-    for spec in specs:
-        lines.append(f"  t{spec.index:02d}  {spec.label:<60} checkpoints {expected_checkpoints([spec]):>3}  "
-                     f"model {spec.config['model']['name']}  workers {spec.config['train']['num_workers']}")
-    return "\n".join(lines)
 
 
 def base_models(specs: list[TrialSpec]) -> dict[str, str]:

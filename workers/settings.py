@@ -2,6 +2,7 @@
 the config schemas in orchestrator/config.py extend them instead of repeating their fields."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -56,3 +57,11 @@ def save_interval(settings, steps_per_epoch: int) -> int:
         return int(settings.save_every_steps)
     per_epoch = int(settings.checkpoints_per_epoch)
     return max(1, steps_per_epoch // per_epoch) if per_epoch > 1 else 0
+
+
+def steps_per_epoch(n_examples: int, micro_batch_size: int, world_size: int, accumulation: int) -> int:
+    """Optimizer steps in one epoch, as the training loop takes them (the planner counts with this too): the
+    DistributedSampler gives each rank ceil(n / world) examples, the loader ceil(that / micro) micro-batches,
+    and an epoch ends on an optimizer-step boundary. 0: the data do not fill one global batch."""
+    micro_batches = math.ceil(math.ceil(n_examples / world_size) / micro_batch_size)
+    return micro_batches // accumulation

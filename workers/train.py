@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import storage
-from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, save_interval
+from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, save_interval, steps_per_epoch
 from workers.tasks import Example, PromptFormat, load_task
 
 IGNORE = -100
@@ -216,9 +216,11 @@ def train_loop_per_worker(config: dict) -> None:
     # Engine: the optimizer and schedule are torch's; DeepSpeed owns ZeRO, precision and accumulation, and
     # saves and restores all three with the weights.
     accumulation = ds_config["gradient_accumulation_steps"]
-    steps_per_epoch = max(1, len(loader) // accumulation)
-    total_steps = steps_per_epoch * s.epochs
-    every = save_interval(s, steps_per_epoch)
+    steps = steps_per_epoch(len(data), s.micro_batch_size, world, accumulation)
+    if steps == 0:
+        raise ValueError(f"{len(data)} train examples do not fill one global batch of {s.global_batch_size}")
+    total_steps = steps * s.epochs
+    every = save_interval(s, steps)
     optimizer = make_optimizer(model, s)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total_steps, s.warmup_frac))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
@@ -239,7 +241,7 @@ def train_loop_per_worker(config: dict) -> None:
         for micro_step, batch in enumerate(loader):
             if micro_step < skip:
                 continue  # trained before the restart: same order, so the same batches
-            if micro_step >= steps_per_epoch * accumulation:
+            if micro_step >= steps * accumulation:
                 break  # every epoch ends on an optimizer-step boundary
             t_step = time.perf_counter()
             loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
@@ -253,7 +255,7 @@ def train_loop_per_worker(config: dict) -> None:
                 window = []
                 if every and step % every == 0 and step < total_steps:
                     position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
-                    _save_and_report(engine, tokenizer, job, position, step / steps_per_epoch, losses, clock,
+                    _save_and_report(engine, tokenizer, job, position, step / steps, losses, clock,
                                      resume.step)
                     losses = []
         if (not every and s.checkpoints_per_epoch > 0) or step == total_steps:

@@ -25,7 +25,12 @@ def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server):
     plan = json.loads((sweep_dir / "plan.json").read_text())
     assert [t["grid_values"] for t in plan] == [{"train.lr": 1e-3, "seed": 0}, {"train.lr": 1e-3, "seed": 1},
                                                 {"train.lr": 3e-3, "seed": 0}, {"train.lr": 3e-3, "seed": 1}]
-    assert len(list((sweep_dir / "records").rglob("*.original.parquet"))) == 4  # one checkpoint per trial
+    records = list((sweep_dir / "records").rglob("*.original.parquet"))
+    assert len(records) == 4  # one checkpoint per trial
+    from orchestrator.__main__ import expected_checkpoints
+    from orchestrator.plan import TrialSpec
+
+    assert expected_checkpoints([TrialSpec(**t) for t in plan]) == len(records)  # --plan counted what trained
     assert len(list((sweep_dir / "tune").glob("trainable_*"))) == 4  # one Tune experiment holds the 4 trials
     assert "sweep small-" in result.stdout and "4 trials" in result.stdout
     assert not (tmp_path / "multirun").exists() and not list(tmp_path.glob("**/.hydra"))  # no Hydra job dirs
