@@ -1,4 +1,4 @@
-"""python -m analysis {fit,curate,robustness}: the paper's results from per-example records.
+"""python -m analysis {fit,curate,robustness,subset}: the paper's results from per-example records.
 
 Exit code 2 with one line naming the file, column and row for bad input; nothing is written then.
 """
@@ -17,7 +17,8 @@ import pandas as pd
 
 from analysis import plots
 from analysis.curate import curation_picks, robustness, write_jsonl
-from analysis.fit import DEFAULT_TAUS, PREDICTORS, bootstrap_r2, fit_report, leave_one_run_out, r2_curve
+from analysis.fit import (DEFAULT_TAUS, PREDICTORS, bootstrap_r2, fit_report, leave_one_run_out, r2_curve,
+                          subset_r2, train_example_codes)
 from analysis.premem import PremState, example_table, prepare
 from analysis.records import RecordsError, load_records
 from analysis.sources import read_runs_table, records_from_mlflow
@@ -56,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
 
     rob = sub.add_parser("robustness", parents=[common], help="accuracy under prompt variants, by premem bin")
     rob.add_argument("--json", required=True, metavar="OUT.json")
+
+    subs = sub.add_parser("subset", parents=[common],
+                          help="premem R² when each checkpoint is evaluated on n seeded train questions only")
+    subs.add_argument("--json", required=True, metavar="OUT.json")
+    subs.add_argument("--sizes", nargs="+", default=["250", "500", "1000", "2000", "all"], metavar="N",
+                      help="train questions per checkpoint; 'all' for the whole train set")
+    subs.add_argument("--draws", type=int, default=200, help="seeded subsets per size (the interval's resamples)")
+    subs.add_argument("--seed", type=int, default=0)
+    subs.add_argument("--bootstrap", type=int, default=1000,
+                      help="run resamples for fit's interval on the full records, for comparison (0: off)")
     return parser
 
 
@@ -135,6 +146,42 @@ def run_robustness(args: argparse.Namespace, state: PremState, staging: Path) ->
     return result
 
 
+def _subset_sizes(sizes: list[str]) -> list[int | None]:
+    out: list[int | None] = []
+    for size in sizes:
+        if size == "all":
+            out.append(None)
+        elif size.isdigit() and int(size) >= 1:
+            out.append(int(size))
+        else:
+            raise RecordsError(f"--sizes: {size!r} is not a positive integer or 'all'")
+    return out
+
+
+def run_subset(args: argparse.Namespace, state: PremState, staging: Path) -> dict:
+    sizes = _subset_sizes(args.sizes)
+    if args.draws < 1:
+        raise RecordsError(f"--draws: {args.draws} must be >= 1")
+    tau = _choose_tau(args, state, np.array(DEFAULT_TAUS))[0]  # checks a given --nll-threshold, as fit does
+    table = subset_r2(state, tau, sizes, draws=args.draws, seed=args.seed)
+    points, fits = fit_report(state, tau)
+    result = {"tau": tau, "draws": args.draws, "seed": args.seed,
+              "n_train_examples": len(train_example_codes(state)), "n_points": len(points),
+              "full_r2": fits["premem_train_acc"].r2, "table": table.to_dict(orient="records")}
+    if args.bootstrap > 0 and points["run_id"].nunique() > 1:
+        result["full_r2_ci95_runs"] = list(bootstrap_r2(points, n_boot=args.bootstrap))
+    _atomic_json(result, staging / Path(args.json).name)
+    n_all = result["n_train_examples"]
+    shown = table.assign(n=[f"all ({n})" if n == n_all else str(n) for n in table.n])
+    print(f"premem R² at τ = {tau:g} over {len(points)} checkpoints with n train questions per checkpoint "
+          f"({args.draws} seeded subsets per n; r2_lo, r2_hi: 2.5% and 97.5% over subsets):")
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if "full_r2_ci95_runs" in result:
+        lo, hi = result["full_r2_ci95_runs"]
+        print(f"fit's interval on all questions, resampling runs: [{lo:.4f}, {hi:.4f}]")
+    return result
+
+
 def _publish(staging: Path, args: argparse.Namespace) -> list[Path]:
     """Move finished outputs from the staging directory to where the user asked for them."""
     moved = []
@@ -163,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  baseline {name}: R² = {fit['r2']:.4f}")
             elif args.command == "curate":
                 result = run_curate(args, state, staging)
+            elif args.command == "subset":
+                result = run_subset(args, state, staging)
             else:
                 result = run_robustness(args, state, staging)
         except (RecordsError, ValueError) as exc:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis.premem import PremState, checkpoint_premem, checkpoint_table
+from analysis.premem import PremState, checkpoint_premem, checkpoint_table, example_premem
 
 PREDICTORS = ("premem_train_acc", "train_acc", "ref_nll_mean", "memorized_frac")
 DEFAULT_TAUS = tuple(float(t) for t in np.round(np.geomspace(0.01, 1.0, 41), 6))
@@ -136,3 +137,81 @@ def fit_report(state: PremState, tau: float) -> tuple[pd.DataFrame, dict[str, Fi
     """(fit points at tau, fits of test accuracy on premem and the baselines)."""
     points = fit_points(checkpoint_table(state, tau))
     return points, fit_all(points)
+
+
+# ---------------------------------------------------------------- evaluation budget: a subset of train questions
+def train_example_codes(state: PremState) -> np.ndarray:
+    """Sorted codes (into state.records.examples) of every example that has an `original` train row."""
+    return np.unique(state.records.example[state.rows])
+
+
+def draw_subsets(state: PremState, n: int, draws: int, seed: int = 0) -> np.ndarray:
+    """(draws, n) example codes: each row n distinct train examples, uniformly without replacement.
+
+    One row is one subset for a whole sweep: every run and checkpoint is evaluated on the same questions (a run
+    that trained on a fraction of the train set uses the subset's questions it trained on). The generator is
+    seeded by (seed, n), so a size's subsets do not depend on which other sizes are asked for.
+    """
+    examples = train_example_codes(state)
+    if not 1 <= n <= len(examples):
+        raise ValueError(f"subset size {n} is outside [1, {len(examples)} train examples]")
+    if draws < 1:
+        raise ValueError(f"draws: {draws} must be >= 1")
+    keys = np.random.default_rng([seed, n]).random((draws, len(examples)))
+    return examples[np.argsort(keys, axis=1, kind="stable")[:, :n]]
+
+
+def subset_premem(state: PremState, tau: float, subsets: np.ndarray) -> np.ndarray:
+    """(draws, checkpoints) premem train accuracy from only each subset's examples; NaN where a checkpoint has
+    none of them. Row d is checkpoint_premem(state, tau)[0] recomputed on the records of subsets[d] alone."""
+    n_ckpt, n_examples = len(state.checkpoints.step), len(state.records.examples)
+    # premem(i,t) depends only on example i's own history, so a subset is a mask on the per-example values:
+    # one dense (checkpoint, example) table, then one matrix product for all draws.
+    cell = state.ckpt * n_examples + state.records.example[state.rows]
+    sums = np.bincount(cell, weights=example_premem(state, tau), minlength=n_ckpt * n_examples)
+    present = np.bincount(cell, minlength=n_ckpt * n_examples).astype(np.float64)
+    chosen = np.zeros((len(subsets), n_examples))
+    chosen[np.arange(len(subsets))[:, None], subsets] = 1.0
+    total = chosen @ sums.reshape(n_ckpt, n_examples).T
+    count = chosen @ present.reshape(n_ckpt, n_examples).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def r2_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """fit_line's R^2 of y on each row of x (draws, points), over the points where that row is finite."""
+    finite = np.isfinite(x)
+    n = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(finite, x - np.where(finite, x, 0).sum(axis=1, keepdims=True) / n[:, None], 0.0)
+        dy = np.where(finite, y - (finite * y).sum(axis=1, keepdims=True) / n[:, None], 0.0)
+        cxx, cyy, cxy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1), (dx * dy).sum(axis=1)
+        r2 = np.where(cxx > 0, cxy * cxy / (cxx * cyy), 0.0)  # a flat x: slope 0, R^2 = 0, as in fit_line
+    return np.where((n >= 2) & (cyy > 0), r2, np.nan)
+
+
+def subset_r2(state: PremState, tau: float, sizes: Sequence[int | None], draws: int = 200, seed: int = 0,
+              level: float = 0.95) -> pd.DataFrame:
+    """Per subset size n: median and percentile interval, over `draws` seeded subsets of n train examples, of
+    the R^2 of test accuracy on premem train accuracy across all (run, checkpoint) fit points.
+
+    The interval is the spread over which questions are drawn, with the runs and their test accuracies fixed.
+    n = None or n >= the number of train examples is "all": one draw, the full records' R^2 (that of
+    fit_report), r2_lo = r2_hi = r2_median; fit's own interval (bootstrap_r2, over runs) is another question.
+    """
+    examples = train_example_codes(state)
+    valid = _valid_points(state)
+    y = state.checkpoints.test_acc[valid]
+    alpha = (1 - level) / 2
+    rows = []
+    for n in sizes:
+        if n is None or n >= len(examples):
+            subsets = examples[None, :]
+        else:
+            subsets = draw_subsets(state, int(n), draws, seed)
+        r2 = r2_rows(subset_premem(state, tau, subsets)[:, valid], y)
+        r2 = r2[np.isfinite(r2)]
+        rows.append({"n": subsets.shape[1], "r2_median": float(np.median(r2)) if len(r2) else np.nan,
+                     "r2_lo": float(np.quantile(r2, alpha)) if len(r2) else np.nan,
+                     "r2_hi": float(np.quantile(r2, 1 - alpha)) if len(r2) else np.nan, "draws": len(subsets)})
+    return pd.DataFrame(rows, columns=["n", "r2_median", "r2_lo", "r2_hi", "draws"])

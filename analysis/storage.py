@@ -83,6 +83,16 @@ def list_files(location: str, suffix: str = "", recursive: bool = True) -> list[
                   and not name(info.path).startswith("."))
 
 
+def file_sizes(location: str) -> dict[str, int]:
+    """{path relative to `location`: bytes} of every file under a directory (empty when it is not there)."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return {}
+    root = path.rstrip("/") + "/"
+    return {info.path[len(root):]: info.size for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if info.type == pafs.FileType.File}
+
+
 def list_dirs(location: str) -> list[str]:
     """Immediate subdirectories of a directory (sorted)."""
     fs, path = resolve(location)
@@ -192,6 +202,12 @@ def _fetch_dir(location: str, target: Path, skip: tuple[str, ...]) -> None:
     except BaseException:  # a failed fetch leaves no orphaned partial copy behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def delete_file(location: str) -> None:
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
 
 
 def delete_dir(location: str) -> None:

@@ -81,13 +81,21 @@ def _config_message(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def new_sweep_id(name: str) -> str:
+    """`<name>-<date>-<time>-<4 hex>`: two sweeps of one name started in the same second (two researchers on
+    one cluster and store) still get directories, Tune experiments and MLflow runs of their own."""
+    import secrets
+
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
 def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[DictConfig, str, list[TrialSpec]]:
     """Config, sweep id and trial specs (of `cfg` when already composed from the overrides); raises ConfigError
     before anything is written."""
     cfg = cfg if cfg is not None else compose_config(overrides)
     take_credentials(cfg)
     validate(cfg)
-    sweep_id = f"{cfg.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_id = new_sweep_id(cfg.sweep.name)
     specs = expand_grid(cfg, sweep_id)
     check_task_files(specs)
     expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
@@ -223,7 +231,7 @@ def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[Di
     validate(base)
     for _, cfg in jobs:
         take_credentials(cfg)
-    sweep_id = f"{base.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_id = new_sweep_id(base.sweep.name)
     specs = expand_jobs(jobs, sweep_id)
     check_task_files(specs)
     expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
@@ -297,8 +305,17 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
     outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
     heartbeat = Heartbeat(outbox, [parent])  # runs of a driver that dies without ending them get ended later
 
+    from analysis.records import ORIGINAL
+    from orchestrator.cost import trial_steps
+    from orchestrator.retention import Retention
+
+    retention = Retention(cfg.store.keep, paths, {s.run_id: trial_steps(s)[0] * s.config["train"]["epochs"]
+                                                  for s in specs})
+
     def on_result(result) -> None:
         log_result(outbox, children[result.run_id], result)
+        if result.variant == ORIGINAL:  # its records and completions are written: the weights may go
+            retention.evaluated(result.run_id, result.step, result.metrics["test_acc"])
 
     def on_failure(job: dict, line: str, details: str) -> None:
         log_failure(outbox, children[job["run_id"]], paths, job, line, details)
@@ -311,7 +328,10 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
         prepare_deepspeed_ops()
         pool = pool or schedule.start_pool(cfg.sampler)
         progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
-                                      on_result, on_failure, expected_checkpoints(specs), resumed=resumed)
+                                      on_result, on_failure, expected_checkpoints(specs), resumed=resumed,
+                                      on_trial_done=retention.trial_finished)
+        for run_id in progress.done:  # a trial that ended as the monitor stopped; repeating a deletion is a no-op
+            retention.trial_finished(run_id)
         print(schedule.record_placement(pool, paths))
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation

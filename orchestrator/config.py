@@ -93,6 +93,9 @@ class SamplerConfig:
     enforce_eager: bool = False
     grade_timeout_s: float = 5.0  # per answer (MATH's symbolic check): longer is graded wrong and counted
     grade_workers: int = 1  # MATH: math-verify processes per sampler actor
+    # train questions sampled and scored per checkpoint (0: all): a seeded subset, the same for every run and
+    # checkpoint of the sweep; `python -m analysis subset` shows how premem's R² depends on it
+    train_subset: int = 0
 
 
 @dataclass
@@ -155,6 +158,12 @@ class ClusterConfig:
 @dataclass
 class StoreConfig:
     root: str = "./runs"
+    # which checkpoints keep their HF weights once evaluated: all | final | final_and_best (orchestrator/retention.py);
+    # final and final_and_best also drop a trial's DeepSpeed engine state when the trial has finished
+    keep: str = "all"
+    # node-local directory for checkpoints on their way to the store and copies fetched from it (workers'
+    # staging, samplers' and restarts' downloads); None: the system's temp directory
+    local_dir: Optional[str] = None
 
 
 @dataclass
@@ -292,6 +301,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(0 < s.gpu_memory_utilization <= 1, f"{prefix}sampler.gpu_memory_utilization", s.gpu_memory_utilization,
            "must be in (0, 1]")
     _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(s.train_subset >= 0, f"{prefix}sampler.train_subset", s.train_subset, "must be >= 0 (0: every train question)")
     _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
     _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
@@ -304,6 +314,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
            f"{prefix}sweep.color_by", cfg.sweep.color_by, "must name a config field (e.g. task.train_fraction)")
     _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
            cfg.sweep.max_concurrent_trials, "must be >= 1")
+    _check(cfg.store.keep in ("all", "final", "final_and_best"), "store.keep", cfg.store.keep,
+           "must be all, final or final_and_best")
     _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")
     _check(cfg.tracking.abandoned_after_s > 0, "tracking.abandoned_after_s", cfg.tracking.abandoned_after_s,
            "must be > 0")

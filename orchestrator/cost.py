@@ -7,8 +7,7 @@ Bytes per checkpoint: the HF weights the sampler loads (2 bytes a parameter in b
 DeepSpeed's engine state a restart resumes from (fp32 master weights and Adam's two moments, 12 bytes a
 parameter, plus the module's weights under ZeRO stages 0-2). Measured on the tiny model (918,656 parameters,
 bf16, ZeRO-3, 2 ranks; 2026-11-30): 1,830,616 bytes of safetensors (2.0 a parameter) and 11,086,496 bytes of
-engine state (12.1 a parameter). Every checkpoint's weights are kept; the engine state of the newest
-`train.keep_engine_states` checkpoints of each trial.
+engine state (12.1 a parameter). What stays is store.keep's (kept_bytes); a sweep measures both at its end.
 """
 from __future__ import annotations
 
@@ -83,7 +82,8 @@ def parameter_count(model: dict) -> int:
 def trial_cost(spec: TrialSpec, parameters: int) -> TrialCost:
     c = spec.config
     steps, checkpoints = trial_steps(spec)
-    questions = train_examples(c["task"]) + c["task"]["n_test"]
+    train = train_examples(c["task"])
+    questions = (min(train, c["sampler"]["train_subset"]) if c["sampler"]["train_subset"] else train) + c["task"]["n_test"]
     samples = questions * c["sampler"]["k"]
     weight_bytes = parameters * (4 if c["train"]["precision"] == "fp32" else 2)
     # ZeRO-3's model-states file holds no parameters (they are partitioned into the optimizer's files); stages
@@ -117,7 +117,8 @@ def plan_text(specs: list[TrialSpec]) -> str:
             counts[key] = parameter_count(spec.config["model"])
         costs.append(trial_cost(spec, counts[key]))
     written = sum(c.checkpoints * (c.weight_bytes + c.engine_bytes) for c in costs)
-    kept = sum(c.checkpoints * c.weight_bytes + c.kept_engine_states * c.engine_bytes for c in costs)
+    kept = sum(kept_bytes(c, spec.config["store"]["keep"]) for spec, c in zip(specs, costs))
+    policies = sorted({spec.config["store"]["keep"] for spec in specs})
     lines = [f"plan: {len(specs)} trials, {sum(c.checkpoints for c in costs)} checkpoints, "
              f"{', '.join(_count(n) + ' parameters' for n in sorted(set(counts.values())))} "
              "(nothing started, nothing written)",
@@ -129,6 +130,14 @@ def plan_text(specs: list[TrialSpec]) -> str:
     lines.append(f"  total: {sum(c.steps for c in costs)} optimizer steps; "
                  f"{sum(c.checkpoints * c.samples for c in costs)} samples and at most "
                  f"{_count(sum(c.checkpoints * c.new_tokens for c in costs))} new tokens to generate; store: "
-                 f"{_size(written)} written, {_size(kept)} kept (all weights, the newest "
-                 "train.keep_engine_states engine states per trial)")
+                 f"{_size(written)} written, {_size(kept)} kept (store.keep={','.join(policies)})")
     return "\n".join(lines)
+
+
+def kept_bytes(c: TrialCost, keep: str) -> int:
+    """A trial's bytes left in the store at the end under store.keep (orchestrator/retention.py): every
+    checkpoint's weights and the newest engine states for `all`; the final (and the best, at most one more)
+    checkpoint's weights and no engine state otherwise."""
+    if keep == "all":
+        return c.checkpoints * c.weight_bytes + c.kept_engine_states * c.engine_bytes
+    return min(c.checkpoints, 1 if keep == "final" else 2) * c.weight_bytes

@@ -14,6 +14,7 @@ from analysis.fit import Fit, fit_all, fit_points
 from analysis.premem import checkpoint_table, prepare
 from analysis.records import ORIGINAL, load_records
 from orchestrator.plan import TrialSpec
+from orchestrator.retention import bytes_text, store_bytes
 from orchestrator.store import SweepPaths, write_text_atomic
 from orchestrator.tracking import NOTE_TAG, Tracker, redact
 from workers.sample import EvalResult
@@ -47,6 +48,7 @@ class Summary:
     missing: list[str] = field(default_factory=list)  # trained checkpoints without records: not in the fit
     baselines: dict[str, Fit] = field(default_factory=dict)  # what the paper compares premem with
     robustness: object = None  # DataFrame: accuracy under the sweep's perturbation, binned by premem
+    store_bytes: dict = field(default_factory=dict)  # bytes written and kept, by kind (orchestrator.retention)
 
     def fit_lines(self) -> list[str]:
         """The fit, the baselines beside it, and the spread it was fit on (terminal and run description)."""
@@ -112,6 +114,8 @@ class Summary:
                              f"from the sampling pool ({progress.monitor_error or 'no result'}); the fit above "
                              f"uses {progress.evaluated} of them")
         lines.append(f"store: {paths.sweep}")
+        if self.store_bytes:
+            lines.append(bytes_text(self.store_bytes))
         if self.plot:
             lines.append(f"scatter plot: {self.plot}")
         if not uri.startswith("http"):
@@ -189,6 +193,8 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
         summary.robustness = robustness_table(paths, tau, variant, tracker, parent)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
+    summary.store_bytes = store_bytes(paths)  # measured: after the robustness pass and every eviction
+    tracker.log_metrics(parent, summary.store_bytes, 0)
     tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
     tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     return summary

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from analysis import storage
 from orchestrator.config import Config, ConfigError, take_credentials, tracking_uri, validate
 from orchestrator.plan import TrialSpec
+from orchestrator.retention import EVICTED, evicted
 from orchestrator.store import SweepPaths, open_sweep, write_text_atomic
 
 ALLOWED = ("sampler.", "sweep.nll_threshold", "tracking.", "cluster.")
@@ -79,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
     variant = cfg.sampler.variant
     jobs = variant_jobs(paths, specs, OmegaConf.to_container(cfg.sampler))
+    gone = evicted_line(paths, specs)
+    if gone:
+        print(gone)
+    if not jobs and gone:
+        print(f"error: no checkpoint of {paths.sweep_id} left to re-evaluate", file=sys.stderr)
+        return 2
     print(f"re-evaluating {len(jobs)} checkpoints of {paths.sweep_id} as variant '{variant}'")
 
     uri = tracking_uri(cfg)
@@ -110,8 +117,21 @@ def variant_jobs(paths: SweepPaths, specs: list[TrialSpec], sampler: dict, last_
             state = json.loads(storage.read_text(storage.join(ckpt, "trainer_state.json")))
             if storage.is_file(paths.records_file(spec.run_id, state["step"], sampler["variant"])):
                 continue  # done by an earlier, interrupted pass
+            if evicted(ckpt):
+                continue  # its weights were deleted under store.keep; main says which
             jobs.append(template.job(state["step"], state["epoch"], ckpt, {}))
     return jobs
+
+
+def evicted_line(paths: SweepPaths, specs: list[TrialSpec]) -> str | None:
+    """One line naming the checkpoints whose weights store.keep deleted (they cannot be evaluated again)."""
+    gone = [c for spec in specs for c in paths.trial_checkpoints(spec.run_id) if evicted(c)]
+    if not gone:
+        return None
+    reason = json.loads(storage.read_text(storage.join(gone[0], EVICTED)))["reason"]
+    names = [f"{storage.name(storage.parent(c))}/{storage.name(c)}" for c in gone]
+    return (f"evicted: {len(gone)} checkpoint(s) have no weights any more ({reason}), so are not re-evaluated: "
+            + ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
 
 
 def evaluate(pool, jobs: list, on_result, on_failure) -> int:

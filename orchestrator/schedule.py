@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from analysis import storage
+from orchestrator import retention
 from orchestrator.plan import TrialSpec
 from orchestrator.store import SweepPaths
 from workers.sample import EvalJob, SamplingPool
@@ -29,7 +30,6 @@ from workers.tasks import task_args
 from workers.settings import ENGINE_DIR
 from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 
-POOL_NAME = "premem-sampling-pool"
 NAMESPACE = "premem"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes; Tune needs a non-empty request and the driver takes no CPU
 # Ray's own resource on the head node. The pool and each trial's Tune actor (with its Train controller, which
@@ -111,6 +111,13 @@ def _link_ray_logs(log_dir: Path) -> None:
 VLLM_OPTIONS = ("dtype", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager")
 
 
+def pool_name() -> str:
+    """The sampling pool's actor name: one per driver (its Ray job), so sweeps that share a cluster never share
+    or collide on a pool. The Train controllers that route checkpoints to it run in the same job, so they find it
+    by the same name; curation rounds (one driver) share it, and `resume` (a new driver) starts its own."""
+    return f"premem-sampling-pool-{ray.get_runtime_context().get_job_id()}"
+
+
 def start_pool(sampler):
     """The named pool actor (from the `sampler` config); it takes no CPU itself, its sampler actors hold the
     pool's resources: each one engine's CPUs and GPUs (tensor_parallel_size GPUs for a vLLM engine) plus the
@@ -121,7 +128,7 @@ def start_pool(sampler):
     threads = max(1, int(sampler.cpus_per_actor))
     vllm_options = {k: sampler[k] for k in VLLM_OPTIONS}
     pool_cls = ray.remote(num_cpus=0, resources=HEAD_NODE)(SamplingPool)
-    return pool_cls.options(name=POOL_NAME, namespace=NAMESPACE, lifetime=None).remote(
+    return pool_cls.options(name=pool_name(), namespace=NAMESPACE, lifetime=None).remote(
         sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options)
 
 
@@ -170,13 +177,16 @@ class EvalTemplate:
     variant: str = "original"
     grade_timeout_s: float = 5.0
     grade_workers: int = 1
+    train_subset: int = 0  # train questions evaluated per checkpoint (0: all)
+    subset_seed: int = 0
+    local_dir: str | None = None  # store.local_dir
 
     def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
         return EvalJob(self.run_id, step, epoch, checkpoint_dir,
                        self.paths.records_file(self.run_id, step, self.variant),
                        self.paths.completions_file(self.run_id, step, self.variant),
                        self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s,
-                       self.grade_workers)
+                       self.grade_workers, self.train_subset, self.subset_seed, self.local_dir)
 
 
 class RouteCheckpoints(UserCallback):
@@ -196,9 +206,10 @@ class RouteCheckpoints(UserCallback):
         # The checkpoint as a store location (Ray gives a path on its filesystem, without the URI scheme)
         location = storage.join(self.template.paths.checkpoints, self.template.run_id, storage.name(checkpoint.path))
         state = json.loads(storage.read_text(storage.join(location, "trainer_state.json")))
+        retention.record_written(self.template.paths, self.template.run_id, int(state["step"]), location)
         extra = {"train_loss": state["train_loss"]}
         job = self.template.job(int(state["step"]), float(state["epoch"]), location, extra)
-        ray.get_actor(POOL_NAME, namespace=NAMESPACE).submit.remote(job)
+        ray.get_actor(pool_name(), namespace=NAMESPACE).submit.remote(job)
         older = [c for c in storage.list_dirs(storage.parent(location))
                  if storage.name(c).startswith("step_") and storage.name(c) < storage.name(location)]
         for stale in older[: max(0, len(older) - self.keep_engine_states + 1)]:
@@ -224,13 +235,14 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str | dict[str, s
     train_fields = {k: c["train"][k] for k in TrainSettings.__dataclass_fields__}
     job = TrainJob(run_id=spec.run_id, base_model=base_model, task=task, prompt=prompt,
                    train=TrainSettings(**train_fields), seed=c["seed"],
-                   threads_per_worker=max(1, int(c["train"]["cpus_per_worker"])))
+                   threads_per_worker=max(1, int(c["train"]["cpus_per_worker"])), local_dir=c["store"]["local_dir"])
     s = c["sampler"]
     sampling = {"k": s["k"], "temperature": s["temperature"], "top_p": s["top_p"],
                 "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
                 "batch_tokens": s["batch_tokens"], "score_batch_tokens": s["score_batch_tokens"]}
     template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
-                            s["variant"], s["grade_timeout_s"], s["grade_workers"])
+                            s["variant"], s["grade_timeout_s"], s["grade_workers"], s["train_subset"], s["seed"],
+                            c["store"]["local_dir"])
     return job, template
 
 
@@ -379,7 +391,7 @@ class Resumed:
 
 def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str], max_concurrent: int,
               pool, on_result, on_failure, expected_checkpoints: int,
-              refresh_seconds: float = 2.0, resumed: Resumed | None = None) -> Progress:
+              refresh_seconds: float = 2.0, resumed: Resumed | None = None, on_trial_done=None) -> Progress:
     """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end.
 
     With `resumed`, Tune's experiment in the store is restored (finished trials stay finished, the others
@@ -397,8 +409,8 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
             pool.submit.remote(job)
 
     stop = threading.Event()
-    thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds),
-                              name="premem-monitor", daemon=True)
+    thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds,
+                                                         on_trial_done), name="premem-monitor", daemon=True)
     thread.start()
     callback = ProgressCallback(progress)
     _keep_credentials_out_of_runtime_envs()
@@ -429,22 +441,30 @@ def finished_trials(paths: SweepPaths) -> set[str]:
 
 
 def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
-                 refresh_seconds: float = 2.0) -> None:
+                 refresh_seconds: float = 2.0, on_trial_done=None) -> None:
     """Hand finished evaluations to the driver's callbacks until `stop` is set and all are back.
 
     If the pool itself is lost, the error is kept on `progress` (the driver reports what never came back and
     exits non-zero) instead of dying with this thread unseen."""
     try:
-        _monitor(pool, progress, on_result, on_failure, stop, refresh_seconds)
+        _monitor(pool, progress, on_result, on_failure, stop, refresh_seconds, on_trial_done)
     except Exception as exc:
         with progress.lock:
             progress.monitor_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
 
 
-def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Event, refresh_seconds: float) -> None:
+def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Event, refresh_seconds: float,
+             on_trial_done=None) -> None:
     last_shown = 0.0
+    handled: set[str] = set()  # finished trials already handed to on_trial_done
     while True:
         finished, failed, retried = ray.get(pool.drain.remote())
+        with progress.lock:
+            newly_done = progress.done - handled
+        for run_id in sorted(newly_done):
+            if on_trial_done is not None:
+                on_trial_done(run_id)
+            handled.add(run_id)
         for job, line in retried:
             print(f"evaluation RETRY: {line} (its sampler actor was lost; evaluating it again)", flush=True)
         for result in finished:

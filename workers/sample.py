@@ -7,6 +7,7 @@ training continues and hands them to its sampler actors (each on its own CPUs/GP
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import traceback
@@ -19,7 +20,7 @@ from analysis import storage
 from analysis.records import ORIGINAL, write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import Grader
-from workers.settings import ENGINE_DIR
+from workers.settings import ENGINE_DIR, cache_root
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
 COMPLETIONS_SCHEMA = pa.schema([
@@ -44,6 +45,9 @@ class EvalJob:
     extra: dict = field(default_factory=dict)  # passed through to the result (e.g. train metrics)
     grade_timeout_s: float = 5.0  # per answer: longer is graded wrong and counted (`*_grade_timeouts`)
     grade_workers: int = 1  # math-verify processes
+    train_subset: int = 0  # train questions evaluated (0: all); the same ones for every run and checkpoint
+    subset_seed: int = 0
+    local_dir: str | None = None  # node-local directory for the checkpoint's copy (store.local_dir)
 
 
 class EvaluationError(RuntimeError):
@@ -92,14 +96,26 @@ def _grade_all(examples: list[Example], completions: list[list[str]], grader: Gr
     return n_correct, n_samples - n_parsed, n_timed_out, rows
 
 
+def train_subset(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """The n train examples whose ids rank first under a seeded hash: the same questions for every run and
+    checkpoint of a sweep (wherever a run trains on them), so premem stays comparable across runs; all for 0."""
+    if n <= 0 or n >= len(examples):
+        return examples
+    rank = {e.example_id: hashlib.sha256(f"{seed}:{e.example_id}".encode()).hexdigest() for e in examples}
+    chosen = set(sorted(rank, key=rank.get)[:n])
+    return [e for e in examples if e.example_id in chosen]
+
+
 def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: Grader) -> EvalResult:
-    """k graded samples per train and test question, and ref NLL per train example, as records."""
+    """k graded samples per train and test question, and ref NLL per train example, as records (with
+    `train_subset`, of those train questions only)."""
     t0 = time.perf_counter()
+    splits = Splits(train_subset(splits.train, job.train_subset, job.subset_seed), splits.test, splits.grader)
     settings = SamplingSettings(**job.sampling)
     fmt = PromptFormat(**job.prompt)
     original_fmt = PromptFormat(**{**job.prompt, "answer_prefix": ""})
     # A checkpoint in an object store is fetched to this node's disk for the backend, and dropped after.
-    local_checkpoint = storage.local_copy(job.checkpoint_dir, skip=(ENGINE_DIR,))
+    local_checkpoint = storage.local_copy(job.checkpoint_dir, cache_root(job.local_dir), skip=(ENGINE_DIR,))
     try:
         backend.load(local_checkpoint)
     finally:

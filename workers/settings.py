@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -65,3 +66,8 @@ def steps_per_epoch(n_examples: int, micro_batch_size: int, world_size: int, acc
     and an epoch ends on an optimizer-step boundary. 0: the data do not fill one global batch."""
     micro_batches = math.ceil(math.ceil(n_examples / world_size) / micro_batch_size)
     return micro_batches // accumulation
+
+
+def cache_root(local_dir: str | None) -> str | None:
+    """Where a node keeps its copies of store objects (base models, checkpoints to sample): store.local_dir."""
+    return str(Path(local_dir) / "premem-cache") if local_dir else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import storage
-from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, save_interval, steps_per_epoch
+from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, cache_root, save_interval, steps_per_epoch
 from workers.tasks import Example, PromptFormat, load_task
 
 IGNORE = -100
@@ -37,6 +38,7 @@ class TrainJob:
     train: TrainSettings
     seed: int = 0
     threads_per_worker: int = 1
+    local_dir: str | None = None  # node-local staging and download directory (store.local_dir)
     extra: dict = field(default_factory=dict)
 
 
@@ -151,17 +153,26 @@ class ResumePoint:
     step: int = 0
     epoch_index: int = 0  # the epoch in progress (its DistributedSampler order is fixed by seed and epoch)
     batches_done: int = 0  # micro-batches of that epoch already trained
+    downloaded: str | None = None  # a node-local copy of a remote checkpoint: removed once loaded
 
 
-def _resume_point(checkpoint) -> ResumePoint:
-    """The latest reported checkpoint Ray Train hands a restarted worker group (or none: a fresh start)."""
+def _resume_point(checkpoint, local_dir: str | None) -> ResumePoint:
+    """The latest reported checkpoint Ray Train hands a restarted worker group (or none: a fresh start): read in
+    place on a local or shared filesystem, else downloaded (without the HF weights) under `local_dir`."""
+    import pyarrow.fs
+
     if checkpoint is None:
         return ResumePoint()
-    path = Path(checkpoint.to_directory())  # this worker's local copy, wherever the store is
+    downloaded = None
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        path = Path(checkpoint.path)
+    else:
+        downloaded = tempfile.mkdtemp(prefix="premem-resume-", dir=local_dir)
+        path = Path(checkpoint.to_directory(downloaded))
     if not (path / ENGINE_DIR).is_dir():
         raise RuntimeError(f"{checkpoint.path}: no DeepSpeed engine state ({ENGINE_DIR}/) to resume from")
     state = json.loads((path / ENGINE_DIR / "position.json").read_text())
-    return ResumePoint(str(path / ENGINE_DIR), state["step"], state["epoch_index"], state["batches_done"])
+    return ResumePoint(str(path / ENGINE_DIR), state["step"], state["epoch_index"], state["batches_done"], downloaded)
 
 
 def _rng_state() -> dict:
@@ -200,9 +211,9 @@ def train_loop_per_worker(config: dict) -> None:
     np.random.seed(job.seed)
 
     # Model and data; after a restart the engine state below replaces the base weights.
-    resume = _resume_point(ray.train.get_checkpoint())
+    resume = _resume_point(ray.train.get_checkpoint(), job.local_dir)
     deepspeed.init_distributed()  # adopts Ray Train's process group; DeepSpeed's configs read its world size
-    base_model = storage.local_copy(job.base_model)  # this node's copy when the store is an object store
+    base_model = storage.local_copy(job.base_model, cache_root(job.local_dir))  # this node's copy (object store)
     tokenizer = load_tokenizer(base_model)
     ds_config = deepspeed_config(s, world)
     model = load_for_training(base_model, s, ds_config)
@@ -228,6 +239,8 @@ def train_loop_per_worker(config: dict) -> None:
     if resume.engine_dir:
         engine.load_checkpoint(resume.engine_dir, tag=ENGINE_TAG)
         _set_rng_state(torch.load(Path(resume.engine_dir) / f"rng_rank{rank}.pt", weights_only=False))
+        if resume.downloaded:  # loaded: the node's disk is not the store
+            shutil.rmtree(resume.downloaded, ignore_errors=True)
     step = resume.step
     clock = PhaseClock(entered_at=entered_at, ready_at=time.time(), placement=here(engine.device))
 
@@ -305,7 +318,7 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
                **clock.metrics()}
-    with tempfile.TemporaryDirectory(prefix="premem-ckpt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="premem-ckpt-", dir=job.local_dir) as tmp:  # gone once reported
         engine_dir = Path(tmp) / ENGINE_DIR
         engine.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, save_latest=False)
         torch.save(_rng_state(), engine_dir / f"rng_rank{rank}.pt")

@@ -213,3 +213,50 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     check_exactly_once(sweep, mlflow_server)
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
     report("trainer node lost (raylet SIGKILLed)", driver.seconds, reference[2])
+
+
+# --------------------------------------------------------------------------- sweeps that share a cluster
+SHARED = ["sweep=small", "sweep.grid.train.lr=[1e-3]", "task.n_train=32", "task.n_test=16", "train.epochs=1",
+          "train.micro_batch_size=4", "train.global_batch_size=4", "train.save_every_steps=4", "sampler.k=1",
+          "sampler.max_new_tokens=32", "sampler.num_actors=1", "model.base_stage.n_examples=600",
+          "model.base_stage.epochs=1", "tracking.experiment=faults", *PLACED]
+
+
+def test_two_sweeps_share_the_cluster_and_one_keeps_only_final_weights(cluster, store, mlflow_server, tmp_path):
+    """Two researchers' sweeps started at once on one cluster and store: each has its own pool, records exactly
+    once and its own MLflow runs; the one with store.keep=final ends with its final weights only and no engine
+    state, stages checkpoints in its store.local_dir and leaves nothing there; `resume` finds its own pieces."""
+    known = sweeps_in(store)
+    stage = tmp_path / "stage"
+    common = ["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+              f"cluster.address={cluster.address}", *SHARED]
+    evicting = Driver([*common, "store.keep=final", f"store.local_dir={stage}"], tmp_path / "a.log")
+    keeping = Driver(common, tmp_path / "b.log")
+    assert evicting.wait() == 0, evicting.output
+    assert keeping.wait() == 0, keeping.output
+    sweeps = sweeps_in(store) - known
+    assert len(sweeps) == 2
+    by_keep = {("final" if "keep: final" in (s / "config.yaml").read_text() else "all"): s for s in sweeps}
+    for sweep in sweeps:
+        assert_records_exactly_once(sweep, 32, 16)
+        assert_mlflow_exactly_once(mlflow_server, "faults", sweep.name, 1)  # one parent each, its child only
+
+    final, kept_all = by_keep["final"], by_keep["all"]
+    steps = checkpoints(final)
+    assert len(steps) == 2 and not list((final / "checkpoints").rglob("engine"))
+    assert not (steps[0] / "model.safetensors").exists() and (steps[0] / "EVICTED.json").exists()
+    assert (steps[-1] / "model.safetensors").exists()
+    assert all((c / "model.safetensors").exists() for c in checkpoints(kept_all))
+    assert list((kept_all / "checkpoints").rglob("engine"))  # the CPU default keeps the newest engine state
+    assert not list(stage.glob("premem-ckpt-*")) and not list(stage.glob("premem-resume-*"))
+    written_and_kept = [line for line in evicting.output.splitlines() if line.startswith("store: weights")]
+    assert written_and_kept, evicting.output[-2000:]
+    weights = (steps[-1] / "model.safetensors").stat().st_size
+    assert f"weights {2 * weights / 1e6:.1f} MB written / {weights / 1e6:.1f} MB kept" in written_and_kept[0]
+
+    from tests.integration.conftest import run_python
+
+    resumed = run_python(["-m", "orchestrator.resume", str(final), f"tracking.uri={mlflow_server}",
+                          f"cluster.address={cluster.address}"], timeout=600)
+    assert "1 of 1 trials finished" in resumed.stdout and "0 of them to evaluate" in resumed.stdout
+    assert_records_exactly_once(final, 32, 16)
