@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 from orchestrator.config import ConfigError
 from orchestrator.plan import TrialSpec
+from orchestrator.retention import human_bytes
 from workers.settings import save_interval, steps_per_epoch
 
 OPTIMIZER_BYTES_PER_PARAM = 12  # fp32 master weights + Adam's first and second moments
@@ -95,14 +96,6 @@ def trial_cost(spec: TrialSpec, parameters: int) -> TrialCost:
                      min(checkpoints, c["train"]["keep_engine_states"]))
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
 
@@ -126,11 +119,11 @@ def plan_text(specs: list[TrialSpec]) -> str:
              f"{'tokens<=':>10}{'weights/ckpt':>13}{'engine/ckpt':>12}"]
     for spec, c in zip(specs, costs):
         lines.append(f"  t{spec.index:02d}   {spec.label[:45]:<46}{c.steps:>7}{c.checkpoints:>6}{c.questions:>10}"
-                     f"{c.samples:>9}{_count(c.new_tokens):>10}{_size(c.weight_bytes):>13}{_size(c.engine_bytes):>12}")
+                     f"{c.samples:>9}{_count(c.new_tokens):>10}{human_bytes(c.weight_bytes):>13}{human_bytes(c.engine_bytes):>12}")
     lines.append(f"  total: {sum(c.steps for c in costs)} optimizer steps; "
                  f"{sum(c.checkpoints * c.samples for c in costs)} samples and at most "
                  f"{_count(sum(c.checkpoints * c.new_tokens for c in costs))} new tokens to generate; store: "
-                 f"{_size(written)} written, {_size(kept)} kept (store.keep={','.join(policies)})")
+                 f"{human_bytes(written)} written, {human_bytes(kept)} kept (store.keep={','.join(policies)})")
     return "\n".join(lines)
 
 

@@ -122,10 +122,16 @@ def store_bytes(paths: SweepPaths) -> dict[str, int]:
             **{f"store_kept_{k}_bytes": v for k, v in kept.items()}}
 
 
-def bytes_text(measured: dict[str, int]) -> str:
-    def gb(n: int) -> str:
-        return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+def human_bytes(n: float) -> str:
+    """1234 -> '1.2 KB' (decimal units, as disks and object stores count)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
-    parts = [f"{k} {gb(measured[f'store_written_{k}_bytes'])} written / {gb(measured[f'store_kept_{k}_bytes'])} kept"
-             for k in KINDS]
+
+def bytes_text(measured: dict[str, int]) -> str:
+    parts = [f"{k} {human_bytes(measured[f'store_written_{k}_bytes'])} written / "
+             f"{human_bytes(measured[f'store_kept_{k}_bytes'])} kept" for k in KINDS]
     return "store: " + "; ".join(parts)

@@ -211,6 +211,8 @@ def train_loop_per_worker(config: dict) -> None:
     np.random.seed(job.seed)
 
     # Model and data; after a restart the engine state below replaces the base weights.
+    if job.local_dir:
+        Path(job.local_dir).mkdir(parents=True, exist_ok=True)
     resume = _resume_point(ray.train.get_checkpoint(), job.local_dir)
     deepspeed.init_distributed()  # adopts Ray Train's process group; DeepSpeed's configs read its world size
     base_model = storage.local_copy(job.base_model, cache_root(job.local_dir))  # this node's copy (object store)
