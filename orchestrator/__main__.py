@@ -93,13 +93,28 @@ def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[Dic
     """Config, sweep id and trial specs (of `cfg` when already composed from the overrides); raises ConfigError
     before anything is written."""
     cfg = cfg if cfg is not None else compose_config(overrides)
-    take_credentials(cfg)
-    validate(cfg)
-    sweep_id = new_sweep_id(cfg.sweep.name)
-    specs = expand_grid(cfg, sweep_id)
+    return checked_plan(cfg, [], lambda sweep_id: expand_grid(cfg, sweep_id))
+
+
+def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """plan_sweep for a Hydra sweep: the base config (no sweep override applied) and each job's composed config."""
+    from orchestrator.plan import expand_jobs
+
+    return checked_plan(base, [cfg for _, cfg in jobs], lambda sweep_id: expand_jobs(jobs, sweep_id))
+
+
+def checked_plan(base: DictConfig, job_configs: list[DictConfig], expand) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """The checks every plan passes before anything is written: credentials out of every config, the base
+    config valid, each trial valid (expand validates them), every dataset file read, every trial's data
+    filling at least one global batch."""
+    for cfg in [base, *job_configs]:
+        take_credentials(cfg)
+    validate(base)
+    sweep_id = new_sweep_id(base.sweep.name)
+    specs = expand(sweep_id)
     check_task_files(specs)
     expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
-    return cfg, sweep_id, specs
+    return base, sweep_id, specs
 
 
 def check_task_files(specs: list[TrialSpec]) -> None:
@@ -221,21 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return run_plan(cfg, sweep_id, specs, mode)
-
-
-def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[DictConfig, str, list[TrialSpec]]:
-    """plan_sweep for a Hydra sweep: the base config (no sweep override applied) and each job's composed config."""
-    from orchestrator.plan import expand_jobs
-
-    take_credentials(base)
-    validate(base)
-    for _, cfg in jobs:
-        take_credentials(cfg)
-    sweep_id = new_sweep_id(base.sweep.name)
-    specs = expand_jobs(jobs, sweep_id)
-    check_task_files(specs)
-    expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
-    return base, sweep_id, specs
 
 
 def run_plan(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec], mode: str = "run") -> int:

@@ -53,7 +53,7 @@ def load_curation_config(paths: SweepPaths, overrides: list[str]) -> DictConfig:
 
 def follow_up_config(cfg: DictConfig, trial: TrialSpec, overrides: list[str]) -> DictConfig:
     """The config every follow-up run repeats: the chosen trial's, with this command's overrides, the
-    curation's checkpoint schedule, no robustness pass, and this session's tracking and cluster."""
+    curation's checkpoint schedule, no robustness pass, and this invocation's tracking and cluster."""
     base = OmegaConf.merge(cfg, trial.config)
     base = OmegaConf.merge(base, OmegaConf.from_dotlist([o for o in overrides if o.startswith(ALLOWED)]))
     base.tracking, base.cluster, base.curation = cfg.tracking, cfg.cluster, cfg.curation
