@@ -158,7 +158,7 @@ class ResumePoint:
 
 def _resume_point(checkpoint, local_dir: str | None) -> ResumePoint:
     """The latest reported checkpoint Ray Train hands a restarted worker group (or none: a fresh start): read in
-    place on a local or shared filesystem, else downloaded (without the HF weights) under `local_dir`."""
+    place on a local or shared filesystem, else downloaded under `local_dir` (and removed once loaded)."""
     import pyarrow.fs
 
     if checkpoint is None:
