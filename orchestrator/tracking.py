@@ -30,7 +30,8 @@ CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_f
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_points", "premem_n_missing",
-                  "nll_threshold", "train_acc_r2", "train_nll_r2")
+                  "nll_threshold", "train_acc_r2", "train_nll_r2",
+                  *(f"store_{when}_{kind}_bytes" for when in ("written", "kept") for kind in ("weights", "engine", "records")))
 
 
 class TrackingError(RuntimeError):
