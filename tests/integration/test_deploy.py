@@ -88,8 +88,12 @@ def deployed(s3_server, tmp_path_factory):
             stranger["HOME"] = str(tmp_path_factory.mktemp("home"))  # no ~/.ray/auth_token either
             refused = ray_cli("job", "list", f"--address={address}", env=stranger, timeout=120)
             entrypoint = f"{job['entrypoint']} {shlex.join(CPU)}"
-            submitted = ray_cli("job", "submit", f"--address={address}", "--submission-id=premem-deploy", "--",
-                                *shlex.split(entrypoint), env=submitter)
+            for _ in range(30):  # the job API answers before the head's job agent is up (slower on a loaded host)
+                submitted = ray_cli("job", "submit", f"--address={address}", "--submission-id=premem-deploy", "--",
+                                    *shlex.split(entrypoint), env=submitter)
+                if "No available agent to submit job" not in submitted.stderr:
+                    break
+                time.sleep(2)
             status = ray_cli("job", "status", f"--address={address}", "premem-deploy", env=submitter, timeout=120)
             client = MlflowClient(mlflow_uri)
             os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=secret_values["MLflow password"])
