@@ -20,7 +20,7 @@ from analysis.curate import curation_picks, robustness, write_jsonl
 from analysis.fit import (DEFAULT_TAUS, PREDICTORS, bootstrap_r2, fit_report, leave_one_run_out, r2_curve,
                           subset_r2, train_example_codes)
 from analysis.premem import PremState, example_table, prepare
-from analysis.records import RecordsError, load_records
+from store.records import RecordsError, load_records
 from analysis.sources import read_runs_table, records_from_mlflow
 
 

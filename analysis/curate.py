@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.premem import PremState, example_premem, premem_at
-from analysis.records import ORIGINAL, RecordsError
+from store.names import CURATION_STRATEGIES, ORIGINAL
+from store.records import RecordsError
 
 DEFAULT_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -39,6 +40,7 @@ def curation_picks(state: PremState, tau: float, count: int | None = None, fract
 # drawn from the task's own distribution, the baseline every strategy is measured against.
 STRATEGIES = {"premem": ("premem_train_acc", True), "low_train_acc": ("train_acc", True),
               "high_ref_nll": ("ref_nll", False), "iid": (None, True)}
+assert tuple(STRATEGIES) == CURATION_STRATEGIES, "store.names.CURATION_STRATEGIES names each strategy here"
 
 
 def rank_examples(scores: pd.DataFrame, strategy: str, seed: int) -> list[str]:

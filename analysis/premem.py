@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.records import ORIGINAL, Records, RecordsError
+from store.names import ORIGINAL
+
+from store.records import Records, RecordsError
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.records import RecordsError
+from store.records import RecordsError
 
 RUN_ID_TAG = "premem.run_id"  # the records' run_id, set on each trial's MLflow run
 

@@ -43,7 +43,7 @@ def large_model(checkpoint: str, out: Path) -> str:
 
 
 def _target_tokens(tokenizer, prompts, targets) -> int:
-    from workers.train import encode_pair
+    from workers.tokens import encode_pair
 
     return sum(sum(label != -100 for label in encode_pair(tokenizer, p, t, 10**9)[1]) for p, t in zip(prompts, targets))
 
@@ -51,7 +51,7 @@ def _target_tokens(tokenizer, prompts, targets) -> int:
 def compare_backends(checkpoint: str, prompts: list[str], targets: list[str], settings: SamplingSettings,
                      repeats: int, loop_prompts: int) -> dict:
     """completions/s and scored tokens/s for the vLLM engine, the HF pool and the per-example loop."""
-    from bench.evaluation import naive_sample, naive_score, timed
+    from bench.baselines import naive_sample, naive_score, timed
     from workers.backends.vllm import VLLMBackend
 
     def _median_time(fn, repeats: int):

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from analysis import storage
-from analysis.records import RECORDS_SCHEMA, write_records
+from store import io
+from store.records import RECORDS_SCHEMA, write_records
 
 
 def _records(n: int = 512) -> pa.Table:
@@ -35,17 +35,17 @@ def _costs(root: str, checkpoint: str, repeats: int) -> dict:
     uploads, fetches, writes = [], [], []
     table = _records()
     for i in range(repeats):
-        location = storage.join(root, f"ckpt-{i}")
+        location = io.join(root, f"ckpt-{i}")
         start = time.perf_counter()
-        storage.upload_dir(checkpoint, location)
+        io.upload_dir(checkpoint, location)
         uploads.append(time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            local = storage.local_copy(location, cache_root=cache)
+            local = io.local_copy(location, cache_root=cache)
             fetches.append(time.perf_counter() - start)
             assert os.path.isfile(os.path.join(local, "config.json"))
         start = time.perf_counter()
-        write_records(table, storage.join(root, "records", f"step_{i:06d}.original.parquet"))
+        write_records(table, io.join(root, "records", f"step_{i:06d}.original.parquet"))
         writes.append(time.perf_counter() - start)
     return {"upload_s": statistics.median(uploads), "fetch_s": statistics.median(fetches),
             "records_write_s": statistics.median(writes),

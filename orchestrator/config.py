@@ -13,9 +13,13 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import unquote
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from store.names import CURATION_STRATEGIES
 from workers.settings import BaseStage, TrainSettings
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -189,6 +193,56 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+# ----------------------------------------------------------------------------------- composing
+def compose_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "config") -> DictConfig:
+    """Compose conf/ with command-line overrides through Hydra; schema errors become ConfigError."""
+    return compose_with_sweeper_params(overrides, config_dir, config_name)[0]
+
+
+def compose_with_sweeper_params(overrides: list[str], config_dir: Path = CONF_DIR,
+                                config_name: str = "config") -> tuple[DictConfig, dict]:
+    """The composed config (Hydra's node dropped) and its `hydra.sweeper.params`: a grid that a preset declares in
+    Hydra's spelling, which makes the run a Hydra sweep."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        params = dict(OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {})
+        cfg = without_hydra(cfg)  # resolves: ${oc.env:...} of cluster groups, an unset one fails here
+        return cfg, params
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(config_message(exc)) from None
+
+
+def config_message(exc: BaseException) -> str:
+    """One line from Hydra/OmegaConf's nested exceptions: the field and what is wrong with it."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException) and getattr(seen, "full_key", None):
+            msg = (getattr(seen, "msg", None) or str(seen)).splitlines()[0]
+            return f"{seen.full_key}: {msg}"
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split())
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """A job's config as premem reads it: Hydra's own node dropped, interpolations resolved."""
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    OmegaConf.to_container(cfg, resolve=True)  # an unresolvable value (an unset ${oc.env:...}) named by its key
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+
 # ----------------------------------------------------------------------------------- credentials
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*)(?::(?P<password>[^/@\s]*))?@")
 
@@ -271,9 +325,9 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         path = k[name]
         _check(path is None or Path(path).is_file(), f"{prefix}task.{name}", path, "dataset file does not exist")
     if k.added_path is not None:
-        from analysis import storage
+        from store import io
 
-        _check(storage.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
+        _check(io.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
     _check(k.name == "synthetic" or m.path is not None, f"{prefix}model.path", m.path,
            "the built-in tiny model is only built for task.name=synthetic; give an HF model path")
     if m.path is not None:
@@ -331,11 +385,10 @@ SIMILAR = ("auto", "generator", "neighbors", "command")
 
 def validate_curation(cfg: DictConfig) -> None:
     """Checks of the curation group against the sweep's task (before anything is written)."""
-    from analysis.curate import STRATEGIES
-
     c, task = cfg.curation, cfg.task
     for name in c.strategies:
-        _check(name in STRATEGIES, "curation.strategies", name, f"must be one of {', '.join(STRATEGIES)}")
+        _check(name in CURATION_STRATEGIES, "curation.strategies", name,
+               f"must be one of {', '.join(CURATION_STRATEGIES)}")
     _check(len(c.strategies) > 0 and len(set(c.strategies)) == len(c.strategies), "curation.strategies",
            list(c.strategies), "must be a non-empty list without repeats")
     for name in ("budgets", "iid_budgets"):

@@ -12,9 +12,8 @@ engine state (12.1 a parameter). What stays is store.keep's (kept_bytes); a swee
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 from orchestrator.config import ConfigError
 from orchestrator.plan import TrialSpec
@@ -38,24 +37,24 @@ class TrialCost:
 
 def train_examples(task: dict) -> int:
     """The train split's size as the trainer will see it (a JSONL task's n_train is a cap on its file)."""
-    return max(1, round(task["n_train"] * task["train_fraction"]))
+    return max(1, round(task.n_train * task.train_fraction))
 
 
 def trial_steps(spec: TrialSpec) -> tuple[int, int]:
     """(optimizer steps per epoch, checkpoints) of a trial, counted as workers/train.py takes them."""
-    t = spec.config["train"]
-    accumulation = max(1, t["global_batch_size"] // (t["micro_batch_size"] * t["num_workers"]))
-    n = train_examples(spec.config["task"])
-    steps = steps_per_epoch(n, t["micro_batch_size"], t["num_workers"], accumulation)
+    t = spec.config.train
+    accumulation = max(1, t.global_batch_size // (t.micro_batch_size * t.num_workers))
+    n = train_examples(spec.config.task)
+    steps = steps_per_epoch(n, t.micro_batch_size, t.num_workers, accumulation)
     if steps == 0:
-        raise ConfigError(f"trial {spec.index} ({spec.label}): train.global_batch_size={t['global_batch_size']}: "
+        raise ConfigError(f"trial {spec.index} ({spec.label}): train.global_batch_size={t.global_batch_size}: "
                           f"{n} train examples (task.n_train x task.train_fraction) do not fill one global batch")
-    every = save_interval(SimpleNamespace(**t), steps)
-    total = steps * t["epochs"]
+    every = save_interval(t, steps)
+    total = steps * t.epochs
     if every:
         checkpoints = total // every + (total % every != 0)  # the last step always saves
     else:
-        checkpoints = t["epochs"] if t["checkpoints_per_epoch"] > 0 else 1
+        checkpoints = t.epochs if t.checkpoints_per_epoch > 0 else 1
     return steps, checkpoints
 
 
@@ -83,17 +82,17 @@ def parameter_count(model: dict) -> int:
 def trial_cost(spec: TrialSpec, parameters: int) -> TrialCost:
     c = spec.config
     steps, checkpoints = trial_steps(spec)
-    train = train_examples(c["task"])
-    questions = (min(train, c["sampler"]["train_subset"]) if c["sampler"]["train_subset"] else train) + c["task"]["n_test"]
-    samples = questions * c["sampler"]["k"]
-    weight_bytes = parameters * (4 if c["train"]["precision"] == "fp32" else 2)
+    train = train_examples(c.task)
+    questions = (min(train, c.sampler.train_subset) if c.sampler.train_subset else train) + c.task.n_test
+    samples = questions * c.sampler.k
+    weight_bytes = parameters * (4 if c.train.precision == "fp32" else 2)
     # ZeRO-3's model-states file holds no parameters (they are partitioned into the optimizer's files); stages
     # 0-2 save the module's weights there too (mp_rank_00_model_states.pt)
-    module_bytes = 0 if c["train"]["zero_stage"] == 3 else weight_bytes
-    return TrialCost(steps * c["train"]["epochs"], checkpoints, questions, samples,
-                     samples * c["sampler"]["max_new_tokens"], weight_bytes,
+    module_bytes = 0 if c.train.zero_stage == 3 else weight_bytes
+    return TrialCost(steps * c.train.epochs, checkpoints, questions, samples,
+                     samples * c.sampler.max_new_tokens, weight_bytes,
                      parameters * OPTIMIZER_BYTES_PER_PARAM + module_bytes,
-                     min(checkpoints, c["train"]["keep_engine_states"]))
+                     min(checkpoints, c.train.keep_engine_states))
 
 
 def _count(n: float) -> str:
@@ -105,13 +104,14 @@ def plan_text(specs: list[TrialSpec]) -> str:
     counts: dict[str, int] = {}
     costs = []
     for spec in specs:
-        key = json.dumps(spec.config["model"], sort_keys=True)
+        model = asdict(spec.config.model)
+        key = json.dumps(model, sort_keys=True)
         if key not in counts:
-            counts[key] = parameter_count(spec.config["model"])
+            counts[key] = parameter_count(model)
         costs.append(trial_cost(spec, counts[key]))
     written = sum(c.checkpoints * (c.weight_bytes + c.engine_bytes) for c in costs)
-    kept = sum(kept_bytes(c, spec.config["store"]["keep"]) for spec, c in zip(specs, costs))
-    policies = sorted({spec.config["store"]["keep"] for spec in specs})
+    kept = sum(kept_bytes(c, spec.config.store.keep) for spec, c in zip(specs, costs))
+    policies = sorted({spec.config.store.keep for spec in specs})
     lines = [f"plan: {len(specs)} trials, {sum(c.checkpoints for c in costs)} checkpoints, "
              f"{', '.join(_count(n) + ' parameters' for n in sorted(set(counts.values())))} "
              "(nothing started, nothing written)",

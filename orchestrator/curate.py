@@ -21,16 +21,16 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from analysis import storage
+from store import io
 from orchestrator.config import ConfigError, similar_source, to_yaml, tracking_uri, validate, validate_curation
-from orchestrator.plan import TrialSpec
-from orchestrator.store import SweepPaths, sweep_paths, write_text_atomic
+from orchestrator.plan import TrialSpec, typed_config
+from store.layout import SweepPaths, sweep_paths, write_text_atomic
 from workers.tasks import Example, load_task, task_args
 
 ALLOWED = ("train.", "sampler.", "tracking.", "cluster.", "sweep.max_concurrent_trials", "sweep.nll_threshold")
@@ -40,8 +40,8 @@ ALLOWED = ("train.", "sampler.", "tracking.", "cluster.", "sweep.max_concurrent_
 def load_curation_config(paths: SweepPaths, overrides: list[str]) -> DictConfig:
     """The sweep's stored config with the `curation` group composed from conf/ (curation=NAME, curation.*)
     and train/sampler/tracking/cluster overrides, all validated."""
-    from orchestrator.__main__ import compose_config
-    from orchestrator.reeval import load_stored_config
+    from orchestrator.config import compose_config
+    from orchestrator.sweep import load_stored_config
 
     ours = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] == "curation"]
     curation = compose_config(ours).curation
@@ -130,7 +130,7 @@ def plan_round(cfg: DictConfig, round_no: int, round_id: str, sources: dict[tupl
     """Every (seed, strategy, budget) follow-up of one round, its new data obtained (nothing written yet)."""
     from analysis.curate import example_scores, rank_examples
     from analysis.premem import prepare
-    from analysis.records import load_records
+    from store.records import load_records
 
     c = cfg.curation
     tau = float(cfg.sweep.nll_threshold)
@@ -173,7 +173,7 @@ def round_specs(base: DictConfig, round_paths: SweepPaths, follow_ups: list[Foll
                 location, "".join(json.dumps(r) + "\n" for r in run.added))
         grid_values = {"curation.strategy": run.strategy, "curation.examples_added": run.examples_added,
                        "seed": run.seed, "curation.round": run.round}
-        specs.append(TrialSpec(run.run_id(round_paths.sweep_id), index, grid_values, config))
+        specs.append(TrialSpec(run.run_id(round_paths.sweep_id), index, grid_values, typed_config(config)))
     return specs
 
 
@@ -181,9 +181,9 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
                follow_ups: list[FollowUp], tracker, parent: str) -> tuple[list[TrialSpec], list[str], list[int]]:
     """Each round as a sweep of its own (written, tracked under the curation's run, executed); (every round's
     trial specs, their record files, each round's exit code)."""
-    from analysis.records import ORIGINAL
+    from store.names import ORIGINAL
     from orchestrator import schedule
-    from orchestrator.__main__ import ensure_base_model, execute, log_task_datasets, trial_params
+    from orchestrator.sweep import ensure_base_model, execute, log_task_datasets, trial_params
 
     c = cfg.curation
     base_model = ensure_base_model(base)
@@ -207,7 +207,7 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
         specs = round_specs(round_cfg, round_paths, follow_ups, with_base_runs=round_no == 1)
         round_yaml = write_text_atomic(round_paths.file("config.yaml"), to_yaml(round_cfg))
         plan_json = write_text_atomic(round_paths.file("plan.json"),
-                                      json.dumps([s.__dict__ for s in specs], indent=1))
+                                      json.dumps([asdict(s) for s in specs], indent=1))
         print(f"round {round_no}: {len(specs)} runs -> {round_paths.sweep}")
         round_parent = tracker.start_sweep(round_paths.sweep_id, round_cfg.sweep.name, round_yaml, plan_json, parent)
         children = {s.run_id: tracker.start_trial(round_parent, s.run_id, s.label, trial_params(s)) for s in specs}
@@ -219,7 +219,7 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
         all_specs += specs
         round_files = {}
         for location in round_paths.record_files(ORIGINAL):
-            round_files.setdefault(storage.name(storage.parent(location)), []).append(location)
+            round_files.setdefault(io.name(io.parent(location)), []).append(location)
         record_files += [f for files in round_files.values() for f in files]
         previous = round_paths
     return all_specs, record_files, codes
@@ -234,7 +234,7 @@ def last_test_accuracy(table: pd.DataFrame) -> pd.Series:
 def final_test_accuracy(record_files: list[str], tau: float) -> pd.Series:
     """Each run's test accuracy at its last checkpoint, by run_id, from its records."""
     from analysis.premem import checkpoint_table, prepare
-    from analysis.records import load_records
+    from store.records import load_records
 
     return last_test_accuracy(checkpoint_table(prepare(load_records(record_files)), tau))
 
@@ -301,8 +301,8 @@ def publish(report: dict, curves: pd.DataFrame, curation_dir: str, out_json: str
     title = f"Data efficiency, task {report['task']}" + (f": premem {ratio:.2f}x i.i.d." if ratio is not None else "")
     with tempfile.TemporaryDirectory(prefix="premem-curve-") as tmp:
         local = data_efficiency(curves, Path(tmp) / "curation.png", title)
-        plot = storage.write_bytes(storage.join(curation_dir, "curation.png"), local.read_bytes())
-    stored = write_text_atomic(storage.join(curation_dir, "curation.json"), json.dumps(report, indent=1))
+        plot = io.write_bytes(io.join(curation_dir, "curation.png"), local.read_bytes())
+    stored = write_text_atomic(io.join(curation_dir, "curation.json"), json.dumps(report, indent=1))
     if out_json != stored:
         write_text_atomic(out_json, json.dumps(report, indent=1))
     for strategy, points in report["curves"].items():
@@ -320,7 +320,7 @@ def publish(report: dict, curves: pd.DataFrame, curation_dir: str, out_json: str
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.reeval import open_sweep_from_argv
+    from orchestrator.sweep import open_sweep_from_argv
 
     argv = sys.argv[1:] if argv is None else argv
     opened = open_sweep_from_argv(argv, load_curation_config, __doc__)
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, cfg = opened
     try:
         prepared = prepare_curation(paths, cfg, argv[1:])
-    except (ConfigError, ValueError, storage.StorageError) as exc:  # nothing written yet
+    except (ConfigError, ValueError, io.StorageError) as exc:  # nothing written yet
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return run_curation(paths, cfg, *prepared)
@@ -338,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
 def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str]):
     """Everything round 1 needs, checked and obtained before anything is written."""
     from analysis.premem import checkpoint_table, prepare
-    from analysis.records import ORIGINAL, load_records
+    from store.names import ORIGINAL
+    from store.records import load_records
 
-    specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
+    specs = [TrialSpec.from_dict(d) for d in json.loads(io.read_text(paths.file("plan.json")))]
     record_files = paths.record_files(ORIGINAL)
     if not record_files:
         raise ConfigError(f"{paths.sweep}: no records; curation picks from a sweep's evaluated checkpoints")
@@ -359,9 +360,9 @@ def run_curation(paths: SweepPaths, cfg: DictConfig, trial: TrialSpec, base: Dic
     from orchestrator.tracking import Heartbeat, Outbox, Tracker, end_abandoned_runs
 
     c = cfg.curation
-    curation_dir = storage.join(paths.root, "curations", curation_id)
-    out_json = os.environ.get("CURATION_OUT") or storage.join(curation_dir, "curation.json")
-    config_yaml = write_text_atomic(storage.join(curation_dir, "config.yaml"), to_yaml(base))
+    curation_dir = io.join(paths.root, "curations", curation_id)
+    out_json = os.environ.get("CURATION_OUT") or io.join(curation_dir, "curation.json")
+    config_yaml = write_text_atomic(io.join(curation_dir, "config.yaml"), to_yaml(base))
     print(f"curation {curation_id}: {len(c.strategies)} strategies x {len(c.seeds)} seeds, {c.rounds} round(s), "
           f"follow-up runs repeat {trial.run_id} ({trial.label}); new data: {similar_source(base)} -> {curation_dir}")
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())

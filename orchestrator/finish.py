@@ -2,6 +2,7 @@
 trial and the cross-run fit from the records, log them to MLflow and summarize for the terminal."""
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,21 +10,22 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from analysis import storage
+from store import io
 from analysis.fit import Fit, fit_all, fit_points
 from analysis.premem import checkpoint_table, prepare
-from analysis.records import ORIGINAL, load_records
+from store.names import ORIGINAL
+from store.records import load_records
 from orchestrator.plan import TrialSpec
 from orchestrator.retention import bytes_text, store_bytes
-from orchestrator.store import SweepPaths, write_text_atomic
+from store.layout import SweepPaths, write_text_atomic
 from orchestrator.tracking import NOTE_TAG, Tracker, redact
 from workers.sample import EvalResult
 
 
 def log_result(tracker: Tracker, mlflow_run_id: str, result: EvalResult) -> None:
-    """An evaluated checkpoint: accuracy metrics at its step, the train losses up to it, its two files."""
-    tracker.log_checkpoint(mlflow_run_id, result.step, result.metrics, result.extra.get("train_loss", []),
-                           [result.records_path, result.completions_path], variant=result.variant)
+    """An evaluated checkpoint: accuracy metrics at its step, its two files."""
+    tracker.log_checkpoint(mlflow_run_id, result.step, result.metrics, [result.records_path, result.completions_path],
+                           variant=result.variant)
 
 
 def log_failure(tracker: Tracker, mlflow_run_id: str, paths: SweepPaths, job: dict, line: str, details: str) -> str:
@@ -166,15 +168,14 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
         color = None
         if color_key:
             import pandas as pd
-            from omegaconf import OmegaConf
 
             # a grid value (a curation round's strategy is one, not a config field), else the trial's config
             color = pd.Series({s.run_id: s.grid_values[color_key] if color_key in s.grid_values
-                               else OmegaConf.select(OmegaConf.create(s.config), color_key) for s in specs})
+                               else s.select(color_key) for s in specs})
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
                                                 color_key or "", {BASELINES[k]: f.r2 for k, f in baselines.items()})
-            plot = storage.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
+            plot = io.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
         tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
                                      "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
                                      "premem_n_missing": len(missing), "nll_threshold": tau,
@@ -188,8 +189,6 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
                       ok=not missing, missing=missing, baselines=baselines)
     variant = cfg.sweep.robustness_variant
     if variant and paths.record_files(variant):
-        from orchestrator.reeval import robustness_table
-
         summary.robustness = robustness_table(paths, tau, variant, tracker, parent)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
@@ -200,9 +199,24 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     return summary
 
 
+def robustness_table(paths: SweepPaths, tau: float, variant: str, tracker, parent: str):
+    """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
+    from analysis.curate import robustness
+    from analysis.premem import prepare
+    from store.names import ORIGINAL
+    from store.records import load_records
+
+    files = paths.record_files(ORIGINAL) + paths.record_files(variant)
+    table = robustness(prepare(load_records(files)), tau)
+    out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
+                            json.dumps(table.to_dict(orient="records"), indent=1))
+    tracker.log_artifacts(parent, [out], "analysis")
+    return table
+
+
 def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec], record_files: list[str]) -> list[str]:
     """'run R step N' for each checkpoint Ray Train registered that has no records of the original prompt."""
-    have = {(storage.name(storage.parent(f)), storage.name(f).split(".")[0]) for f in record_files}
-    return [f"run {spec.run_id} step {int(storage.name(c).removeprefix('step_'))}"
+    have = {(io.name(io.parent(f)), io.name(f).split(".")[0]) for f in record_files}
+    return [f"run {spec.run_id} step {int(io.name(c).removeprefix('step_'))}"
             for spec in specs for c in paths.trial_checkpoints(spec.run_id)
-            if (spec.run_id, storage.name(c)) not in have]
+            if (spec.run_id, io.name(c)) not in have]

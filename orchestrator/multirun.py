@@ -1,16 +1,16 @@
 """Hydra's sweep overrides as one premem sweep: `python -m orchestrator -m train.lr=1e-3,3e-3 model=tiny,hf`.
 
 Hydra parses the overrides and composes each job's config (a config-group choice composes a different config);
-premem's Sweeper plugin (hydra_plugins/premem_sweeper) turns the jobs into the trial specs of ONE sweep, which the
-driver runs like any other: validated first, one Tune experiment, one MLflow parent run.
+premem's Sweeper plugin (hydra_plugins/premem_sweeper) hands the jobs back, and orchestrator.sweep plans them as the
+trial specs of ONE sweep, which runs like any other: validated first, one Tune experiment, one MLflow parent run.
 """
 from __future__ import annotations
 
 import itertools
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from orchestrator.config import ConfigError
+from orchestrator.config import ConfigError, config_message, without_hydra
 
 SWEEP_FLAGS = ("-m", "--multirun")
 GRIDS = "premem sweeps grids: a=1,2, range(), choice(), glob() over fields and config groups"
@@ -54,41 +54,29 @@ def sweep_jobs(config_loader, master: DictConfig, arguments: list[str]) -> list[
     return jobs
 
 
-def without_hydra(cfg: DictConfig) -> DictConfig:
-    """A job's config as premem reads it: Hydra's own node dropped, interpolations resolved."""
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    OmegaConf.to_container(cfg, resolve=True)  # an unresolvable value (an unset ${oc.env:...}) named by its key
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-def plan_from_overrides(master: DictConfig, config_loader, arguments: list[str]):
-    """(base config, sweep id, trial specs) of the one sweep these Hydra overrides declare; ConfigError for
-    bad input (a composition error named by its field)."""
+def jobs_from_overrides(master: DictConfig, config_loader, arguments: list[str]):
+    """(base config, jobs) of the one sweep these Hydra overrides declare; ConfigError for bad input (a
+    composition error named by its field). orchestrator.sweep plans them."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from orchestrator import __main__ as driver
 
     try:
         base = without_hydra(master.copy())
         jobs = sweep_jobs(config_loader, master, arguments)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(driver._config_message(exc)) from None
-    return driver.plan_jobs(base, jobs)
+        raise ConfigError(config_message(exc)) from None
+    return base, jobs
 
 
-def plan(overrides: list[str]):
-    """`-m OVERRIDES` planned: Hydra composes the master config and hands the sweep to premem's sweeper
-    (hydra_plugins/premem_sweeper), which returns the plan; nothing is started or written."""
+def compose_jobs(overrides: list[str]):
+    """`-m OVERRIDES` composed: Hydra composes the master config and hands the sweep to premem's sweeper
+    (hydra_plugins/premem_sweeper), which returns (base config, jobs); nothing is started or written."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from orchestrator.__main__ import CONF_DIR, _config_message
-    from orchestrator.config import register_configs
+    from orchestrator.config import CONF_DIR, register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -98,7 +86,7 @@ def plan(overrides: list[str]):
                 config_name="config", task_function=_never_called,
                 overrides=[a for a in overrides if a not in SWEEP_FLAGS], with_log_configuration=False)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(_config_message(exc)) from None
+        raise ConfigError(config_message(exc)) from None
 
 
 def _never_called(cfg: DictConfig) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from orchestrator.config import ConfigError, validate
+from orchestrator.config import Config, ConfigError, validate
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,25 @@ class TrialSpec:
     run_id: str  # the records' run_id and the MLflow child run's premem.run_id tag
     index: int
     grid_values: dict  # {"train.lr": 0.001, ...}
-    config: dict  # the trial's full resolved config
+    config: Config  # the trial's full resolved config, typed: spec.config.train.lr
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "TrialSpec":
+        """A spec as plan.json stores it (dataclasses.asdict); fields added since get their defaults."""
+        return cls(stored["run_id"], stored["index"], stored["grid_values"], typed_config(stored["config"]))
+
+    def select(self, key: str):
+        """A dotted config field's value (`train.lr`), as Hydra spells it."""
+        return OmegaConf.select(OmegaConf.structured(self.config), key)
 
     @property
     def label(self) -> str:
         return " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.grid_values.items()) or "base"
+
+
+def typed_config(tree) -> Config:
+    """A resolved config (DictConfig or plain dict) as the typed Config dataclasses."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), tree))
 
 
 def _short(value) -> str:
@@ -82,7 +96,7 @@ def specs_from_points(points: list[tuple[dict, DictConfig]], sweep_id: str) -> l
     for index, (values, trial) in enumerate(points):
         suffix = "_".join(f"{k.split('.')[-1]}{_short(v)}" for k, v in values.items())
         run_id = f"{sweep_id}-t{index:02d}" + (f"-{suffix}" if suffix else "")
-        specs.append(TrialSpec(run_id, index, values, OmegaConf.to_container(trial, resolve=True)))
+        specs.append(TrialSpec(run_id, index, values, typed_config(OmegaConf.to_container(trial, resolve=True))))
     return specs
 
 

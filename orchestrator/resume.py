@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-from analysis import storage
+from store import io
 from orchestrator.config import tracking_uri
 from orchestrator.plan import TrialSpec
-from orchestrator.reeval import load_stored_config, open_sweep_from_argv
-from orchestrator.store import SweepPaths
+from orchestrator.sweep import load_stored_config, open_sweep_from_argv, stored_specs
+from store.layout import SweepPaths
 
 ALLOWED = ("tracking.", "cluster.")
 DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint)
@@ -27,18 +27,18 @@ def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: s
     """What the interrupted sweep has: registered checkpoints, and those whose evaluation is not in MLflow."""
     from orchestrator import schedule
 
-    pending, trained, evaluated = [], 0, 0
+    pending, trained, evaluated, train_losses = [], 0, 0, {}
     for spec in specs:
         _, template = schedule.trial_jobs(spec, paths, base_model)
         for checkpoint in paths.trial_checkpoints(spec.run_id):
-            state = json.loads(storage.read_text(storage.join(checkpoint, "trainer_state.json")))
+            state = json.loads(io.read_text(io.join(checkpoint, "trainer_state.json")))
             trained += 1
+            train_losses.setdefault(spec.run_id, []).extend(state["train_loss"])
             if tracker.has_step(children[spec.run_id], DONE_MARKER, int(state["step"])):
                 evaluated += 1
             else:
-                pending.append(template.job(int(state["step"]), float(state["epoch"]), checkpoint,
-                                            {"train_loss": state["train_loss"]}))
-    return schedule.Resumed(pending, trained, evaluated, schedule.finished_trials(paths))
+                pending.append(template.job(int(state["step"]), float(state["epoch"]), checkpoint))
+    return schedule.Resumed(pending, train_losses, trained, evaluated, schedule.finished_trials(paths))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if opened is None:
         return 2
     paths, cfg = opened
-    from orchestrator.__main__ import base_models, execute, trial_params
+    from orchestrator.sweep import base_models, execute, trial_params
     from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker, end_abandoned_runs
 
-    specs = [TrialSpec(**d) for d in json.loads(storage.read_text(paths.file("plan.json")))]
+    specs = stored_specs(paths)
     base_model = base_models(specs)  # one per trial: a sweep may vary the model group
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below

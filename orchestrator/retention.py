@@ -18,9 +18,9 @@ import json
 import threading
 from dataclasses import dataclass, field
 
-from analysis import storage
-from orchestrator.store import SweepPaths
-from workers.settings import ENGINE_DIR
+from store import io
+from store.layout import SweepPaths
+from store.names import ENGINE_DIR
 
 POLICIES = ("all", "final", "final_and_best")
 EVICTED = "EVICTED.json"  # left in a checkpoint whose weights were deleted: when, why, how many bytes
@@ -49,16 +49,16 @@ def by_kind(sizes: dict[str, int]) -> dict[str, int]:
 def evict_weights(checkpoint: str, reason: str) -> int:
     """Delete a checkpoint's HF weights (its config, tokenizer and trainer state stay, with an EVICTED note);
     the bytes deleted."""
-    sizes = storage.file_sizes(checkpoint)
+    sizes = io.file_sizes(checkpoint)
     weights = {rel: size for rel, size in sizes.items() if kind_of(rel) == "weights"}
     for relative in weights:
-        storage.delete_file(storage.join(checkpoint, relative))
-    storage.write_text(storage.join(checkpoint, EVICTED), json.dumps({"reason": reason, "bytes": sum(weights.values())}))
+        io.delete_file(io.join(checkpoint, relative))
+    io.write_text(io.join(checkpoint, EVICTED), json.dumps({"reason": reason, "bytes": sum(weights.values())}))
     return sum(weights.values())
 
 
 def evicted(checkpoint: str) -> bool:
-    return storage.is_file(storage.join(checkpoint, EVICTED))
+    return io.is_file(io.join(checkpoint, EVICTED))
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Retention:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def checkpoint(self, run_id: str, step: int) -> str:
-        return storage.join(self.paths.checkpoints, run_id, f"step_{step:06d}")
+        return io.join(self.paths.checkpoints, run_id, f"step_{step:06d}")
 
     def evaluated(self, run_id: str, step: int, test_acc: float) -> None:
         """A checkpoint's records are written: delete its weights unless the policy keeps them (and, under
@@ -97,25 +97,25 @@ class Retention:
         if self.policy == "all":
             return
         for checkpoint in self.paths.trial_checkpoints(run_id):
-            storage.delete_dir(storage.join(checkpoint, ENGINE_DIR))
+            io.delete_dir(io.join(checkpoint, ENGINE_DIR))
 
 
 def record_written(paths: SweepPaths, run_id: str, step: int, checkpoint: str) -> None:
     """Measure a checkpoint as it was persisted (before anything is evicted): the store's write ledger."""
-    totals = by_kind(storage.file_sizes(checkpoint))
-    storage.write_text(paths.file("analysis", "bytes", run_id, f"step_{step:06d}.json"), json.dumps(totals))
+    totals = by_kind(io.file_sizes(checkpoint))
+    io.write_text(paths.file("analysis", "bytes", run_id, f"step_{step:06d}.json"), json.dumps(totals))
 
 
 def store_bytes(paths: SweepPaths) -> dict[str, int]:
     """Bytes written to and kept in the sweep's store, by kind: written from the ledger of persisted checkpoints
     plus the records and completions (never deleted); kept from what is there now."""
     written = dict.fromkeys(KINDS, 0)
-    for ledger in storage.list_files(storage.join(paths.analysis, "bytes"), suffix=".json"):
-        for kind, size in json.loads(storage.read_text(ledger)).items():
+    for ledger in io.list_files(io.join(paths.analysis, "bytes"), suffix=".json"):
+        for kind, size in json.loads(io.read_text(ledger)).items():
             if kind in written:
                 written[kind] += size
-    kept = {k: v for k, v in by_kind(storage.file_sizes(paths.checkpoints)).items() if k in KINDS}
-    results = sum(by_kind(storage.file_sizes(location))["records"] for location in (paths.records, paths.completions))
+    kept = {k: v for k, v in by_kind(io.file_sizes(paths.checkpoints)).items() if k in KINDS}
+    results = sum(by_kind(io.file_sizes(location))["records"] for location in (paths.records, paths.completions))
     written["records"] += results
     kept["records"] += results
     return {**{f"store_written_{k}_bytes": v for k, v in written.items()},

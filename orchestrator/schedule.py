@@ -21,13 +21,13 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from analysis import storage
+from store import io
 from orchestrator import retention
 from orchestrator.plan import TrialSpec
-from orchestrator.store import SweepPaths
+from store.layout import SweepPaths
 from workers.sample import EvalJob, SamplingPool
 from workers.tasks import task_args
-from workers.settings import ENGINE_DIR
+from store.names import ENGINE_DIR
 from workers.train import TrainJob, TrainSettings, train_loop_per_worker
 
 NAMESPACE = "premem"
@@ -92,7 +92,7 @@ def check_placement(specs: list[TrialSpec], sampler):
     from orchestrator import placement
 
     nodes = placement.nodes_from_ray(ray.nodes())
-    plans = [placement.plan_placement(nodes, sampler, spec.config["train"], spec.config["train"]["placement_strategy"])
+    plans = [placement.plan_placement(nodes, sampler, asdict(spec.config.train), spec.config.train.placement_strategy)
              for spec in specs]
     return max(plans, key=lambda p: len(p.workers))
 
@@ -139,10 +139,10 @@ def record_placement(pool, paths: SweepPaths) -> str:
         samplers = ray.get(pool.placement.remote(), timeout=60)
     except Exception as exc:  # a lost pool was reported already; where it ran is not worth failing for
         return f"placement: the sampling pool did not answer ({type(exc).__name__})"
-    storage.write_text(paths.file("analysis", "placement", "samplers.json"), json.dumps(samplers, indent=1))
-    trials = {_trial_of(storage.name(location)): json.loads(storage.read_text(location))
-              for location in storage.list_files(storage.join(paths.analysis, "placement"), suffix=".json")
-              if storage.name(location) != "samplers.json"}
+    io.write_text(paths.file("analysis", "placement", "samplers.json"), json.dumps(samplers, indent=1))
+    trials = {_trial_of(io.name(location)): json.loads(io.read_text(location))
+              for location in io.list_files(io.join(paths.analysis, "placement"), suffix=".json")
+              if io.name(location) != "samplers.json"}
     return placement_text(samplers, trials)
 
 
@@ -181,11 +181,11 @@ class EvalTemplate:
     subset_seed: int = 0
     local_dir: str | None = None  # store.local_dir
 
-    def job(self, step: int, epoch: float, checkpoint_dir: str, extra: dict) -> EvalJob:
+    def job(self, step: int, epoch: float, checkpoint_dir: str) -> EvalJob:
         return EvalJob(self.run_id, step, epoch, checkpoint_dir,
                        self.paths.records_file(self.run_id, step, self.variant),
                        self.paths.completions_file(self.run_id, step, self.variant),
-                       self.task, self.prompt, self.sampling, self.variant, extra, self.grade_timeout_s,
+                       self.task, self.prompt, self.sampling, self.variant, self.grade_timeout_s,
                        self.grade_workers, self.train_subset, self.subset_seed, self.local_dir)
 
 
@@ -204,23 +204,22 @@ class RouteCheckpoints(UserCallback):
         if checkpoint is None:
             return
         # The checkpoint as a store location (Ray gives a path on its filesystem, without the URI scheme)
-        location = storage.join(self.template.paths.checkpoints, self.template.run_id, storage.name(checkpoint.path))
-        state = json.loads(storage.read_text(storage.join(location, "trainer_state.json")))
+        location = io.join(self.template.paths.checkpoints, self.template.run_id, io.name(checkpoint.path))
+        state = json.loads(io.read_text(io.join(location, "trainer_state.json")))
         retention.record_written(self.template.paths, self.template.run_id, int(state["step"]), location)
-        extra = {"train_loss": state["train_loss"]}
-        job = self.template.job(int(state["step"]), float(state["epoch"]), location, extra)
+        job = self.template.job(int(state["step"]), float(state["epoch"]), location)
         ray.get_actor(pool_name(), namespace=NAMESPACE).submit.remote(job)
-        older = [c for c in storage.list_dirs(storage.parent(location))
-                 if storage.name(c).startswith("step_") and storage.name(c) < storage.name(location)]
+        older = [c for c in io.list_dirs(io.parent(location))
+                 if io.name(c).startswith("step_") and io.name(c) < io.name(location)]
         for stale in older[: max(0, len(older) - self.keep_engine_states + 1)]:
-            storage.delete_dir(storage.join(stale, ENGINE_DIR))
+            io.delete_dir(io.join(stale, ENGINE_DIR))
 
 
     def _record_placement(self, workers: list) -> None:
         """Where this trial's workers run (node, GPU ids), rank by rank: written again after a restart moves them."""
         if workers != self.placement and all(workers):
             self.placement = workers
-            storage.write_text(self.template.paths.file("analysis", "placement", f"{self.template.run_id}.json"),
+            io.write_text(self.template.paths.file("analysis", "placement", f"{self.template.run_id}.json"),
                                json.dumps(workers, indent=1))
 
 
@@ -230,19 +229,18 @@ def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str | dict[str, s
     if isinstance(base_model, dict):
         base_model = base_model[spec.run_id]
     c = spec.config
-    task = task_args(c["task"])
-    prompt = {"question_suffix": c["task"]["question_suffix"], "stop": c["task"]["stop"]}
-    train_fields = {k: c["train"][k] for k in TrainSettings.__dataclass_fields__}
+    task = task_args(c.task)
+    prompt = {"question_suffix": c.task.question_suffix, "stop": c.task.stop}
+    train_fields = {k: getattr(c.train, k) for k in TrainSettings.__dataclass_fields__}
     job = TrainJob(run_id=spec.run_id, base_model=base_model, task=task, prompt=prompt,
-                   train=TrainSettings(**train_fields), seed=c["seed"],
-                   threads_per_worker=max(1, int(c["train"]["cpus_per_worker"])), local_dir=c["store"]["local_dir"])
-    s = c["sampler"]
-    sampling = {"k": s["k"], "temperature": s["temperature"], "top_p": s["top_p"],
-                "max_new_tokens": s["max_new_tokens"], "stop": c["task"]["stop"], "seed": s["seed"],
-                "batch_tokens": s["batch_tokens"], "score_batch_tokens": s["score_batch_tokens"]}
-    template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s["answer_prefix"]}, sampling,
-                            s["variant"], s["grade_timeout_s"], s["grade_workers"], s["train_subset"], s["seed"],
-                            c["store"]["local_dir"])
+                   train=TrainSettings(**train_fields), seed=c.seed,
+                   threads_per_worker=max(1, int(c.train.cpus_per_worker)), local_dir=c.store.local_dir)
+    s = c.sampler
+    sampling = {"k": s.k, "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+                "stop": c.task.stop, "seed": s.seed, "batch_tokens": s.batch_tokens,
+                "score_batch_tokens": s.score_batch_tokens}
+    template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s.answer_prefix}, sampling,
+                            s.variant, s.grade_timeout_s, s.grade_workers, s.train_subset, s.seed, c.store.local_dir)
     return job, template
 
 
@@ -257,17 +255,17 @@ def run_trial(config: dict) -> dict:
         train_loop_config={**asdict(job), "train": asdict(job.train)},
         torch_config=TorchConfig(backend=dist_backend(train_cfg)),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train_cfg["num_workers"], use_gpu=train_cfg["use_gpu"],
-            resources_per_worker={"CPU": train_cfg["cpus_per_worker"],
-                                  **({"GPU": train_cfg["gpus_per_worker"]} if train_cfg["use_gpu"] else {}),
-                                  **train_cfg["resources_per_worker"]},
-            placement_strategy=train_cfg["placement_strategy"]),
+            num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker,
+                                  **({"GPU": train_cfg.gpus_per_worker} if train_cfg.use_gpu else {}),
+                                  **train_cfg.resources_per_worker},
+            placement_strategy=train_cfg.placement_strategy),
         run_config=ray.train.RunConfig(
             name=job.run_id, storage_path=template.paths.checkpoints,
-            failure_config=ray.train.FailureConfig(max_failures=train_cfg["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-            worker_runtime_env={"env_vars": dict(train_cfg["env"])} if train_cfg["env"] else None,
-            callbacks=[RouteCheckpoints(template, train_cfg["keep_engine_states"]), TuneReportCallback()]),
+            worker_runtime_env={"env_vars": dict(train_cfg.env)} if train_cfg.env else None,
+            callbacks=[RouteCheckpoints(template, train_cfg.keep_engine_states), TuneReportCallback()]),
     )
     started = time.time()
     result = trainer.fit()
@@ -275,12 +273,12 @@ def run_trial(config: dict) -> dict:
     return {"final_step": (result.metrics or {}).get("step", 0), **trial_timings(started, ended, result.metrics)}
 
 
-def dist_backend(train_cfg: dict) -> str:
+def dist_backend(train_cfg) -> str:
     """torch.distributed's backend for a trial: NCCL between GPU workers, gloo on CPU (`train.dist_backend`
     names one outright, e.g. gloo for workers placed on GPU nodes that train on CPU)."""
-    if train_cfg["dist_backend"] != "auto":
-        return train_cfg["dist_backend"]
-    return "nccl" if train_cfg["use_gpu"] else "gloo"
+    if train_cfg.dist_backend != "auto":
+        return train_cfg.dist_backend
+    return "nccl" if train_cfg.use_gpu else "gloo"
 
 
 def trial_timings(started: float, ended: float, last_metrics: dict | None) -> dict:
@@ -333,10 +331,15 @@ class Progress:
 
 
 class ProgressCallback(ray.tune.Callback):
-    """Tune driver-side callback: trial state changes and trained checkpoints feed the progress line."""
+    """Tune driver-side callback: trial state changes and trained checkpoints feed the progress line, and each
+    report's train losses go to `on_train_report(run_id, [[step, loss], ...])` (the driver logs them)."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: Progress, on_train_report=None):
         self.progress = progress
+        self.on_train_report = on_train_report
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state: not the driver's logger
+        return {**self.__dict__, "on_train_report": None}
 
     def _run_id(self, trial) -> str:
         return trial.config["trial"]["job"].run_id
@@ -347,6 +350,8 @@ class ProgressCallback(ray.tune.Callback):
             self.progress.trial_started[self._run_id(trial)] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("train_losses") and self.on_train_report is not None:
+            self.on_train_report(self._run_id(trial), result["train_losses"])
         with self.progress.lock:
             if "checkpoint_path" in result:
                 self.progress.trained += 1
@@ -384,6 +389,7 @@ class Resumed:
     """What an interrupted sweep already has, for `orchestrator.resume`."""
 
     pending: list  # EvalJobs of checkpoints trained but not evaluated (or not logged) before the driver died
+    train_losses: dict  # run_id -> [[step, loss], ...] its stored checkpoints hold (logged again: written once)
     trained: int  # registered checkpoints in the store
     evaluated: int  # of them, evaluated and logged
     finished_trials: set  # run_ids Tune finished (it does not run them again)
@@ -391,7 +397,8 @@ class Resumed:
 
 def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str], max_concurrent: int,
               pool, on_result, on_failure, expected_checkpoints: int,
-              refresh_seconds: float = 2.0, resumed: Resumed | None = None, on_trial_done=None) -> Progress:
+              refresh_seconds: float = 2.0, resumed: Resumed | None = None, on_trial_done=None,
+              on_train_report=None) -> Progress:
     """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end.
 
     With `resumed`, Tune's experiment in the store is restored (finished trials stay finished, the others
@@ -400,19 +407,22 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
     trials = []
     for spec in specs:
         job, template = trial_jobs(spec, paths, base_model)
-        trials.append({"job": job, "template": template, "train_cfg": spec.config["train"]})
-    max_failures = max(int(spec.config["train"]["max_failures"]) for spec in specs)
+        trials.append({"job": job, "template": template, "train_cfg": spec.config.train})
+    max_failures = max(int(spec.config.train.max_failures) for spec in specs)
     if resumed is not None:
         progress.trained, progress.evaluated = resumed.trained, resumed.evaluated
         progress.done = set(resumed.finished_trials)
         for job in resumed.pending:
             pool.submit.remote(job)
+        if on_train_report is not None:  # the dead driver may not have logged every report's losses
+            for run_id, losses in resumed.train_losses.items():
+                on_train_report(run_id, losses)
 
     stop = threading.Event()
     thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds,
                                                          on_trial_done), name="premem-monitor", daemon=True)
     thread.start()
-    callback = ProgressCallback(progress)
+    callback = ProgressCallback(progress, on_train_report)
     _keep_credentials_out_of_runtime_envs()
     if resumed is not None and ray.tune.Tuner.can_restore(tune_dir(paths)):
         tuner = ray.tune.Tuner.restore(tune_dir(paths), _trainable_with_resources(), resume_unfinished=True,
@@ -429,7 +439,7 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
 
 
 def tune_dir(paths: SweepPaths) -> str:
-    return storage.join(paths.sweep, "tune")
+    return io.join(paths.sweep, "tune")
 
 
 def finished_trials(paths: SweepPaths) -> set[str]:

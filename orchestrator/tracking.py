@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from analysis import storage
+from store import io
 from analysis.sources import RUN_ID_TAG
 from orchestrator.config import redact
 
@@ -90,7 +90,7 @@ class Tracker:
             # Artifacts go to the store (a file: URI or the object store's); a server decides its own location.
             location = None
             if artifact_root and not uri.startswith("http"):
-                location = artifact_root if storage.is_uri(artifact_root) else Path(artifact_root).resolve().as_uri()
+                location = artifact_root if io.is_uri(artifact_root) else Path(artifact_root).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
@@ -228,17 +228,21 @@ class Tracker:
                    if v is not None and not math.isinf(v)]
         self._write_metrics(mlflow_run_id, metrics)
 
-    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, train_loss: list, artifacts: list[str],
+    def log_series(self, mlflow_run_id: str, key: str, points: list) -> None:
+        """Values of one metric at many steps ([step, value] pairs, e.g. a trial's train losses); each step is
+        written once however often it is logged (a resumed sweep logs what its checkpoints hold again)."""
+        now = int(time.time() * 1000)
+        self._write_metrics(mlflow_run_id, [Metric(key, float(value), now, int(step)) for step, value in points
+                                            if value is not None and math.isfinite(value)])
+
+    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, artifacts: list[str],
                        variant: str = "original") -> None:
-        """One evaluated checkpoint: its files, the train losses since the last one, its accuracy metrics.
+        """One evaluated checkpoint: its files, then its accuracy metrics.
 
         In that order: the accuracy metrics come last, so a checkpoint whose `test_acc` is in MLflow has all
         of it there (what a resumed sweep checks)."""
         for location in artifacts:  # <sweep>/records/<run_id>/x.parquet -> artifact records/x.parquet
-            self.log_artifacts(mlflow_run_id, [location], storage.name(storage.parent(storage.parent(location))))
-        now = int(time.time() * 1000)
-        self._write_metrics(mlflow_run_id, [Metric("train_loss", float(loss), now, int(s)) for s, loss in train_loss
-                                            if math.isfinite(loss)])
+            self.log_artifacts(mlflow_run_id, [location], io.name(io.parent(io.parent(location))))
         suffix = "" if variant == "original" else f"_{variant}"
         self.log_metrics(mlflow_run_id, {f"{k}{suffix}": metrics[k] for k in CHECKPOINT_METRICS if k in metrics},
                          step)
@@ -246,12 +250,12 @@ class Tracker:
     def log_artifacts(self, mlflow_run_id: str, locations: list, artifact_path: str | None = None) -> None:
         """Files from local paths or store URIs (the latter copied through a temp dir under their own name)."""
         for location in map(str, locations):
-            if not storage.is_uri(location):
+            if not io.is_uri(location):
                 self.client.log_artifact(mlflow_run_id, location, artifact_path=artifact_path)
                 continue
             with tempfile.TemporaryDirectory(prefix="premem-artifact-") as tmp:
-                local = Path(tmp) / storage.name(location)
-                local.write_bytes(storage.read_bytes(location))
+                local = Path(tmp) / io.name(location)
+                local.write_bytes(io.read_bytes(location))
                 self.client.log_artifact(mlflow_run_id, str(local), artifact_path=artifact_path)
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
@@ -293,7 +297,7 @@ class Outbox:
     restarting delays them and never stops training or loses a value. Same write methods as Tracker (they
     return at once); `close` waits for the server to take everything."""
 
-    WRITES = ("log_checkpoint", "log_metrics", "log_artifacts", "set_tags", "end_run")
+    WRITES = ("log_checkpoint", "log_series", "log_metrics", "log_artifacts", "set_tags", "end_run")
 
     def __init__(self, tracker: Tracker, retry_max_s: float = 10.0, log=None):
         self.tracker = tracker

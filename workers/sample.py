@@ -11,16 +11,18 @@ import hashlib
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from analysis import storage
-from analysis.records import ORIGINAL, write_records
+from store import io
+from store.names import ORIGINAL
+from store.records import write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import Grader
-from workers.settings import ENGINE_DIR, cache_root
+from store.names import ENGINE_DIR
+from workers.settings import cache_root
 from workers.tasks import Example, PromptFormat, Splits, load_task
 
 COMPLETIONS_SCHEMA = pa.schema([
@@ -42,7 +44,6 @@ class EvalJob:
     prompt: dict  # PromptFormat fields (answer_prefix set for a prompt variant)
     sampling: dict  # SamplingSettings fields
     variant: str = ORIGINAL
-    extra: dict = field(default_factory=dict)  # passed through to the result (e.g. train metrics)
     grade_timeout_s: float = 5.0  # per answer: longer is graded wrong and counted (`*_grade_timeouts`)
     grade_workers: int = 1  # math-verify processes
     train_subset: int = 0  # train questions evaluated (0: all); the same ones for every run and checkpoint
@@ -78,7 +79,6 @@ class EvalResult:
     records_path: str
     completions_path: str
     metrics: dict  # train_acc, test_acc, ref_nll_mean, unparsed fractions, timings
-    extra: dict
 
 
 def _grade_all(examples: list[Example], completions: list[list[str]], grader: Grader, prefix: str):
@@ -115,11 +115,11 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     fmt = PromptFormat(**job.prompt)
     original_fmt = PromptFormat(**{**job.prompt, "answer_prefix": ""})
     # A checkpoint in an object store is fetched to this node's disk for the backend, and dropped after.
-    local_checkpoint = storage.local_copy(job.checkpoint_dir, cache_root(job.local_dir), skip=(ENGINE_DIR,))
+    local_checkpoint = io.local_copy(job.checkpoint_dir, cache_root(job.local_dir), skip=(ENGINE_DIR,))
     try:
         backend.load(local_checkpoint)
     finally:
-        storage.drop_local_copy(job.checkpoint_dir, local_checkpoint)
+        io.drop_local_copy(job.checkpoint_dir, local_checkpoint)
     t_load = time.perf_counter()
 
     # One deduplicated prompt list for both splits: a question in train and test is sampled once.
@@ -128,11 +128,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     prompts = [fmt.prompt(q) for q in unique]
     score_prompts = [original_fmt.prompt(e.question) for e in splits.train]
     score_targets = [original_fmt.target(e.solution) for e in splits.train]
-    if hasattr(backend, "sample_and_score"):  # vLLM: sampling and scoring share one engine pass
-        completions_unique, ref_nll = backend.sample_and_score(prompts, settings, score_prompts, score_targets)
-    else:
-        completions_unique = backend.sample(prompts, settings)
-        ref_nll = backend.score(score_prompts, score_targets, settings.score_batch_tokens)
+    completions_unique, ref_nll = backend.sample_and_score(prompts, settings, score_prompts, score_targets)
     t_sample = time.perf_counter()
     by_question = dict(zip(unique, completions_unique))
 
@@ -160,13 +156,13 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     t_grade = time.perf_counter()
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
 
-    storage.write_parquet(pa.concat_tables(completion_tables), job.completions_path)
+    io.write_parquet(pa.concat_tables(completion_tables), job.completions_path)
     write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done
     t_end = time.perf_counter()
     metrics.update(eval_seconds=t_end - t0, load_seconds=t_load - t0, sample_score_seconds=t_sample - t_load,
                    grade_seconds=t_grade - t_sample, n_prompts=len(unique))
     return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path,
-                      metrics, job.extra)
+                      metrics)
 
 
 # ---------------------------------------------------------------------------------------- Ray edge
@@ -201,8 +197,7 @@ class SamplerActor:
             return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
         except Exception as exc:
             # An engine that failed mid-request may be wedged: the next checkpoint builds a fresh one.
-            if hasattr(self.backend, "close"):
-                self.backend.close()
+            self.backend.close()
             raise EvaluationError(failure_line(job, exc), traceback.format_exc()) from None
 
 

@@ -46,10 +46,6 @@ class BaseStage:
     final_answer: bool = False  # base text without '#### N': finetuning teaches the dataset's format
 
 
-# Each reported checkpoint is an HF directory (what the sampler loads) with DeepSpeed's engine state, the data
-# position and the RNGs under this subdirectory (what a restarted trial resumes from; the sampler skips it).
-ENGINE_DIR = "engine"
-
 
 def save_interval(settings, steps_per_epoch: int) -> int:
     """Optimizer steps between checkpoints; 0 = one at the end of each epoch only (or, with

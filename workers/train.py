@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from analysis import storage
-from workers.settings import ENGINE_DIR, BaseStage, TrainSettings, cache_root, save_interval, steps_per_epoch
+from store import io
+from store.names import ENGINE_DIR
+from workers.settings import BaseStage, TrainSettings, cache_root, save_interval, steps_per_epoch
 from workers.tasks import Example, PromptFormat, load_task
+from workers.tokens import collate, encode_pair
 
-IGNORE = -100
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -54,28 +55,6 @@ class SupervisedData(Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
         return self.items[i]
-
-
-def encode_pair(tokenizer, prompt: str, target: str, max_len: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with the prompt masked; prompt and target tokenized apart so the mask is exact."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompt_ids = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    ids = (prompt_ids + target_ids)[:max_len]
-    labels = ([IGNORE] * len(prompt_ids) + target_ids)[:max_len]
-    return ids, labels
-
-
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def linear_warmup_decay(total_steps: int, warmup_frac: float):
@@ -215,7 +194,7 @@ def train_loop_per_worker(config: dict) -> None:
         Path(job.local_dir).mkdir(parents=True, exist_ok=True)
     resume = _resume_point(ray.train.get_checkpoint(), job.local_dir)
     deepspeed.init_distributed()  # adopts Ray Train's process group; DeepSpeed's configs read its world size
-    base_model = storage.local_copy(job.base_model, cache_root(job.local_dir))  # this node's copy (object store)
+    base_model = io.local_copy(job.base_model, cache_root(job.local_dir))  # this node's copy (object store)
     tokenizer = load_tokenizer(base_model)
     ds_config = deepspeed_config(s, world)
     model = load_for_training(base_model, s, ds_config)
@@ -318,8 +297,10 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
     step = position["step"]
     rank = ray.train.get_context().get_world_rank()
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
+    # train_losses: every optimizer step's loss since the last report; the driver logs them to MLflow from this
+    # report (Tune hands it over), so they never depend on the checkpoint's evaluation
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
-               **clock.metrics()}
+               "train_losses": [[s, loss] for s, loss in losses], **clock.metrics()}
     with tempfile.TemporaryDirectory(prefix="premem-ckpt-", dir=job.local_dir) as tmp:  # gone once reported
         engine_dir = Path(tmp) / ENGINE_DIR
         engine.save_checkpoint(str(engine_dir), tag=ENGINE_TAG, save_latest=False)

@@ -36,9 +36,9 @@ class PrememSweeper(Sweeper):
         self.hydra_context, self.config = hydra_context, config  # no launcher: premem runs the trials on Ray
 
     def sweep(self, arguments: List[str]) -> Any:
-        """The plan of the one premem sweep these overrides declare: (base config, sweep id, trial specs),
-        which premem's driver checks and runs (orchestrator.__main__.run_plan)."""
-        from orchestrator.multirun import plan_from_overrides
+        """The one premem sweep these overrides declare as (base config, jobs), which orchestrator.sweep plans,
+        checks and runs."""
+        from orchestrator.multirun import jobs_from_overrides
 
         declared = [f"{key}={value}" for key, value in self.params.items()]
-        return plan_from_overrides(self.config, self.hydra_context.config_loader, declared + list(arguments))
+        return jobs_from_overrides(self.config, self.hydra_context.config_loader, declared + list(arguments))

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator.__main__ import compose_config
+from orchestrator.config import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -222,7 +222,7 @@ def test_gpu_smoke_splits_the_gpus_between_training_and_sampling():
     """Two or more NCCL train workers where 3+ GPUs exist, the rest sample; TP 2 checked from 3 GPUs; one GPU
     shared by a worker and a sampler; every split passes the config checks the sweep applies."""
     from bench.gpu_smoke import gpu_plan
-    from orchestrator.__main__ import compose_config
+    from orchestrator.config import compose_config
     from orchestrator.config import validate
 
     plans = {n: gpu_plan(n) for n in (1, 2, 3, 4, 8, 16)}

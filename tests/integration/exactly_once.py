@@ -15,7 +15,7 @@ RECORD_KEY = ["run_id", "step", "split", "example_id", "variant"]
 
 def assert_records_exactly_once(sweep_dir: Path, n_train: int, n_test: int) -> pd.DataFrame:
     """Every checkpoint Ray Train registered has its records, each key once; returns the records."""
-    from orchestrator.store import open_sweep
+    from store.layout import open_sweep
 
     paths = open_sweep(str(sweep_dir))
     plan = json.loads((sweep_dir / "plan.json").read_text())

@@ -27,10 +27,10 @@ def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server):
                                                 {"train.lr": 3e-3, "seed": 0}, {"train.lr": 3e-3, "seed": 1}]
     records = list((sweep_dir / "records").rglob("*.original.parquet"))
     assert len(records) == 4  # one checkpoint per trial
-    from orchestrator.__main__ import expected_checkpoints
+    from orchestrator.sweep import expected_checkpoints
     from orchestrator.plan import TrialSpec
 
-    assert expected_checkpoints([TrialSpec(**t) for t in plan]) == len(records)  # --plan counted what trained
+    assert expected_checkpoints([TrialSpec.from_dict(t) for t in plan]) == len(records)  # --plan counted what trained
     assert len(list((sweep_dir / "tune").glob("trainable_*"))) == 4  # one Tune experiment holds the 4 trials
     assert "sweep small-" in result.stdout and "4 trials" in result.stdout
     assert not (tmp_path / "multirun").exists() and not list(tmp_path.glob("**/.hydra"))  # no Hydra job dirs

@@ -16,7 +16,7 @@ import pandas as pd
 
 import pytest
 
-from analysis import storage
+from store import io
 from tests.conftest import REPO, make_bucket
 from tests.integration.conftest import SMALL, mlflow_server_at, ray_cluster_at, run_python
 
@@ -48,7 +48,7 @@ def s3_sweep(bucket, ray_cluster, s3_mlflow):
     env_before = set(os.listdir(REPO))
     result = run_python(["-m", "orchestrator", f"store.root={bucket}/store", f"tracking.uri={s3_mlflow}",
                          f"cluster.address={ray_cluster}", "tracking.experiment=s3", *SMALL], timeout=1500)
-    sweeps = storage.list_dirs(f"{bucket}/store/sweeps")
+    sweeps = io.list_dirs(f"{bucket}/store/sweeps")
     assert len(sweeps) == 1
     assert set(os.listdir(REPO)) == env_before  # no ./runs or anything else beside the code
     return sweeps[0], result.stdout
@@ -56,21 +56,21 @@ def s3_sweep(bucket, ray_cluster, s3_mlflow):
 
 def test_sweep_on_s3_writes_everything_to_the_bucket(s3_sweep, bucket):
     sweep, stdout = s3_sweep
-    records = storage.list_files(f"{sweep}/records", suffix=".original.parquet")
+    records = io.list_files(f"{sweep}/records", suffix=".original.parquet")
     assert len(records) == 4  # 2 trials x 2 epochs
-    assert len(storage.list_files(f"{sweep}/completions", suffix=".parquet")) == 4
-    checkpoints = [c for run in storage.list_dirs(f"{sweep}/checkpoints") for c in storage.list_dirs(run)]
-    assert len(checkpoints) == 4 and all(storage.is_file(f"{c}/model.safetensors") for c in checkpoints)
+    assert len(io.list_files(f"{sweep}/completions", suffix=".parquet")) == 4
+    checkpoints = [c for run in io.list_dirs(f"{sweep}/checkpoints") for c in io.list_dirs(run)]
+    assert len(checkpoints) == 4 and all(io.is_file(f"{c}/model.safetensors") for c in checkpoints)
     for name in ("config.yaml", "plan.json", "analysis/points.csv", "analysis/premem_vs_test.png",
                  "analysis/timings.json"):
-        assert storage.is_file(f"{sweep}/{name}"), name
-    assert storage.list_files(f"{bucket}/store/base_models", suffix="config.json")
-    assert storage.list_files(f"{bucket}/mlartifacts", suffix=".parquet")  # MLflow's artifacts, same bucket
+        assert io.is_file(f"{sweep}/{name}"), name
+    assert io.list_files(f"{bucket}/store/base_models", suffix="config.json")
+    assert io.list_files(f"{bucket}/mlartifacts", suffix=".parquet")  # MLflow's artifacts, same bucket
     assert f"store: {sweep}" in stdout and "premem R² =" in stdout
 
 
 def test_nothing_of_the_sweep_on_local_disk_outside_temp_dirs(s3_sweep):
-    sweep_id = storage.name(s3_sweep[0])
+    sweep_id = io.name(s3_sweep[0])
     temp = os.path.realpath(tempfile.gettempdir())
     for top in (REPO.parent, os.path.expanduser("~")):
         for dirpath, dirnames, filenames in os.walk(top):
@@ -97,8 +97,8 @@ def test_reevaluation_reads_and_writes_the_s3_sweep(s3_sweep, ray_cluster, s3_ml
     run_python(["-m", "orchestrator.reeval", sweep, "sampler.variant=first", "sampler.answer_prefix=First",
                 "sampler.k=2", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
                 f"cluster.address={ray_cluster}"], timeout=900)
-    assert len(storage.list_files(f"{sweep}/records", suffix=".first.parquet")) == 4
-    assert storage.is_file(f"{sweep}/analysis/robustness_first.json")
+    assert len(io.list_files(f"{sweep}/records", suffix=".first.parquet")) == 4
+    assert io.is_file(f"{sweep}/analysis/robustness_first.json")
 
 
 def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp_path):
@@ -108,7 +108,7 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
     from mlflow import MlflowClient
 
     sweep, _ = s3_sweep
-    store = storage.parent(storage.parent(sweep))
+    store = io.parent(io.parent(sweep))
     out = tmp_path / "curation.json"
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]",
@@ -126,23 +126,23 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
     assert report["efficiency"]["premem"]["budget"] == 12 and report["efficiency_ratio"] >= 0
     assert "efficiency vs i.i.d. (premem, +12)" in result.stdout
     # each round is a sweep in the bucket; round 2's new data hold round 1's and six more, all new questions
-    rounds = sorted(r for r in storage.list_dirs(f"{store}/sweeps") if "curation-small-" in r)
+    rounds = sorted(r for r in io.list_dirs(f"{store}/sweeps") if "curation-small-" in r)
     assert [r[-3:] for r in rounds] == ["-r1", "-r2"]
-    first = [json.loads(line) for line in storage.read_text(f"{rounds[0]}/data/premem-s0-n6.jsonl").splitlines()]
-    second = [json.loads(line) for line in storage.read_text(f"{rounds[1]}/data/premem-s0-n12.jsonl").splitlines()]
+    first = [json.loads(line) for line in io.read_text(f"{rounds[0]}/data/premem-s0-n6.jsonl").splitlines()]
+    second = [json.loads(line) for line in io.read_text(f"{rounds[1]}/data/premem-s0-n12.jsonl").splitlines()]
     assert second[:6] == first and len(second) == 12
-    sweep_records = pd.concat(storage.read_parquet(f).to_pandas()
-                              for f in storage.list_files(f"{sweep}/records", suffix=".original.parquet"))
+    sweep_records = pd.concat(io.read_parquet(f).to_pandas()
+                              for f in io.list_files(f"{sweep}/records", suffix=".original.parquet"))
     train_ids = set(sweep_records[sweep_records.split == "train"].example_id)
     assert all(row["similar_to"] in train_ids for row in first)  # round 1 resembles the sweep's examples
     assert {row["similar_to"] for row in second[6:]} <= {row["example_id"] for row in first} | train_ids
     questions = {row["question"] for row in second}
     assert len(questions) == 12  # (the sweep's questions are excluded by construction: unit-tested)
     # follow-up runs were evaluated on the grown train split: 48 + 6 train questions in round 1
-    records = pd.concat(storage.read_parquet(f).to_pandas()
-                        for f in storage.list_files(f"{rounds[0]}/records", suffix=".original.parquet"))
+    records = pd.concat(io.read_parquet(f).to_pandas()
+                        for f in io.list_files(f"{rounds[0]}/records", suffix=".original.parquet"))
     assert sorted(records[records.split == "train"].groupby("run_id").size().tolist()) == [48, 54, 54]
-    assert storage.read_bytes(f"{store}/curations/{report['curation_id']}/curation.png")[:4] == b"\x89PNG"
+    assert io.read_bytes(f"{store}/curations/{report['curation_id']}/curation.png")[:4] == b"\x89PNG"
     client = MlflowClient(s3_mlflow)
     exp = client.get_experiment_by_name("s3")
     parent = client.search_runs([exp.experiment_id], f"tags.`premem.curation` = '{report['curation_id']}'")[0]
@@ -151,7 +151,7 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
     assert "curation/curation.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curation")}
     assert "| premem |" in parent.data.tags["mlflow.note.content"]
     round_runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in round_runs) == [storage.name(r) for r in rounds]
+    assert sorted(r.info.run_name for r in round_runs) == [io.name(r) for r in rounds]
     trials = [t for r in round_runs for t in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")]
     assert len(trials) == 3 + 2 and all(t.info.status == "FINISHED" for t in trials)

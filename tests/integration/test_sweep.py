@@ -28,7 +28,7 @@ def sweep(tmp_path_factory, mlflow_server):
 
 
 def test_sweep_writes_records_for_every_checkpoint(sweep):
-    from analysis.records import load_records
+    from store.records import load_records
 
     store, sweep_dir, stdout = sweep
     files = sorted((sweep_dir / "records").rglob("*.original.parquet"))

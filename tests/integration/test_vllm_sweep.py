@@ -34,7 +34,7 @@ def _children(mlflow_server, sweep_dir):
 
 
 def test_vllm_sweep_writes_records_and_metrics(vllm_sweep, mlflow_server):
-    from analysis.records import load_records
+    from store.records import load_records
 
     _, sweep_dir, stdout = vllm_sweep
     files = sorted((sweep_dir / "records").rglob("*.original.parquet"))

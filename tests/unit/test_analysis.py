@@ -14,7 +14,7 @@ from analysis.__main__ import main as analysis_main
 from analysis.curate import curation_picks, robustness
 from analysis.fit import bootstrap_r2, fit_line, fit_report, leave_one_run_out
 from analysis.premem import checkpoint_table, prepare
-from analysis.records import load_records
+from store.records import load_records
 from tests.unit.records_factory import make_records
 
 

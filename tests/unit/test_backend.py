@@ -7,7 +7,7 @@ from workers.backends import SamplingSettings, cut_at_stop
 from workers.backends.hf import HFBackend, StopDetector, draw, length_batches
 from workers.tasks import PromptFormat
 from workers.tasks.synthetic import make_examples
-from workers.train import encode_pair
+from workers.tokens import encode_pair
 
 
 def naive_ref_nll(model, tokenizer, prompt, target) -> float:

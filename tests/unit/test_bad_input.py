@@ -99,24 +99,24 @@ def test_bad_input_is_one_clear_line_exit_2_nothing_written(case, tmp_path, tiny
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path, monkeypatch):
-    from analysis import storage
+    from store import io
 
     target = tmp_path / "records.parquet"
-    storage.write_bytes(str(target), b"previous")
+    io.write_bytes(str(target), b"previous")
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        storage.write_bytes(str(target), b"new and longer")
+        io.write_bytes(str(target), b"new and longer")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["records.parquet"]  # no temp file either
 
 
 def test_records_factory_is_valid(tmp_path):
     """The table's records cases differ from a valid file only by what they break."""
-    from analysis.records import load_records
+    from store.records import load_records
 
     path = tmp_path / "ok.parquet"
     valid_records().to_parquet(path)

@@ -1,8 +1,12 @@
 """Config composition, validation (one line, exit 2, nothing written) and grid expansion."""
+from dataclasses import replace
+
 import pytest
 from omegaconf import OmegaConf
 
-from orchestrator.__main__ import compose_config, main, plan_sweep
+from orchestrator.__main__ import main
+from orchestrator.config import compose_config
+from orchestrator.sweep import plan_sweep
 from orchestrator.config import ConfigError, validate
 from orchestrator.plan import expand_grid, flatten_grid
 
@@ -16,17 +20,17 @@ def test_defaults_compose_and_expand_to_six_trials():
         {"train.lr": 1e-3, "task.train_fraction": 1.0, "train.epochs": 3},
         {"train.lr": 1e-3, "task.train_fraction": 0.25, "train.epochs": 12, "train.save_every_steps": 12}]
     assert len({s.run_id for s in specs}) == 6
-    assert specs[5].config["train"]["lr"] == 3e-3 and specs[5].config["train"]["epochs"] == 24
-    assert specs[5].config["task"]["train_fraction"] == 0.125 and specs[0].config["train"]["checkpoints_per_epoch"] == 2
+    assert specs[5].config.train.lr == 3e-3 and specs[5].config.train.epochs == 24
+    assert specs[5].config.task.train_fraction == 0.125 and specs[0].config.train.checkpoints_per_epoch == 2
     _, _, lr_epochs = plan_sweep(["sweep=lr_epochs"])  # what `make curate` picks from
-    assert [(s.config["train"]["lr"], s.config["train"]["epochs"]) for s in lr_epochs][2:4] == [(1e-3, 1), (1e-3, 3)]
+    assert [(s.config.train.lr, s.config.train.epochs) for s in lr_epochs][2:4] == [(1e-3, 1), (1e-3, 3)]
 
 
 def test_grid_from_command_line():
     cfg = compose_config(["~sweep.grid.regime", "sweep.grid.train.lr=[0.001]",
                           "+sweep.grid.task.train_fraction=[0.5,1.0]", "+sweep.grid.seed=[0,1,2]"])
     specs = expand_grid(cfg, "x")
-    assert len(specs) == 6 and specs[-1].config["seed"] == 2 and specs[0].config["task"]["train_fraction"] == 0.5
+    assert len(specs) == 6 and specs[-1].config.seed == 2 and specs[0].config.task.train_fraction == 0.5
     assert specs[0].grid_values == {"train.lr": 0.001, "task.train_fraction": 0.5, "seed": 0}
     # Dotted keys (as a YAML file may write them) name the same axes as nested ones.
     assert flatten_grid({"train.lr": [1], "task": {"seed": [2]}}) == {"train.lr": [1], "task.seed": [2]}
@@ -36,13 +40,13 @@ def test_linked_axis_moves_fields_together():
     cfg = compose_config(["sweep=lr_epochs", "~sweep.grid.train.epochs", "sweep.grid.train.lr=[0.001,0.003]",
                           "+sweep.grid.regime=[{task.train_fraction:0.25,train.epochs:8},{task.train_fraction:1.0,train.epochs:2}]"])
     specs = expand_grid(cfg, "x")
-    assert [(s.config["train"]["lr"], s.config["task"]["train_fraction"], s.config["train"]["epochs"]) for s in specs] \
+    assert [(s.config.train.lr, s.config.task.train_fraction, s.config.train.epochs) for s in specs] \
         == [(0.001, 0.25, 8), (0.001, 1.0, 2), (0.003, 0.25, 8), (0.003, 1.0, 2)]
     assert specs[0].grid_values == {"train.lr": 0.001, "task.train_fraction": 0.25, "train.epochs": 8}
     assert specs[0].run_id == "x-t00-lr0.001_train_fraction0.25_epochs8"
     # nested mappings inside a linked value name the same fields as dotted keys
     cfg = compose_config(["sweep=lr_epochs", "~sweep.grid.train.epochs", "+sweep.grid.regime=[{train:{epochs:4}}]"])
-    assert {s.config["train"]["epochs"] for s in expand_grid(cfg, "x")} == {4}
+    assert {s.config.train.epochs for s in expand_grid(cfg, "x")} == {4}
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -116,7 +120,7 @@ def test_a_lost_sampling_pool_is_reported_not_swallowed():
     schedule.monitor_pool(DeadPool(), progress, print, print, stop)
     assert progress.monitor_error == "ConnectionError: actor unavailable"
     from orchestrator.finish import Summary
-    from orchestrator.store import sweep_paths
+    from store.layout import sweep_paths
 
     text = Summary(None, 0.1, 1, (0.0, 0.0), None, {}, ok=False).text("sqlite:///x", sweep_paths("/tmp/x", "s"),
                                                                        progress)
@@ -167,7 +171,7 @@ def test_an_unset_variable_of_a_cluster_group_is_one_config_error(monkeypatch, c
 def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run():
     from analysis.fit import Fit
     from orchestrator.finish import Summary
-    from orchestrator.store import sweep_paths
+    from store.layout import sweep_paths
 
     summary = Summary(Fit(0.9, 0.01, 0.93, 24), 0.1, 6, (0.02, 0.45), None, {}, ok=True,
                       baselines={"train_acc": Fit(0.5, 0.0, 0.41, 24), "ref_nll_mean": Fit(-0.2, 0.5, 0.22, 24)})
@@ -183,7 +187,7 @@ def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run(
 
 
 def test_the_default_sweep_has_44_points_and_a_robustness_pass_the_small_one_neither():
-    from orchestrator.__main__ import expected_checkpoints
+    from orchestrator.sweep import expected_checkpoints
 
     cfg, _, specs = plan_sweep([])
     assert expected_checkpoints(specs) == 44 and cfg.sweep.robustness_variant == "first"
@@ -199,7 +203,7 @@ def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
 
     from analysis.fit import Fit
     from orchestrator.finish import Summary
-    from orchestrator.store import sweep_paths
+    from store.layout import sweep_paths
 
     summary = Summary(Fit(0.9, 0.01, 0.93, 24), 0.1, 6, (0.02, 0.45), None, {}, ok=True)
     summary.robustness = pd.DataFrame({"variant": ["first"] * 2, "premem_bin": ["[0.0, 0.5)", "[0.5, 1.0]"],
@@ -222,10 +226,10 @@ def test_gpu_commands_run_the_gpu_grid_not_the_cpu_demo(monkeypatch):
         validate(cfg)
         specs = expand_grid(cfg, "x")
         assert cfg.sweep.name == "gpu" and cfg.train.use_gpu and cfg.sampler.backend == "vllm"
-        lrs = {s.config["train"]["lr"] for s in specs}
+        lrs = {s.config.train.lr for s in specs}
         assert lrs and all(1e-5 <= lr <= 1e-4 for lr in lrs)
-        assert max(s.config["train"]["epochs"] for s in specs) <= 6
-        assert all(s.config["train"]["checkpoints_per_epoch"] == 1 and s.config["train"]["global_batch_size"] == 128
+        assert max(s.config.train.epochs for s in specs) <= 6
+        assert all(s.config.train.checkpoints_per_epoch == 1 and s.config.train.global_batch_size == 128
                    for s in specs)
 
 
@@ -236,9 +240,9 @@ def test_the_job_environment_does_not_carry_the_drivers_hardware():
 
     env = job_env()
     assert "DS_ACCELERATOR" not in env and "CUDA_VISIBLE_DEVICES" not in env
-    gpu = OmegaConf.to_container(compose_config(["train=gpu", "sweep=gpu"]).train)
-    assert dist_backend(gpu) == "nccl" and dist_backend({**gpu, "dist_backend": "gloo"}) == "gloo"
-    assert dist_backend(OmegaConf.to_container(compose_config([]).train)) == "gloo"
+    gpu = OmegaConf.to_object(compose_config(["train=gpu", "sweep=gpu"]).train)
+    assert dist_backend(gpu) == "nccl" and dist_backend(replace(gpu, dist_backend="gloo")) == "gloo"
+    assert dist_backend(OmegaConf.to_object(compose_config([]).train)) == "gloo"
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -256,7 +260,7 @@ def test_gpu_fields_are_checked(overrides, message):
 
 
 def _every_group_option():
-    from orchestrator.__main__ import CONF_DIR
+    from orchestrator.config import CONF_DIR
 
     return [(group.name, option.stem) for group in sorted(CONF_DIR.iterdir()) if group.is_dir()
             for option in sorted(group.glob("*.yaml"))]

@@ -1,10 +1,13 @@
 """`--plan`: a sweep's steps, checkpoints, samples, tokens and bytes before it runs, counted as the trainer and
 the pool will do it."""
+from dataclasses import asdict
+
 import pytest
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from orchestrator.__main__ import main, plan_sweep
+from orchestrator.__main__ import main
+from orchestrator.sweep import plan_sweep
 from orchestrator.cost import parameter_count, trial_cost, trial_steps
 from workers.settings import steps_per_epoch
 
@@ -37,7 +40,7 @@ def test_an_8b_plan_counts_its_bytes(tmp_path, capsys):
     overrides = ["train=gpu", "sampler=vllm_gpu", "sweep=gpu", "model=hf", f"model.path={tmp_path / 'llama3-8b'}",
                  "train.num_workers=8", f"store.root={tmp_path / 'store'}"]
     _, _, specs = plan_sweep(overrides)
-    assert parameter_count(specs[0].config["model"]) == 8_030_261_248
+    assert parameter_count(asdict(specs[0].config.model)) == 8_030_261_248
     cost = trial_cost(specs[0], 8_030_261_248)
     assert cost.weight_bytes == 2 * 8_030_261_248 and cost.engine_bytes == 12 * 8_030_261_248
     assert main([*overrides, "--plan"]) == 0
@@ -49,7 +52,7 @@ def test_an_8b_plan_counts_its_bytes(tmp_path, capsys):
 def test_trial_steps_of_the_default_sweep():
     _, _, specs = plan_sweep([])
     assert [trial_steps(s) for s in specs] == [(32, 6), (8, 8), (4, 8)] * 2  # steps per epoch, checkpoints
-    assert {trial_steps(s)[0] * s.config["train"]["epochs"] for s in specs} == {96}  # equal compute
+    assert {trial_steps(s)[0] * s.config.train.epochs for s in specs} == {96}  # equal compute
 
 
 def test_data_that_do_not_fill_one_batch_are_refused_in_one_line(tmp_path, capsys):

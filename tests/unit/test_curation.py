@@ -2,6 +2,7 @@
 the curves and the efficiency ratio, the added-data file, the curation config."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -202,7 +203,7 @@ def finished_sweep(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orchestrator.__main__ import compose_config
+    from orchestrator.config import compose_config
     from orchestrator.config import to_yaml
     from orchestrator.plan import expand_grid
     from tests.unit.records_factory import make_records
@@ -214,7 +215,7 @@ def finished_sweep(tmp_path):
     sweep_dir = store / "sweeps" / "small-1"
     (sweep_dir / "records" / spec.run_id).mkdir(parents=True)
     (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
-    (sweep_dir / "plan.json").write_text(json.dumps([spec.__dict__]))
+    (sweep_dir / "plan.json").write_text(json.dumps([dataclasses.asdict(spec)]))
     records = make_records(1, 2, 16, n_test=8).to_pandas()
     records["run_id"] = spec.run_id
     for step, rows in records.groupby("step"):
@@ -267,7 +268,7 @@ def test_bad_curation_input_is_one_line_and_exit_2(finished_sweep, overrides, me
 def test_curation_group_is_validated_against_the_task(finished_sweep, capsys):
     from orchestrator.config import validate_curation
     from orchestrator.curate import load_curation_config
-    from orchestrator.store import open_sweep
+    from store.layout import open_sweep
 
     sweep_dir, _ = finished_sweep
     cfg = load_curation_config(open_sweep(str(sweep_dir)), ["curation=small"])
@@ -297,7 +298,8 @@ def test_no_records_is_exit_2(finished_sweep, tmp_path, capsys):
 def test_expected_checkpoints_final_only():
     from omegaconf import OmegaConf
 
-    from orchestrator.__main__ import compose_config, expected_checkpoints
+    from orchestrator.config import compose_config
+    from orchestrator.sweep import expected_checkpoints
     from orchestrator.plan import expand_grid
 
     cfg = compose_config(["sweep=small", "task.n_train=64", "train.epochs=3", "train.checkpoints_per_epoch=0"])
@@ -337,7 +339,7 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
     new examples like the strategy's picks, nothing written yet."""
     from orchestrator.curate import Source, follow_up_config, load_curation_config, plan_round
     from orchestrator.plan import TrialSpec
-    from orchestrator.store import open_sweep
+    from store.layout import open_sweep
     from workers.tasks import task_args
 
     sweep_dir, store = finished_sweep
@@ -352,7 +354,7 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
     overrides += {"generator": [], "neighbors": [f"curation.candidates={pool}"],
                   "command": [f"curation.command='{sys.executable} {writer} {{selected}} {{out}} {{n}}'"]}[source]
     cfg = load_curation_config(paths, overrides)
-    spec = TrialSpec(**json.loads((sweep_dir / "plan.json").read_text())[0])
+    spec = TrialSpec.from_dict(json.loads((sweep_dir / "plan.json").read_text())[0])
     base = follow_up_config(cfg, spec, [])
     assert base.train.checkpoints_per_epoch == 0 and base.sweep.robustness_variant == ""
     splits = load_task(**task_args(base.task))
@@ -374,7 +376,7 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
     if source == "generator":  # premem's picks are its 25% lowest-premem train examples (4 of 16)
         from analysis.curate import example_scores
         from analysis.premem import prepare
-        from analysis.records import load_records
+        from store.records import load_records
 
         scores = example_scores(prepare(load_records(record_files)), 0.1).set_index("example_id")["premem_train_acc"]
         picked = {r["similar_to"] for r in by_key[("premem", 0, 4)].added}

@@ -3,11 +3,13 @@ hydra.sweeper.params expand to the trials of ONE plan (premem's Sweeper plugin);
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 
 import pytest
 
-from orchestrator.__main__ import main, plan_sweep
-from orchestrator.multirun import plan
+from orchestrator.__main__ import main
+from orchestrator.sweep import plan_sweep
+from orchestrator.sweep import plan
 from tests.conftest import REPO
 
 
@@ -15,7 +17,7 @@ def test_two_swept_fields_make_one_plan_of_their_product():
     cfg, sweep_id, specs = plan(["-m", "sweep=small", "seed=0,1", "train.lr=1e-3,3e-3"])
     assert [s.grid_values for s in specs] == [{"seed": 0, "train.lr": 1e-3}, {"seed": 0, "train.lr": 3e-3},
                                               {"seed": 1, "train.lr": 1e-3}, {"seed": 1, "train.lr": 3e-3}]
-    assert [(s.config["seed"], s.config["train"]["lr"]) for s in specs] == [(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)]
+    assert [(s.config.seed, s.config.train.lr) for s in specs] == [(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)]
     assert len({s.run_id for s in specs}) == 4 and all(s.run_id.startswith(sweep_id) for s in specs)
     assert cfg.sweep.name == "small" and "hydra" not in cfg
 
@@ -23,18 +25,18 @@ def test_two_swept_fields_make_one_plan_of_their_product():
 def test_the_hydra_spelling_and_the_grid_spelling_give_the_same_trials():
     _, _, hydra_specs = plan(["-m", "sweep=small", "train.lr=1e-3,3e-3"])
     _, _, grid_specs = plan_sweep(["sweep=small"])  # sweep.grid.train.lr: [1e-3, 3e-3]
-    strip = lambda c: {**c, "sweep": {**c["sweep"], "grid": None}}  # noqa: E731  the grid itself differs
+    strip = lambda c: replace(c, sweep=replace(c.sweep, grid=None))  # noqa: E731  the grid itself differs
     assert [strip(s.config) for s in hydra_specs] == [strip(s.config) for s in grid_specs]
     assert [s.grid_values for s in hydra_specs] == [s.grid_values for s in grid_specs]
 
 
 def test_range_choice_glob_and_config_groups():
     _, _, specs = plan(["-m", "sweep=small", "~sweep.grid.train", "seed=range(1,3)", "train=glob(cpu)", "sampler.k=choice(2,4)"])
-    assert [(s.config["seed"], s.config["sampler"]["k"]) for s in specs] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    assert [(s.config.seed, s.config.sampler.k) for s in specs] == [(1, 2), (1, 4), (2, 2), (2, 4)]
     assert specs[0].grid_values == {"seed": 1, "train": "cpu", "sampler.k": 2}
     _, _, groups = plan(["-m", "sweep=small", "~sweep.grid.train", "train=cpu,gpu", "train.num_workers=1",
                          "train.global_batch_size=8"])
-    assert [(s.grid_values["train"], s.config["train"]["zero_stage"]) for s in groups] == [("cpu", 2), ("gpu", 3)]
+    assert [(s.grid_values["train"], s.config.train.zero_stage) for s in groups] == [("cpu", 2), ("gpu", 3)]
 
 
 def test_a_preset_declares_its_grid_in_hydra_sweeper_params_and_needs_no_m(capsys):
@@ -44,13 +46,13 @@ def test_a_preset_declares_its_grid_in_hydra_sweeper_params_and_needs_no_m(capsy
     out = capsys.readouterr().out
     assert out.startswith("plan: 4 trials") and "lr=0.003 seed=1" in out
     _, _, specs = plan(["sweep=lr_seeds", "seed=range(3)"])
-    assert len(specs) == 6 and {s.config["seed"] for s in specs} == {0, 1, 2}
+    assert len(specs) == 6 and {s.config.seed for s in specs} == {0, 1, 2}
 
 
 def test_a_swept_field_replaces_its_grid_axis_and_linked_axes_stay():
     _, _, specs = plan(["-m", "train.lr=1e-4,1e-3"])  # the default sweep: lr x a linked data regime
-    assert len(specs) == 6 and {s.config["train"]["lr"] for s in specs} == {1e-4, 1e-3}
-    assert {(s.config["task"]["train_fraction"], s.config["train"]["epochs"]) for s in specs} == {
+    assert len(specs) == 6 and {s.config.train.lr for s in specs} == {1e-4, 1e-3}
+    assert {(s.config.task.train_fraction, s.config.train.epochs) for s in specs} == {
         (1.0, 3), (0.25, 12), (0.125, 24)}
 
 

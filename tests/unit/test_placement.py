@@ -2,7 +2,7 @@
 starts (Ray would wait for good), with one line naming the field and what the cluster has."""
 import pytest
 
-from orchestrator.__main__ import compose_config
+from orchestrator.config import compose_config
 from orchestrator.placement import PlacementError, nodes_from_ray, plan_placement
 
 HEAD = "node:__internal_head__"

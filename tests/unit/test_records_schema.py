@@ -4,7 +4,7 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow.parquet as pq
 
-from analysis.records import RECORDS_SCHEMA, load_records
+from store.records import RECORDS_SCHEMA, load_records
 from workers.backends import SamplingSettings
 from workers.backends.hf import HFBackend
 from workers.grading import Grader

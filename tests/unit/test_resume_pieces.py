@@ -7,7 +7,7 @@ import sys
 import time
 
 from orchestrator import reaper
-from orchestrator.store import sweep_paths
+from store.layout import sweep_paths
 from orchestrator.tracking import redact
 
 

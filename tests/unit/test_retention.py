@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from orchestrator.reeval import evicted_line
+from orchestrator.sweep import evicted_line
 from orchestrator.retention import Retention, evicted, kind_of, record_written, store_bytes
-from orchestrator.store import sweep_paths
+from store.layout import sweep_paths
 from workers.sample import train_subset
 from workers.tasks import Example
 
@@ -100,7 +100,7 @@ def test_the_train_subset_is_the_same_questions_for_every_run():
 
 
 def test_sweeps_started_in_the_same_second_get_their_own_ids():
-    from orchestrator.__main__ import new_sweep_id
+    from orchestrator.sweep import new_sweep_id
 
     ids = {new_sweep_id("small") for _ in range(20)}
     assert len(ids) >= 19 and all(i.startswith("small-") for i in ids)

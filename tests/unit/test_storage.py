@@ -6,8 +6,8 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from analysis import storage
-from analysis.records import load_records, write_records
+from store import io
+from store.records import load_records, write_records
 from tests.conftest import make_bucket
 from tests.unit.records_factory import make_records
 
@@ -21,21 +21,21 @@ def root(request, tmp_path):
 
 
 def test_whole_objects_round_trip_and_list(root):
-    storage.write_text(storage.join(root, "a", "x.json"), '{"x": 1}')
-    storage.write_bytes(storage.join(root, "a", "b", "y.bin"), b"\x00\x01")
-    assert storage.read_text(storage.join(root, "a", "x.json")) == '{"x": 1}'
-    assert storage.is_file(storage.join(root, "a", "b", "y.bin")) and not storage.is_file(storage.join(root, "a"))
-    assert storage.list_files(storage.join(root, "a")) == [storage.join(root, "a", "b", "y.bin"),
-                                                           storage.join(root, "a", "x.json")]
-    assert storage.list_files(storage.join(root, "a"), suffix=".json") == [storage.join(root, "a", "x.json")]
-    assert storage.list_dirs(storage.join(root, "a")) == [storage.join(root, "a", "b")]
-    assert storage.list_files(storage.join(root, "nothing")) == []
+    io.write_text(io.join(root, "a", "x.json"), '{"x": 1}')
+    io.write_bytes(io.join(root, "a", "b", "y.bin"), b"\x00\x01")
+    assert io.read_text(io.join(root, "a", "x.json")) == '{"x": 1}'
+    assert io.is_file(io.join(root, "a", "b", "y.bin")) and not io.is_file(io.join(root, "a"))
+    assert io.list_files(io.join(root, "a")) == [io.join(root, "a", "b", "y.bin"),
+                                                           io.join(root, "a", "x.json")]
+    assert io.list_files(io.join(root, "a"), suffix=".json") == [io.join(root, "a", "x.json")]
+    assert io.list_dirs(io.join(root, "a")) == [io.join(root, "a", "b")]
+    assert io.list_files(io.join(root, "nothing")) == []
 
 
 def test_records_written_and_read_through_the_store(root):
     table = make_records(n_runs=2, n_ckpts=2, n_examples=3)
-    location = write_records(table, storage.join(root, "records", "r", "step_000001.original.parquet"))
-    records = load_records([storage.join(root, "records")])
+    location = write_records(table, io.join(root, "records", "r", "step_000001.original.parquet"))
+    records = load_records([io.join(root, "records")])
     assert len(records) == table.num_rows and records.sources == [location]
 
 
@@ -44,12 +44,12 @@ def test_local_copy_of_a_checkpoint_directory(root, tmp_path):
     (src / "sub").mkdir(parents=True)
     (src / "config.json").write_text("{}")
     (src / "sub" / "weights.bin").write_bytes(b"w" * 1000)
-    location = storage.upload_dir(src, storage.join(root, "ckpts", "step_000003"))
-    local = storage.local_copy(location, cache_root=tmp_path / "cache")
+    location = io.upload_dir(src, io.join(root, "ckpts", "step_000003"))
+    local = io.local_copy(location, cache_root=tmp_path / "cache")
     assert (os.path.exists(os.path.join(local, "config.json"))
             and open(os.path.join(local, "sub", "weights.bin"), "rb").read() == b"w" * 1000)
-    storage.drop_local_copy(location, local)
-    if storage.is_uri(location):
+    io.drop_local_copy(location, local)
+    if io.is_uri(location):
         assert not os.path.exists(local)  # the node's cached copy is cleaned after
     else:
         assert local == location and os.path.exists(local)  # a local store's files are never removed
@@ -58,19 +58,19 @@ def test_local_copy_of_a_checkpoint_directory(root, tmp_path):
 def test_unwritable_store_is_one_error_naming_it(tmp_path, s3_server):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    with pytest.raises(storage.StorageError, match=str(blocked)):
-        storage.check_writable(str(blocked / "store"))
-    with pytest.raises(storage.StorageError, match="s3://no-such-bucket-premem/x"):
-        storage.check_writable("s3://no-such-bucket-premem/x")
+    with pytest.raises(io.StorageError, match=str(blocked)):
+        io.check_writable(str(blocked / "store"))
+    with pytest.raises(io.StorageError, match="s3://no-such-bucket-premem/x"):
+        io.check_writable("s3://no-such-bucket-premem/x")
 
 
 def test_object_store_never_shows_half_an_object(s3_server):
     """A write that fails midway leaves the previous object intact: the bytes are all made before upload."""
     location = make_bucket("half-premem") + "/t.parquet"
-    storage.write_parquet(pa.table({"a": [1, 2]}), location)
+    io.write_parquet(pa.table({"a": [1, 2]}), location)
     with pytest.raises(Exception):
-        storage.write_parquet("not a table", location)
-    assert storage.read_parquet(location).column("a").to_pylist() == [1, 2]
+        io.write_parquet("not a table", location)
+    assert io.read_parquet(location).column("a").to_pylist() == [1, 2]
 
 
 @pytest.mark.parametrize("store,extra,message", [
@@ -99,16 +99,16 @@ def test_driver_refuses_an_unwritable_local_store(tmp_path, capsys):
 def test_a_hub_model_id_stays_a_hub_id(tmp_path, monkeypatch):
     """`org/name` that is no path here is handed to the HF loaders as it is, not made `<cwd>/org/name`."""
     monkeypatch.chdir(tmp_path)
-    assert storage.local_copy("meta-llama/Meta-Llama-3-8B") == "meta-llama/Meta-Llama-3-8B"
+    assert io.local_copy("meta-llama/Meta-Llama-3-8B") == "meta-llama/Meta-Llama-3-8B"
     (tmp_path / "models" / "tiny").mkdir(parents=True)  # a relative path that exists is a local directory
-    assert storage.local_copy("models/tiny") == str(tmp_path / "models" / "tiny")
-    assert storage.local_copy("./models/tiny") == str(tmp_path / "models" / "tiny")
+    assert io.local_copy("models/tiny") == str(tmp_path / "models" / "tiny")
+    assert io.local_copy("./models/tiny") == str(tmp_path / "models" / "tiny")
 
 
 def _fetch_after(barrier, location: str, cache: str, out) -> None:
     barrier.wait()  # all fetchers start together, as a trial's workers on one node do
     try:
-        out.put(("ok", storage.local_copy(location, cache_root=cache)))
+        out.put(("ok", io.local_copy(location, cache_root=cache)))
     except Exception as exc:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -123,7 +123,7 @@ def test_concurrent_fetchers_on_a_node_share_one_copy(s3_server, tmp_path):
     for i in range(8):
         (src / f"shard-{i}.bin").write_bytes(os.urandom(512 * 1024))
     (src / "config.json").write_text("{}")
-    location = storage.upload_dir(src, make_bucket(f"unit-{uuid.uuid4().hex[:12]}") + "/base/model")
+    location = io.upload_dir(src, make_bucket(f"unit-{uuid.uuid4().hex[:12]}") + "/base/model")
     cache = tmp_path / "cache"
     context = multiprocessing.get_context("spawn")
     n = 4

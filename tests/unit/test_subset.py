@@ -12,7 +12,7 @@ import pytest
 from analysis.__main__ import main as analysis_main
 from analysis.fit import draw_subsets, fit_line, fit_report, r2_rows, subset_premem, subset_r2, train_example_codes
 from analysis.premem import checkpoint_table, prepare
-from analysis.records import load_records
+from store.records import load_records
 from tests.unit.records_factory import make_records
 
 KANG_TAUS = {"gsm8k": 0.100259, "math": 0.182684}

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.backends import SamplingSettings, cut_at_stop
-from workers.train import IGNORE, collate, encode_pair
+from workers.backends.base import SamplingSettings, cut_at_stop
+from workers.tokens import IGNORE, collate, encode_pair
 
 COMPACT_BELOW = 0.75  # compact the batch when fewer than this fraction of its cache rows are still sampling
 
@@ -113,6 +113,15 @@ class HFBackend:
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(checkpoint_dir, padding_side="left")
         self.model = load_model(checkpoint_dir, self.dtype, self.device).eval()
+
+    def close(self) -> None:
+        self.model = None
+
+    def sample_and_score(self, prompts: list[str], settings: SamplingSettings, score_prompts: list[str],
+                         score_targets: list[str]) -> tuple[list[list[str]], np.ndarray]:
+        """Sampling, then scoring (two passes: the HF model has no shared request queue)."""
+        return (self.sample(prompts, settings),
+                self.score(score_prompts, score_targets, settings.score_batch_tokens))
 
     # ------------------------------------------------------------------------------------- scoring
     @torch.inference_mode()

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.backends import SamplingSettings, cut_at_stop
-from workers.train import IGNORE, encode_pair
+from workers.backends.base import SamplingSettings, cut_at_stop
+from workers.tokens import IGNORE, encode_pair
 
 # config.json keys that may differ between checkpoints of one engine (everything else must match)
 CHECKPOINT_ONLY_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}

@@ -1,37 +1,9 @@
 """Tasks: examples (question, reference solution, gold answer) and the prompt format around them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from workers.tasks.example import Example, PromptFormat, Splits, subsample_train
 
-
-@dataclass(frozen=True)
-class Example:
-    example_id: str
-    question: str
-    solution: str  # the reference solution, in the task's answer style (ends with its final answer)
-    answer: str  # the gold final answer, as the grader compares it
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """question + suffix is the prompt; " " + solution + stop is the training target."""
-
-    question_suffix: str = "\nAnswer:"
-    stop: str = "\nDone."
-    answer_prefix: str = ""  # a prompt variant: text the answer is forced to start with
-
-    def prompt(self, question: str) -> str:
-        return question + self.question_suffix + (" " + self.answer_prefix if self.answer_prefix else "")
-
-    def target(self, solution: str) -> str:
-        return " " + solution + self.stop
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: list[Example]
-    test: list[Example]
-    grader: str  # "gsm8k" or "math": which grading function applies
+__all__ = ["Example", "PromptFormat", "Splits", "TASK_ARGS", "load_task", "task_args"]
 
 
 TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
@@ -39,9 +11,9 @@ TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps",
 
 
 def task_args(task) -> dict:
-    """The keyword arguments of `load_task` picked from a task config (dict or DictConfig); a config stored
-    before a field existed gets its default."""
-    return {k: task.get(k) for k in TASK_ARGS}
+    """The keyword arguments of `load_task` picked from a task config (a dict, DictConfig or the TaskConfig
+    dataclass); a config stored before a field existed gets its default."""
+    return {k: task.get(k) if isinstance(task, dict) else getattr(task, k, None) for k in TASK_ARGS}
 
 
 def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_test: int,
@@ -65,14 +37,3 @@ def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_te
 
         splits = Splits(splits.train + read_added(added_path), splits.test, splits.grader)
     return splits
-
-
-def subsample_train(splits: Splits, fraction: float, seed: int) -> Splits:
-    if fraction >= 1.0:
-        return splits
-    import random
-
-    keep = max(1, round(len(splits.train) * fraction))
-    rng = random.Random(f"train_fraction:{seed}")
-    picked = sorted(rng.sample(range(len(splits.train)), keep))
-    return Splits([splits.train[i] for i in picked], splits.test, splits.grader)

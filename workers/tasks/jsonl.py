@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from workers.grading import gold_answer_gsm8k, gold_answer_math
-from workers.tasks import Example, Splits
+from workers.tasks.example import Example, Splits
 
 FIELDS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
 HUB = {"gsm8k": ("openai/gsm8k", "main"), "math": ("hendrycks/competition_math", None)}
@@ -51,10 +51,10 @@ ADDED_FIELDS = ("example_id", "question", "solution", "answer")
 def read_added(location: str) -> list[Example]:
     """Curated train examples (a JSONL file in the store, one Example per line, written by
     orchestrator.curate): the file is read whole, so it may live in an object store."""
-    from analysis import storage
+    from store import io
 
     out: list[Example] = []
-    for line_no, line in enumerate(storage.read_text(location).splitlines(), start=1):
+    for line_no, line in enumerate(io.read_text(location).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from workers.tasks import Example
+from workers.tasks.example import Example
 from workers.tasks.jsonl import DatasetFileError, read_jsonl
 
 

@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workers.tasks import Example, Splits
+from workers.tasks.example import Example, Splits
 
 PRONOUN = {"Ava": "she", "Ben": "he", "Cara": "she", "Dan": "he", "Eli": "he", "Fay": "she", "Gus": "he",
            "Hana": "she", "Ivan": "he", "Jo": "she", "Kim": "she", "Leo": "he", "Mia": "she", "Noa": "she",

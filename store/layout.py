@@ -1,7 +1,7 @@
 """The store: where a sweep's checkpoints, records, completions, logs and analysis live.
 
 `store.root` is a local path, a shared-filesystem path or an object-store URI (s3://, gs://); this module
-builds every location under it, and `analysis.storage` does the I/O (whole objects only).
+builds every location under it, and `store.io` does the I/O (whole objects only).
 
     <root>/mlflow.db, <root>/mlartifacts/            embedded MLflow (default tracking; local roots only)
     <root>/base_models/<key>/                        cached tiny base models, reused across sweeps
@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import storage
+from store import io
 
 
 @dataclass(frozen=True)
@@ -32,23 +32,23 @@ class SweepPaths:
 
     @property
     def remote(self) -> bool:
-        return storage.is_uri(self.root)
+        return io.is_uri(self.root)
 
     @property
     def checkpoints(self) -> str:
-        return storage.join(self.sweep, "checkpoints")
+        return io.join(self.sweep, "checkpoints")
 
     @property
     def records(self) -> str:
-        return storage.join(self.sweep, "records")
+        return io.join(self.sweep, "records")
 
     @property
     def completions(self) -> str:
-        return storage.join(self.sweep, "completions")
+        return io.join(self.sweep, "completions")
 
     @property
     def analysis(self) -> str:
-        return storage.join(self.sweep, "analysis")
+        return io.join(self.sweep, "analysis")
 
     @property
     def logs(self) -> Path:
@@ -59,57 +59,57 @@ class SweepPaths:
 
     @property
     def sweep_id(self) -> str:
-        return storage.name(self.sweep)
+        return io.name(self.sweep)
 
     def file(self, *parts: str) -> str:
         """A file directly in the sweep (config.yaml, plan.json) or below it (analysis/x.json)."""
-        return storage.join(self.sweep, *parts)
+        return io.join(self.sweep, *parts)
 
     def records_file(self, run_id: str, step: int, variant: str) -> str:
-        return storage.join(self.records, run_id, f"step_{step:06d}.{variant}.parquet")
+        return io.join(self.records, run_id, f"step_{step:06d}.{variant}.parquet")
 
     def completions_file(self, run_id: str, step: int, variant: str) -> str:
-        return storage.join(self.completions, run_id, f"step_{step:06d}.{variant}.parquet")
+        return io.join(self.completions, run_id, f"step_{step:06d}.{variant}.parquet")
 
     def error_file(self, run_id: str, step: int, variant: str) -> str:
-        return storage.join(self.sweep, "logs", "errors", f"{run_id}.step_{step:06d}.{variant}.txt")
+        return io.join(self.sweep, "logs", "errors", f"{run_id}.step_{step:06d}.{variant}.txt")
 
     def record_files(self, variant: str) -> list[str]:
-        return storage.list_files(self.records, suffix=f".{variant}.parquet")
+        return io.list_files(self.records, suffix=f".{variant}.parquet")
 
     def trial_checkpoints(self, run_id: str) -> list[str]:
         """A trial's finished HF checkpoints, in step order: those Ray Train registered (its snapshot lists a
         checkpoint only once all of it is persisted), else, for a store without one, those with config.json."""
-        run_dir = storage.join(self.checkpoints, run_id)
-        snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
-        if storage.is_file(snapshot):
-            names = sorted({r["checkpoint_dir_name"] for r in json.loads(storage.read_text(snapshot))["checkpoint_results"]})
-            return [storage.join(run_dir, n) for n in names if n.startswith("step_")]
-        return [c for c in storage.list_dirs(run_dir)
-                if storage.name(c).startswith("step_") and storage.is_file(storage.join(c, "config.json"))]
+        run_dir = io.join(self.checkpoints, run_id)
+        snapshot = io.join(run_dir, "checkpoint_manager_snapshot.json")
+        if io.is_file(snapshot):
+            names = sorted({r["checkpoint_dir_name"] for r in json.loads(io.read_text(snapshot))["checkpoint_results"]})
+            return [io.join(run_dir, n) for n in names if n.startswith("step_")]
+        return [c for c in io.list_dirs(run_dir)
+                if io.name(c).startswith("step_") and io.is_file(io.join(c, "config.json"))]
 
     def mlflow_artifacts(self) -> str:
-        return storage.join(self.root, "mlartifacts")
+        return io.join(self.root, "mlartifacts")
 
 
 def sweep_paths(root: str, sweep_id: str) -> SweepPaths:
-    root = storage.normalize(root)
-    return SweepPaths(root, storage.join(root, "sweeps", sweep_id))
+    root = io.normalize(root)
+    return SweepPaths(root, io.join(root, "sweeps", sweep_id))
 
 
 def open_sweep(sweep_dir: str) -> SweepPaths:
     """An existing sweep (for re-evaluation and re-analysis), by path or URI."""
-    sweep = storage.normalize(sweep_dir)
-    if not storage.is_file(storage.join(sweep, "plan.json")):
+    sweep = io.normalize(sweep_dir)
+    if not io.is_file(io.join(sweep, "plan.json")):
         raise FileNotFoundError(f"{sweep}: not a sweep directory (no plan.json)")
-    return SweepPaths(storage.parent(storage.parent(sweep)), sweep)
+    return SweepPaths(io.parent(io.parent(sweep)), sweep)
 
 
 def base_model_dir(root: str, settings: dict) -> str:
     """Cache location of a base model, keyed by everything that determines its weights."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return storage.join(storage.normalize(root), "base_models", key)
+    return io.join(io.normalize(root), "base_models", key)
 
 
 def write_text_atomic(location: str | Path, text: str) -> str:
-    return storage.write_text(str(location), text)
+    return io.write_text(str(location), text)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis import storage
+from store import io
 
 RECORDS_SCHEMA = pa.schema(
     [
@@ -32,7 +32,6 @@ RECORDS_SCHEMA = pa.schema(
 STRING_COLUMNS = ("run_id", "split", "example_id", "variant")
 INTEGER_COLUMNS = ("step", "n_samples", "n_correct")
 FLOAT_COLUMNS = ("epoch", "ref_nll")
-ORIGINAL = "original"
 
 
 class RecordsError(ValueError):
@@ -76,10 +75,10 @@ def find_record_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     files."""
     files: list[str] = []
     for p in map(str, paths):
-        if storage.is_file(p):
+        if io.is_file(p):
             files.append(p)
-        elif storage.exists(p):
-            found = storage.list_files(p, suffix=".parquet")
+        elif io.exists(p):
+            found = io.list_files(p, suffix=".parquet")
             if not found:
                 raise RecordsError(f"{p}: directory holds no .parquet records files")
             files.extend(found)
@@ -156,7 +155,7 @@ def _validate_values(path: Path, cols: dict[str, np.ndarray], split_codes: np.nd
 
 
 def _read_file(path: str) -> dict:
-    fs, fs_path = storage.resolve(path)
+    fs, fs_path = io.resolve(path)
     try:
         schema = pq.read_schema(fs_path, filesystem=fs)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
@@ -241,7 +240,7 @@ def write_records(table: pa.Table | Iterable[dict], path: str | os.PathLike) -> 
     """Write records as one whole object (local path or store URI) in the canonical schema."""
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pylist(list(table), schema=RECORDS_SCHEMA)
-    return storage.write_parquet(table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA), str(path))
+    return io.write_parquet(table.select(RECORDS_SCHEMA.names).cast(RECORDS_SCHEMA), str(path))
 
 
 def check_unique_keys(records: Records) -> None:

@@ -1,0 +1,400 @@
+"""The sweep as a library: plan -> check -> launch -> execute, from a composed config to records, MLflow runs and
+the premem fit. The CLI (`python -m orchestrator`), `resume`, `reeval`, `curate` and the bench call these.
+
+A trial's path reads top to bottom from here: `plan_sweep` (conf/ -> typed trial specs), `launch` (store and
+MLflow runs), `execute` (orchestrator/schedule.py runs the trials on Ray: workers/train.py trains, workers/sample.py
+evaluates each checkpoint), then orchestrator/finish.py fits and logs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import (Config, ConfigError, SamplerConfig, compose_config, take_credentials, to_yaml,
+                                 tracking_uri, validate)
+from orchestrator.plan import TrialSpec, expand_grid
+from orchestrator.retention import EVICTED, evicted
+from store import io
+from store.layout import SweepPaths, base_model_dir, open_sweep, sweep_paths, write_text_atomic
+
+KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
+              "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
+
+
+# ------------------------------------------------------------------------------------------------ plan
+def new_sweep_id(name: str) -> str:
+    """`<name>-<date>-<time>-<4 hex>`: two sweeps of one name started in the same second (two researchers on
+    one cluster and store) still get directories, Tune experiments and MLflow runs of their own."""
+    import secrets
+
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def plan(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """Config, sweep id and typed trial specs of the command line's overrides: a grid (`sweep.grid`) or Hydra's
+    sweep syntax (`-m a=1,2`, `range()`, a preset's `hydra.sweeper.params`) is one sweep either way. ConfigError
+    (one line naming the field) before anything is written."""
+    from orchestrator import multirun
+    from orchestrator.config import compose_with_sweeper_params
+
+    swept = any(a in multirun.SWEEP_FLAGS for a in overrides) or multirun.has_sweep(overrides)
+    cfg, params = (None, {}) if swept else compose_with_sweeper_params(overrides)
+    if swept or params:
+        return plan_jobs(*multirun.compose_jobs(overrides))
+    return plan_sweep(overrides, cfg)
+
+
+def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """Config, sweep id and trial specs (of `cfg` when already composed from the overrides); raises ConfigError
+    before anything is written."""
+    cfg = cfg if cfg is not None else compose_config(overrides)
+    return checked_plan(cfg, [], lambda sweep_id: expand_grid(cfg, sweep_id))
+
+
+def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """plan_sweep for a Hydra sweep: the base config (no sweep override applied) and each job's composed config."""
+    from orchestrator.plan import expand_jobs
+
+    return checked_plan(base, [cfg for _, cfg in jobs], lambda sweep_id: expand_jobs(jobs, sweep_id))
+
+
+def checked_plan(base: DictConfig, job_configs: list[DictConfig], expand) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """The checks every plan passes before anything is written: credentials out of every config, the base
+    config valid, each trial valid (expand validates them), every dataset file read, every trial's data
+    filling at least one global batch."""
+    for cfg in [base, *job_configs]:
+        take_credentials(cfg)
+    validate(base)
+    sweep_id = new_sweep_id(base.sweep.name)
+    specs = expand(sweep_id)
+    check_task_files(specs)
+    expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
+    return base, sweep_id, specs
+
+
+def check_task_files(specs: list[TrialSpec]) -> None:
+    """Read every dataset file the trials name, now: a bad row is one ConfigError naming the field, file and
+    line before anything is written (not a trial failing minutes later)."""
+    from workers.tasks.jsonl import DatasetFileError, read_added, read_jsonl
+
+    seen = set()
+    for spec in specs:
+        task = spec.config.task
+        for field, split, limit in (("path", "train", task.n_train), ("test_path", "test", task.n_test)):
+            location = getattr(task, field)
+            if task.name == "synthetic" or not location or (task.name, location, limit) in seen:
+                continue
+            seen.add((task.name, location, limit))
+            try:
+                read_jsonl(task.name, location, split, limit)
+            except DatasetFileError as exc:
+                raise ConfigError(f"task.{field}: {exc}") from None
+        if task.added_path and task.added_path not in seen:
+            seen.add(task.added_path)
+            try:
+                read_added(task.added_path)
+            except DatasetFileError as exc:
+                raise ConfigError(f"task.added_path: {exc}") from None
+
+
+def check(cfg: DictConfig, specs: list[TrialSpec]) -> None:
+    """That the planned sweep can run here, before anything is written: the store writable, the tracking
+    server answering, Ray up and able to hold the pool and each trial (StorageError, TrackingError,
+    PlacementError: one line each)."""
+    from orchestrator.tracking import check_tracking
+
+    io.check_writable(io.normalize(cfg.store.root))
+    check_tracking(tracking_uri(cfg))
+    connect_and_place(cfg, specs)
+
+
+def connect_and_place(cfg: DictConfig, specs: list[TrialSpec]):
+    """Start or join Ray and check that the cluster holds the sampling pool and each trial (PlacementError
+    naming the field and what the cluster has: Ray itself would wait for good); None when not checked."""
+    from orchestrator import schedule
+
+    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
+    if not cfg.cluster.check_placement:
+        return None
+    planned = schedule.check_placement(specs, cfg.sampler)
+    if planned.note:
+        print(f"note: {planned.note}")
+    return planned
+
+
+def ensure_base_model(cfg: DictConfig, log=print) -> str:
+    """The model every trial starts from: model.path, or the cached tiny base model (built once)."""
+    if cfg.model.path:
+        return cfg.model.path
+    from workers.train import BaseStage, build_base_model
+
+    stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
+    task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
+    prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
+    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
+    if io.is_file(io.join(location, "config.json")):
+        log(f"base model: reusing {location}")
+        return location
+    log(f"base model: building the tiny model and pretraining it on the task family -> {location}")
+    threads = int(cfg.cluster.num_cpus or 2)
+    if not io.is_uri(location):
+        build_base_model(location, stage, task, prompt, threads=threads, log=log)
+        return location
+    with tempfile.TemporaryDirectory(prefix="premem-base-") as tmp:  # built here, then one upload
+        build_base_model(Path(tmp) / "model", stage, task, prompt, threads=threads, log=log)
+        io.upload_dir(Path(tmp) / "model", location)
+    return location
+
+
+def expected_checkpoints(specs: list[TrialSpec]) -> int:
+    from orchestrator.cost import trial_steps
+
+    return sum(trial_steps(spec)[1] for spec in specs)
+
+
+def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str], parent: str) -> None:
+    """Each trial's train and test questions as its MLflow run's dataset inputs (built once per task), and
+    the first trial's on the sweep's parent run."""
+    import pandas as pd
+
+    from workers.tasks import load_task, task_args
+
+    built: dict[str, dict] = {}
+    for spec in specs:
+        task = spec.config.task
+        key = json.dumps(task_args(task), sort_keys=True)
+        if key not in built:
+            splits = load_task(**task_args(task))
+            generated = {"generator": f"workers.tasks.{task.name}", **{k: getattr(task, k) for k in
+                         ("seed", "n_train", "n_test", "min_steps", "max_steps", "max_number", "train_fraction")},
+                         **({"added_path": task.added_path} if task.added_path else {})}
+            built[key] = {
+                split: (f"{task.name}-{split}", pd.DataFrame([vars(e) for e in examples]),
+                        location if task.name != "synthetic" and location else generated)
+                for split, examples, location in (("train", splits.train, task.path),
+                                                  ("test", splits.test, task.test_path))}
+        tracker.log_datasets(children[spec.run_id], built[key])
+        if spec is specs[0]:
+            tracker.log_datasets(parent, built[key])
+
+
+def trial_params(spec: TrialSpec) -> dict:
+    params = {k: spec.select(k) for k in KEY_PARAMS}
+    params.update(spec.grid_values)
+    return {k.split(".")[-1] if k in KEY_PARAMS else k: v for k, v in params.items()}
+
+
+
+# ------------------------------------------------------------------------------------ launch and run
+def base_models(specs: list[TrialSpec]) -> dict[str, str]:
+    """Each trial's starting model (built once per distinct model: a sweep may vary the model group)."""
+    built: dict[str, str] = {}
+    by_trial = {}
+    for spec in specs:
+        task = spec.config.task
+        key = json.dumps([asdict(spec.config.model), [task.min_steps, task.max_steps, task.max_number,
+                                                      task.question_suffix, task.stop]], sort_keys=True)
+        if key not in built:
+            built[key] = ensure_base_model(OmegaConf.structured(spec.config))
+        by_trial[spec.run_id] = built[key]
+    return by_trial
+
+
+def launch(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec]) -> int:
+    """Write the sweep's config and plan, build the base model(s), open the MLflow runs and execute."""
+    from orchestrator.tracking import Tracker, end_abandoned_runs
+
+    paths = sweep_paths(cfg.store.root, sweep_id)
+    config_yaml = write_text_atomic(paths.file("config.yaml"), to_yaml(cfg))
+    plan_json = write_text_atomic(paths.file("plan.json"), json.dumps([asdict(s) for s in specs], indent=1))
+    print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
+
+    models = base_models(specs)
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
+    end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
+    parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)
+    children = {s.run_id: tracker.start_trial(parent, s.run_id, s.label, trial_params(s)) for s in specs}
+    log_task_datasets(tracker, specs, children, parent)
+    return execute(cfg, paths, specs, models, tracker, parent, children, placed=True)
+
+
+def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker, parent: str,
+            children: dict[str, str], resumed=None, pool=None, placed: bool = False) -> int:
+    """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code. A running
+    sampling `pool` is reused (curation rounds), else one is started."""
+    from orchestrator import schedule
+    from orchestrator.finish import finish_sweep, log_failure, log_result
+    from orchestrator.tracking import Heartbeat, Outbox, quiet_client_retries
+    from workers.train import prepare_deepspeed_ops
+
+    quiet_client_retries()
+    outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
+    heartbeat = Heartbeat(outbox, [parent])  # runs of a driver that dies without ending them get ended later
+
+    from store.names import ORIGINAL
+    from orchestrator.cost import trial_steps
+    from orchestrator.retention import Retention
+
+    retention = Retention(cfg.store.keep, paths, {s.run_id: trial_steps(s)[0] * s.config.train.epochs
+                                                  for s in specs})
+
+    def on_result(result) -> None:
+        log_result(outbox, children[result.run_id], result)
+        if result.variant == ORIGINAL:  # its records and completions are written: the weights may go
+            retention.evaluated(result.run_id, result.step, result.metrics["test_acc"])
+
+    def on_failure(job: dict, line: str, details: str) -> None:
+        log_failure(outbox, children[job["run_id"]], paths, job, line, details)
+
+    def on_train_report(run_id: str, losses: list) -> None:  # from the trial's own report, not its evaluation
+        outbox.log_series(children[run_id], "train_loss", losses)
+
+    robustness_not_evaluated = 0
+    try:
+        schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
+        if not placed:  # resume and curate come here without main's check
+            connect_and_place(cfg, specs)
+        prepare_deepspeed_ops()
+        pool = pool or schedule.start_pool(cfg.sampler)
+        progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
+                                      on_result, on_failure, expected_checkpoints(specs), resumed=resumed,
+                                      on_trial_done=retention.trial_finished, on_train_report=on_train_report)
+        for run_id in progress.done:  # a trial that ended as the monitor stopped; repeating a deletion is a no-op
+            retention.trial_finished(run_id)
+        print(schedule.record_placement(pool, paths))
+        write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
+        if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
+            perturbed = {**OmegaConf.to_container(cfg.sampler), "variant": cfg.sweep.robustness_variant,
+                         "answer_prefix": cfg.sweep.robustness_prefix}
+            jobs = variant_jobs(paths, specs, perturbed, last_only=True)
+            print(f"robustness: {len(jobs)} last checkpoints with the answer starting {cfg.sweep.robustness_prefix!r}")
+            robustness_not_evaluated = evaluate(pool, jobs, on_result, on_failure)
+        summary = finish_sweep(cfg, paths, specs, outbox, parent, children, progress.failed)
+    except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
+        heartbeat.stop()
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run in [*children.values(), parent]:
+            outbox.end_run(run, status)
+        outbox.close(timeout_s=30)
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"\ninterrupted: continue with  python -m orchestrator.resume {paths.sweep}", file=sys.stderr)
+        raise
+    heartbeat.stop()
+    unwritten = outbox.close(timeout_s=cfg.tracking.outage_wait_s)
+    print(summary.text(tracker.uri, paths, progress, tracker.ui_urls(parent)))
+    if unwritten:
+        print(f"MLflow: {unwritten} write(s) not made, the server was unreachable for tracking.outage_wait_s="
+              f"{cfg.tracking.outage_wait_s:g}s; once it is back, `python -m orchestrator.resume {paths.sweep}` "
+              "writes them (the records are complete)")
+    return 1 if unwritten or robustness_not_evaluated else exit_code(progress, summary)
+
+
+def exit_code(progress, summary) -> int:
+    """0 when every trial trained and every checkpoint was evaluated; else 1 (the summary said which)."""
+    all_evaluated = progress.evaluated >= progress.trained and progress.monitor_error is None
+    return 0 if not progress.failed and not progress.eval_failed and all_evaluated and summary.ok else 1
+
+
+
+# --------------------------------------------------------------------------------- a stored sweep
+def load_stored_config(paths: SweepPaths, overrides: list[str], allowed: tuple[str, ...]):
+    """The sweep's stored config with overrides (only of the `allowed` fields) applied and validated."""
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+")
+        if "=" not in item or not key.startswith(allowed):
+            raise ConfigError(f"{key}: only {', '.join(a.rstrip('.') + ('*' if a.endswith('.') else '') for a in allowed)}"
+                              " can change here (the sweep is already planned)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(io.read_text(paths.file("config.yaml"))),
+                              OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key}: {str(exc.msg).splitlines()[0]}") from None
+    take_credentials(cfg)
+    validate(cfg)
+    return cfg
+
+
+def open_sweep_from_argv(argv: list[str], load_config, usage: str):
+    """(sweep paths, config) from `SWEEP_DIR [overrides]`, the tracking server checked; or None after printing
+    the usage or one error line (the caller exits 2)."""
+    from orchestrator.tracking import TrackingError, check_tracking
+
+    if not argv or argv[0].startswith("-"):
+        print(usage)
+        return None
+    try:
+        paths = open_sweep(argv[0])
+        cfg = load_config(paths, argv[1:])
+        check_tracking(tracking_uri(cfg))
+    except (ConfigError, FileNotFoundError, io.StorageError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return paths, cfg
+
+
+def stored_specs(paths: SweepPaths) -> list[TrialSpec]:
+    """The trial specs a sweep was planned with (its plan.json)."""
+    return [TrialSpec.from_dict(d) for d in json.loads(io.read_text(paths.file("plan.json")))]
+
+
+def variant_jobs(paths: SweepPaths, specs: list[TrialSpec], sampler: dict, last_only: bool = False,
+                 logged=None) -> list:
+    """Evaluation jobs of the trials' checkpoints (or each trial's last) with these sampler settings (whose
+    `variant` names the records); checkpoints that already have those records are left out, unless
+    `logged(run_id, step)` says their values are not in MLflow yet (then they are evaluated again)."""
+    from orchestrator import schedule
+
+    jobs = []
+    for spec in specs:
+        with_sampler = replace(spec, config=replace(spec.config, sampler=SamplerConfig(**sampler)))
+        _, template = schedule.trial_jobs(with_sampler, paths, "")
+        checkpoints = paths.trial_checkpoints(spec.run_id)
+        for ckpt in checkpoints[-1:] if last_only else checkpoints:
+            state = json.loads(io.read_text(io.join(ckpt, "trainer_state.json")))
+            if (io.is_file(paths.records_file(spec.run_id, state["step"], sampler["variant"]))
+                    and (logged is None or logged(spec.run_id, state["step"]))):
+                continue  # done by an earlier, interrupted pass
+            if evicted(ckpt):
+                continue  # its weights were deleted under store.keep; main says which
+            jobs.append(template.job(state["step"], state["epoch"], ckpt))
+    return jobs
+
+
+def evicted_line(paths: SweepPaths, specs: list[TrialSpec]) -> str | None:
+    """One line naming the checkpoints whose weights store.keep deleted (they cannot be evaluated again)."""
+    gone = [c for spec in specs for c in paths.trial_checkpoints(spec.run_id) if evicted(c)]
+    if not gone:
+        return None
+    reason = json.loads(io.read_text(io.join(gone[0], EVICTED)))["reason"]
+    names = [f"{io.name(io.parent(c))}/{io.name(c)}" for c in gone]
+    return (f"evicted: {len(gone)} checkpoint(s) have no weights any more ({reason}), so are not re-evaluated: "
+            + ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
+
+
+def evaluate(pool, jobs: list, on_result, on_failure) -> int:
+    """Send `jobs` to the sampling pool and hand the results over as they come; how many did not come back
+    evaluated (failed, or never came back)."""
+    from orchestrator import schedule
+
+    progress = schedule.Progress(len({j.run_id for j in jobs}), len(jobs), trained=len(jobs))
+    for job in jobs:
+        pool.submit.remote(job)
+    stop = threading.Event()
+    stop.set()
+    schedule.monitor_pool(pool, progress, on_result, on_failure, stop)
+    schedule.show(progress, final=True)
+    missing = len(jobs) - progress.evaluated - progress.eval_failed
+    if missing:
+        print(f"NOT EVALUATED: {missing} of {len(jobs)} checkpoints ({progress.monitor_error or 'no result'}); "
+              "run the same command again to evaluate them")
+    return missing + progress.eval_failed
+
+
