@@ -87,7 +87,8 @@ def _choose_tau(args: argparse.Namespace, state: PremState, taus: np.ndarray) ->
             raise RecordsError(f"--nll-threshold: {args.nll_threshold} must be > 0")
         return args.nll_threshold, {}
     loro = leave_one_run_out(state, taus)
-    return loro.tau, {"threshold_choice": "leave_one_run_out", "oos_r2": loro.oos_r2, "oos_mae": loro.oos_mae,
+    return loro.tau, {"threshold_choice": "leave_one_run_out", "oos_r2_identity": loro.oos_r2_identity,
+                      "tau_identity": loro.tau_identity, "oos_r2": loro.oos_r2, "oos_mae": loro.oos_mae,
                       "oos_rmse": loro.oos_rmse, "tau_by_run": loro.tau_by_run}
 
 
@@ -103,13 +104,13 @@ def run_fit(args: argparse.Namespace, state: PremState, params: pd.DataFrame | N
     tau, choice = _choose_tau(args, state, taus)
     points, fits = fit_report(state, tau)
     premem_fit = fits["premem_train_acc"]
-    result = {"tau": tau, **premem_fit.to_dict(), **choice,
+    result = {"tau": tau, **premem_fit.to_dict(), **choice,  # r2_identity first: the paper's measure
               "baselines": {name: fits[name].to_dict() for name in PREDICTORS[1:]}}
     if args.bootstrap > 0 and points["run_id"].nunique() > 1:
         lo, hi = bootstrap_r2(points, n_boot=args.bootstrap)
         result["r2_ci95"] = [lo, hi]
     curve = r2_curve(state, taus)
-    result["r2_by_tau"] = curve[["tau", "r2"]].to_dict(orient="records")
+    result["r2_by_tau"] = curve[["tau", "r2_identity", "r2"]].to_dict(orient="records")
     result["points"] = points[["run_id", "step", "epoch", "premem_train_acc", "test_acc", "train_acc",
                                "ref_nll_mean", "memorized_frac"]].to_dict(orient="records")
     if args.plots:
@@ -120,7 +121,8 @@ def run_fit(args: argparse.Namespace, state: PremState, params: pd.DataFrame | N
             if params is None or args.color_by not in params.columns:
                 raise RecordsError(f"--color-by: no run parameter {args.color_by!r} (give --runs-table or an MLflow source)")
             color = params.drop_duplicates("run_id").set_index("run_id")[args.color_by]
-        plots.scatter_premem_vs_test(points, premem_fit, tau, staging / "premem_vs_test.png", color, args.color_by or "")
+        plots.scatter_premem_vs_test(points, premem_fit, tau, staging / "premem_vs_test.png", color, args.color_by or "",
+                                     {name: fits[name] for name in ("train_acc", "ref_nll_mean")})
         plots.r2_vs_threshold(curve, staging / "r2_vs_tau.png", tau,
                               {name: fits[name].r2 for name in PREDICTORS[1:]})
     _atomic_json(result, staging / Path(args.json).name)
@@ -204,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             state = prepare(load_records(paths))
             if args.command == "fit":
                 result = run_fit(args, state, params, staging)
-                print(f"R² = {result['r2']:.4f} at τ = {result['tau']:g} over {result['n_points']} checkpoints"
-                      + (f"; out-of-sample R² = {result['oos_r2']:.4f}" if "oos_r2" in result else ""))
+                print(f"R² against y = x (test acc = premem) = {result['r2_identity']:.4f}, fitted line R² = "
+                      f"{result['r2']:.4f}, at τ = {result['tau']:g} over {result['n_points']} checkpoints"
+                      + (f"; out-of-sample R² (τ by leave-one-run-out): y = x {result['oos_r2_identity']:.4f}, "
+                         f"fitted {result['oos_r2']:.4f}" if "oos_r2" in result else ""))
                 for name, fit in result["baselines"].items():
-                    print(f"  baseline {name}: R² = {fit['r2']:.4f}")
+                    print(f"  baseline {name}: R² against y = x {fit['r2_identity']:.4f}, fitted line {fit['r2']:.4f}")
             elif args.command == "curate":
                 result = run_curate(args, state, staging)
             elif args.command == "subset":

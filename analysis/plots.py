@@ -24,9 +24,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Path,
                            color_by: pd.Series | None = None, color_label: str = "",
-                           baselines: dict[str, float] | None = None) -> Path:
-    """Each (run, checkpoint) a point, connected along its run; the fit line; R^2 in the title, and under it
-    the R^2 of the baseline predictors ({name: R^2}) fitted on the same points."""
+                           baselines: dict[str, Fit] | None = None) -> Path:
+    """Each (run, checkpoint) a point, connected along its run; the identity line y = x and the fitted line, with
+    their R^2 in the title (the identity's first), and under it the baseline predictors' ({name: Fit}) on the
+    same points."""
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     run_values = color_by if color_by is not None else None
     numeric = run_values is not None and pd.api.types.is_numeric_dtype(run_values)
@@ -47,8 +48,11 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
         ax.plot(run_points["premem_train_acc"], run_points["test_acc"], "-o", color=color, ms=4, lw=1, alpha=0.85)
     lo, hi = 0.0, max(1e-9, float(points["premem_train_acc"].max()))
     xs = np.linspace(lo, hi * 1.05, 50)
+    top = max(hi, float(points["test_acc"].max()), 1e-9) * 1.05
+    ax.plot([0, top], [0, top], "-", color="tab:red", lw=1.2, alpha=0.8,
+            label=f"test = premem (y = x): R² = {fit.r2_identity:.3f}")
     ax.plot(xs, fit.slope * xs + fit.intercept, "--", color="black", lw=1.2,
-            label=f"test = {fit.slope:.3f} x premem + {fit.intercept:.3f}")
+            label=f"fitted: test = {fit.slope:.3f} x premem + {fit.intercept:.3f}: R² = {fit.r2:.3f}")
     if run_values is not None:
         sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
         bar = fig.colorbar(sm, ax=ax)
@@ -60,9 +64,12 @@ def scatter_premem_vs_test(points: pd.DataFrame, fit: Fit, tau: float, path: Pat
             bar.ax.minorticks_off()
     ax.set_xlabel(f"pre-memorization train accuracy (τ = {tau:g})")
     ax.set_ylabel("test accuracy")
-    title = f"premem R² = {fit.r2:.3f}  ({fit.n_points} checkpoints, {points['run_id'].nunique()} runs)"
+    title = (f"premem R² = {fit.r2_identity:.3f} against y = x, {fit.r2:.3f} fitted  ({fit.n_points} checkpoints, "
+             f"{points['run_id'].nunique()} runs)")
     if baselines:
-        title += "\nvs " + ", ".join(f"{name} R² = {r2:.3f}" for name, r2 in baselines.items())
+        title += "\nvs " + ", ".join(
+            f"{name} R² = " + ("" if np.isnan(f.r2_identity) else f"{f.r2_identity:.3f} (y = x), ") + f"{f.r2:.3f} fitted"
+            for name, f in baselines.items())
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -73,7 +80,9 @@ def r2_vs_threshold(curve: pd.DataFrame, path: Path, chosen_tau: float | None = 
                     baselines: dict[str, float] | None = None) -> Path:
     """R^2 of test accuracy on premem as a function of the memorization threshold τ."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(curve["tau"], curve["r2"], "-o", ms=3, label="premem train acc")
+    if "r2_identity" in curve:
+        ax.plot(curve["tau"], curve["r2_identity"], "-o", ms=3, color="tab:red", label="premem: against y = x")
+    ax.plot(curve["tau"], curve["r2"], "-o", ms=3, label="premem: fitted line")
     for i, (name, r2) in enumerate((baselines or {}).items()):
         ax.axhline(r2, ls=":", color=f"C{i + 1}", label=f"{name} (no τ)")
     if chosen_tau is not None:
@@ -82,7 +91,8 @@ def r2_vs_threshold(curve: pd.DataFrame, path: Path, chosen_tau: float | None = 
     ax.set_xlabel("memorization threshold τ on reference NLL")
     ax.set_ylabel("R² (test accuracy)")
     finite = curve["r2"][np.isfinite(curve["r2"])]
-    ax.set_ylim(min(0.0, float(finite.min())) if len(finite) else 0.0, 1.0)
+    # y = x can be far below 0 at thresholds that memorize everything: the axis stops at -1
+    ax.set_ylim(max(-1.0, min(0.0, float(finite.min()))) if len(finite) else 0.0, 1.0)
     ax.set_title("R² of test accuracy vs memorization threshold")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, which="both")

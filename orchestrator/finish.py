@@ -59,11 +59,12 @@ class Summary:
             return [f"note: premem R² needs at least 2 evaluated checkpoints with distinct premem train accuracy; "
                     f"this sweep has {n} (more trials or save points give a fit)"]
         lo, hi = self.test_acc_range
-        lines = [f"premem R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem train acc "
-                 f"+ {self.fit.intercept:.3f}; {self.fit.n_points} checkpoints of {self.n_trials} trials, "
-                 f"τ = {self.tau:g})"]
+        lines = [f"premem R² = {self.fit.r2_identity:.3f} against y = x (test acc = premem train acc); fitted line "
+                 f"R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem + {self.fit.intercept:.3f}); "
+                 f"{self.fit.n_points} checkpoints of {self.n_trials} trials, τ = {self.tau:g}"]
         if self.baselines:
-            lines.append("baselines: " + ", ".join(f"{BASELINES[k]} R² = {f.r2:.3f}" for k, f in self.baselines.items()))
+            lines.append("baselines: " + ", ".join(f"{BASELINES[k]} R² = {_identity(f)}{f.r2:.3f} fitted"
+                                                   for k, f in self.baselines.items()))
         lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
         return lines
 
@@ -71,10 +72,11 @@ class Summary:
         """The parent run's description in the MLflow UI (markdown): the fit, the baselines, the plot."""
         lines = [f"**premem sweep** `{paths.sweep_id}`: {self.n_trials} trials; store `{paths.sweep}`", ""]
         if self.fit is not None and self.fit.n_points >= 2:
-            lines += ["| predictor of test accuracy | R² | slope | intercept |", "|---|---|---|---|",
-                      f"| pre-memorization train accuracy (τ = {self.tau:g}) | **{self.fit.r2:.3f}** | "
-                      f"{self.fit.slope:.3f} | {self.fit.intercept:.3f} |"]
-            lines += [f"| {BASELINES[k]} | {f.r2:.3f} | {f.slope:.3f} | {f.intercept:.3f} |"
+            lines += ["| predictor of test accuracy | R² against y = x | R² fitted line | slope | intercept |",
+                      "|---|---|---|---|---|",
+                      f"| pre-memorization train accuracy (τ = {self.tau:g}) | **{self.fit.r2_identity:.3f}** | "
+                      f"{self.fit.r2:.3f} | {self.fit.slope:.3f} | {self.fit.intercept:.3f} |"]
+            lines += [f"| {BASELINES[k]} | {f.r2_identity:.3f} | {f.r2:.3f} | {f.slope:.3f} | {f.intercept:.3f} |"
                       for k, f in self.baselines.items()]
             lo, hi = self.test_acc_range
             lines += ["", f"{self.fit.n_points} (run, checkpoint) points; test accuracy {lo:.3f} .. {hi:.3f}."]
@@ -131,6 +133,11 @@ class Summary:
 
 
 BASELINES = {"train_acc": "train accuracy", "ref_nll_mean": "train NLL (reference solutions)"}
+
+
+def _identity(fit: Fit) -> str:
+    """'x against y = x, ' for a predictor on accuracy's scale; nothing for one without an identity line."""
+    return "" if np.isnan(fit.r2_identity) else f"{fit.r2_identity:.3f} against y = x, "
 PLOT_ARTIFACT = "analysis/premem_vs_test.png"
 
 
@@ -174,11 +181,13 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
                                else s.select(color_key) for s in specs})
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
-                                                color_key or "", {BASELINES[k]: f.r2 for k, f in baselines.items()})
+                                                color_key or "", {BASELINES[k]: f for k, f in baselines.items()})
             plot = io.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
-        tracker.log_metrics(parent, {"premem_r2": fit.r2, "premem_slope": fit.slope,
+        tracker.log_metrics(parent, {"premem_r2_identity": fit.r2_identity, "premem_r2": fit.r2,
+                                     "premem_slope": fit.slope,
                                      "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
                                      "premem_n_missing": len(missing), "nll_threshold": tau,
+                                     "train_acc_r2_identity": baselines["train_acc"].r2_identity,
                                      "train_acc_r2": baselines["train_acc"].r2,
                                      "train_nll_r2": baselines["ref_nll_mean"].r2}, 0)
         if missing:

@@ -46,7 +46,7 @@ def job_env() -> dict[str, str]:
     what it sees says nothing about the nodes. DeepSpeed picks its accelerator on each worker's own node (CUDA
     where that process sees a GPU, else CPU)."""
     return {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-            "RAY_AIR_NEW_OUTPUT": "0",  # our progress line replaces Tune's tables
+            "RAY_AIR_NEW_OUTPUT": "0",  # the driver's progress line replaces Tune's tables
             # The Train controller notices a finished worker group at its next poll; at the default 2 s that
             # added about 4 s to every trial (bench/evaluation.py's trial phases), at 0.2 s it is under 1 s.
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}

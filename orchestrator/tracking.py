@@ -29,8 +29,8 @@ CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_f
                       "train_grade_timeouts", "test_grade_timeouts")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
-PARENT_METRICS = ("premem_r2", "premem_slope", "premem_intercept", "premem_n_points", "premem_n_missing",
-                  "nll_threshold", "train_acc_r2", "train_nll_r2",
+PARENT_METRICS = ("premem_r2_identity", "premem_r2", "premem_slope", "premem_intercept", "premem_n_points",
+                  "premem_n_missing", "nll_threshold", "train_acc_r2_identity", "train_acc_r2", "train_nll_r2",
                   *(f"store_{when}_{kind}_bytes" for when in ("written", "kept") for kind in ("weights", "engine", "records")))
 
 
@@ -47,7 +47,7 @@ def short_cause(exc: Exception) -> str:
 
 
 def check_tracking(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast (one request, no retries) if the tracking store cannot be reached or refuses us."""
+    """Fail fast (one request, no retries) if the tracking store cannot be reached or refuses the request."""
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///"):  # a folder that does not exist yet is made with the store
             folder = Path(uri.removeprefix("sqlite:///")).parent

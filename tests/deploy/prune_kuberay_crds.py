@@ -2,7 +2,7 @@
 
     python -m tests.deploy.prune_kuberay_crds /path/to/kuberay-checkout
 
-The CRDs are 2 MB of OpenAPI; the tests need only the paths our manifests touch. Along those paths every
+The CRDs are 2 MB of OpenAPI; the tests need only the paths the manifests under docker/ touch. Along those paths every
 object keeps the names of all its properties (so a field KubeRay does not know is caught), its types, enums,
 `required` lists and Kubernetes' extensions; descriptions are dropped and untouched subtrees become {}. Rerun
 it after changing a manifest (a field missing here fails the test as unknown) or moving to a newer KubeRay.

@@ -1,4 +1,4 @@
-"""Fixtures the integration tests share: a real `mlflow server` subprocess, and running our entry points."""
+"""Fixtures the integration tests share: a real `mlflow server` subprocess, and running premem's entry points."""
 from __future__ import annotations
 
 import contextlib

@@ -70,6 +70,26 @@ def test_swapped_weights_equal_a_fresh_engine_exactly(engine, checkpoints, texts
     assert not np.allclose(on_a[1], on_b[1])  # the swap did change the weights
 
 
+def test_swap_needs_the_tied_layer_step(engine, checkpoints, texts):
+    """Without refreshing the tied output head after a reload, the swapped engine scores with the previous
+    checkpoint's head (on CPU, vLLM's prepacked copy of the embedding): its NLL is not the fresh engine's. With the
+    step, it is, bit for bit (test_swapped_weights_equal_a_fresh_engine_exactly)."""
+    a, b, _ = checkpoints
+    prompts, targets = texts
+    if engine.on_gpu:
+        pytest.skip("the prepacked copy of a tied head is vLLM's CPU GEMM path; on GPUs the head reads the embedding")
+    engine.load(a)
+    engine.load(b)
+    with_step = engine.sample_and_score([], GREEDY, prompts, targets)[1]
+    engine.load(a)
+    refreshed = engine.llm.collective_rpc("swap_weights", args=(b, False))
+    engine.llm.reset_prefix_cache()
+    without_step = engine.sample_and_score([], GREEDY, prompts, targets)[1]
+    engine.load(a)  # leave the engine whole for the other tests
+    assert refreshed == [0]
+    assert not np.allclose(without_step, with_step, atol=1e-3)
+
+
 def test_reference_nll_agrees_with_the_hf_scorer(engine, checkpoints, texts):
     from workers.backends.hf import HFBackend
 

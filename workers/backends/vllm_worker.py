@@ -13,12 +13,13 @@ import time
 class WeightSwap:
     """Mixed into vLLM's Worker: load a new checkpoint's weights into the running model, in place."""
 
-    def swap_weights(self, checkpoint_dir: str) -> int:
-        """Reload every weight from `checkpoint_dir`; returns how many layers had derived state rebuilt."""
+    def swap_weights(self, checkpoint_dir: str, refresh_tied: bool = True) -> int:
+        """Reload every weight from `checkpoint_dir`; returns how many layers had derived state rebuilt.
+        (`refresh_tied=False` skips that step: tests/integration/test_vllm_backend.py shows what it costs.)"""
         # the Worker's own reload_weights: it enters set_current_vllm_config, which the layers' weight loaders
         # and post-load processing read (vllm/v1/worker/gpu_worker.py); the model runner's does not
         self.reload_weights(weights_path=checkpoint_dir, is_checkpoint_format=True)
-        return refresh_tied_layers(self.model_runner.get_model())
+        return refresh_tied_layers(self.model_runner.get_model()) if refresh_tied else 0
 
     def exit_with(self, owner_pid: int, interval_s: float = 1.0) -> int:
         """End this process soon after `owner_pid` (the sampler actor) is gone; returns this process's pid.
