@@ -173,17 +173,19 @@ def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run(
     from orchestrator.finish import Summary
     from store.layout import sweep_paths
 
-    summary = Summary(Fit(0.9, 0.01, 0.93, 24), 0.1, 6, (0.02, 0.45), None, {}, ok=True,
-                      baselines={"train_acc": Fit(0.5, 0.0, 0.41, 24), "ref_nll_mean": Fit(-0.2, 0.5, 0.22, 24)})
+    summary = Summary(Fit(0.9, 0.01, 0.93, 24, 0.91), 0.1, 6, (0.02, 0.45), None, {}, ok=True,
+                      baselines={"train_acc": Fit(0.5, 0.0, 0.41, 24, -2.5), "ref_nll_mean": Fit(-0.2, 0.5, 0.22, 24)})
     paths = sweep_paths("/tmp/x", "s")
     text = summary.text("http://mlflow:5000", paths, urls=("http://mlflow:5000/#/experiments/1/runs/abc",
                                                            "http://mlflow:5000/#/experiments/1/runs"))
-    assert "premem R² = 0.930" in text
-    assert "baselines: train accuracy R² = 0.410, train NLL (reference solutions) R² = 0.220" in text
+    # the identity line's R² first (the paper's measure), then the fitted line's
+    assert "premem R² = 0.910 against y = x (test acc = premem train acc); fitted line R² = 0.930" in text
+    assert ("baselines: train accuracy R² = -2.500 against y = x, 0.410 fitted, "
+            "train NLL (reference solutions) R² = 0.220 fitted") in text
     assert "MLflow sweep run: http://mlflow:5000/#/experiments/1/runs/abc" in text
     note = summary.description(paths, "get-artifact?path=analysis%2Fpremem_vs_test.png&run_uuid=abc")
-    assert "| pre-memorization train accuracy (τ = 0.1) | **0.930** |" in note
-    assert "| train accuracy | 0.410 |" in note and "![premem vs test accuracy](get-artifact?" in note
+    assert "| pre-memorization train accuracy (τ = 0.1) | **0.910** | 0.930 |" in note
+    assert "| train accuracy | -2.500 | 0.410 |" in note and "![premem vs test accuracy](get-artifact?" in note
 
 
 def test_the_default_sweep_has_44_points_and_a_robustness_pass_the_small_one_neither():
