@@ -7,7 +7,8 @@
     not spent in training steps) as a fraction of trial time;
 (4) the vLLM engine vs the HF pool vs the per-example loop, tiny and ~100M-parameter models; vLLM cold start,
     in-place swap, swapped-vs-fresh greedy agreement, NLL difference from the HF scorer (bench/backends.py);
-(5) MATH grading answers/s and its share of evaluation time (bench/grading.py);
+(5) MATH grading answers/s and its share of evaluation time, and the seconds one answer sympy cannot decide
+    costs at the grader's time limit (bench/grading.py);
 (6) the store's cost per checkpoint (upload, fetch, records write), local path vs S3 server (bench/store.py).
 Medians of --repeats runs. Prints a table and writes BENCH_OUT (default bench.json).
     python -m bench.evaluation [--repeats 3] [--sweep-dir runs/sweeps/X | --no-sweep] [--no-vllm]
@@ -200,6 +201,9 @@ def main() -> None:
     g = result["grading"]
     print(f"MATH grading: {g['math_answers_per_s']:.0f} answers/s ({g['timeouts']} timeouts); share of a "
           "checkpoint's evaluation time: " + ", ".join(f"{m} model {x:.1%}" for m, x in g["grading_share_of_eval"].items()))
+    p = g["pathological"]
+    print(f"MATH grading: an answer sympy cannot decide costs {p['seconds']:.1f} s at timeout_s={p['timeout_s']:g} "
+          f"(timed out: {p['timed_out']}, next answer graded correct: {p['next_answer_correct']})")
     out = Path(os.environ.get("BENCH_OUT", "bench.json"))
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")

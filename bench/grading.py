@@ -2,7 +2,8 @@
 
 Completions are made from tests/data/math_sample.jsonl as a model's samples look: the reference solution
 (correct), the same solution boxing another problem's answer (wrong, and mostly a symbolic comparison),
-another problem's whole solution, and a solution cut off before its final answer (unparsed).
+another problem's whole solution, and a solution cut off before its final answer (unparsed). Apart: the seconds
+one answer sympy cannot decide costs (about the grader's time limit) and that the answers after it are graded.
 Called by bench/evaluation.py, which writes everything to one bench.json.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from workers.grading import Grader, last_boxed
 from workers.tasks.jsonl import read_jsonl
 
 MATH_SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "math_sample.jsonl"
+PATHOLOGICAL = "9^{9^{9^{9}}}"  # sympy computes the power tower as a big integer, in C: minutes without a limit
 
 
 def math_completions(k: int = 8, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -62,7 +64,25 @@ def bench_grading(repeats: int, completion_seconds: dict[str, float], workers: i
            "math_answers_per_s": len(completions) / seconds, "timeouts": timeouts,
            "correct_frac": sum(g.correct for g in grades) / len(grades),
            "unparsed_frac": sum(not g.parsed for g in grades) / len(grades)}
+    out["pathological"] = bench_pathological()
     out["eval_seconds_per_completion"] = completion_seconds
     out["grading_share_of_eval"] = {model: per_answer / (per_answer + seconds)
                                     for model, seconds in completion_seconds.items()}
     return out
+
+
+def bench_pathological(timeout_s: float = 1.0) -> dict:
+    """Seconds one answer that sympy cannot decide in time costs the grader (its time limit, then a fresh child
+    process for the answers after it; the first child is started outside the timing), and whether it was
+    counted as a timeout and the next answer graded."""
+    grader = Grader("math", timeout_s=timeout_s)
+    try:
+        for verifier in grader.verifiers:
+            verifier.start()
+        start = time.perf_counter()
+        grades = grader.grade([f"$\\boxed{{{PATHOLOGICAL}}}$", "$\\boxed{\\frac{4}{2}}$"], ["2", "2.0"])
+        seconds = time.perf_counter() - start
+    finally:
+        grader.close()
+    return {"timeout_s": timeout_s, "seconds": seconds, "timed_out": grades[0].timed_out,
+            "next_answer_correct": grades[1].correct}

@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from analysis.__main__ import main as analysis_main
 from analysis.curate import curation_picks, robustness
-from analysis.fit import bootstrap_r2, fit_line, fit_report, leave_one_run_out
+from analysis.fit import DEFAULT_TAUS, bootstrap_r2, fit_line, fit_report, leave_one_run_out, r2_curve
 from analysis.premem import checkpoint_table, prepare
 from store.records import load_records
 from tests.unit.records_factory import make_records
@@ -178,14 +179,32 @@ def test_cli_fit_contract(tmp_path, kang_dir):
 
 
 def test_cli_fit_chooses_tau_by_leave_one_run_out(tmp_path):
-    path = write(make_records(5, 4, 40, seed=2), tmp_path / "r.parquet")
+    """Without --nll-threshold, τ is chosen from the default grid: each run's fold takes the τ that fits the
+    other runs best, chosen without the run's own records, and the fit is reported at the τ that fits all runs
+    best."""
+    table = make_records(5, 4, 40, seed=2)
+    table = table.set_column(0, "run_id", table["run_id"].cast(pa.string()))
+    path = write(table, tmp_path / "r.parquet")
     out = tmp_path / "fit.json"
-    assert analysis_main(["fit", "--records", str(tmp_path), "--json", str(out), "--bootstrap", "0"]) == 0
+    assert analysis_main(["fit", "--records", path, "--json", str(out), "--bootstrap", "0"]) == 0
     result = json.loads(out.read_text())
     assert result["threshold_choice"] == "leave_one_run_out"
-    assert "oos_r2" in result and result["tau"] > 0 and len(result["tau_by_run"]) == 5
+
+    def best_tau(runs: list[str]) -> float:
+        """The τ of highest in-sample R² on these runs' records alone."""
+        kept = table.filter(pc.is_in(table["run_id"], value_set=pa.array(runs)))
+        state = prepare(load_records([write(kept, tmp_path / f"{'-'.join(runs)}.parquet")]))
+        curve = r2_curve(state, np.array(DEFAULT_TAUS))
+        return float(curve["tau"][int(np.nanargmax(curve["r2"]))])
+
+    runs = [f"run{r:03d}" for r in range(5)]
+    assert result["tau_by_run"] == {run: best_tau([r for r in runs if r != run]) for run in runs}
+    assert len(set(result["tau_by_run"].values())) > 1  # the folds disagree: each chose without its run
+    assert result["tau"] == best_tau(runs)
+    _, fits = fit_report(prepare(load_records([path])), result["tau"])
+    assert result["r2"] == pytest.approx(fits["premem_train_acc"].r2) and result["n_points"] == 5 * 4
+    assert math.isfinite(result["oos_r2"])
     assert result["oos_r2_identity"] <= 1 and result["tau_identity"] > 0
-    assert path
 
 
 def test_cli_curate_writes_jsonl(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -84,11 +83,9 @@ def test_bad_input_is_one_clear_line_exit_2_nothing_written(case, tmp_path, tiny
         argv.append(f"store.root={store}")
     module = importlib.import_module("orchestrator.__main__" if entry == "orchestrator" else f"{entry}"
                                      if entry != "analysis" else "analysis.__main__")
-    started = time.time()
     code = module.main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert time.time() - started < 30
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for name in names:
@@ -108,7 +105,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="No space left on device"):
         io.write_bytes(str(target), b"new and longer")
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["records.parquet"]  # no temp file either

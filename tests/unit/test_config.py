@@ -189,13 +189,30 @@ def test_summary_puts_the_baselines_beside_the_fit_and_describes_the_parent_run(
 
 
 def test_the_default_sweep_has_44_points_and_a_robustness_pass_the_small_one_neither():
+    """The counts from the configs, by hand. train=cpu: one worker, micro = global batch = 8, so an epoch of n
+    train examples is n / 8 optimizer steps; task=synthetic: n_train = 256.
+    default: 2 lr x 3 regimes of 96 steps each (checkpoints_per_epoch = 2):
+      all 256 examples: 32 steps an epoch, 3 epochs, a checkpoint every 32 / 2 = 16 steps: 96 / 16 = 6;
+      a quarter (64): 8 steps an epoch, 12 epochs, save_every_steps = 12: 96 / 12 = 8;
+      an eighth (32): 4 steps an epoch, 24 epochs, every 12 steps: 96 / 12 = 8;  2 x (6 + 8 + 8) = 44.
+    lr_epochs: 3 lr x (1 + 3 epochs) x 2 checkpoints an epoch = 24.  small: 2 lr x 2 epochs x 1 = 4.
+    That the trainer saves what the planner counts: tests/unit/test_cost.py."""
     from orchestrator.sweep import expected_checkpoints
 
     cfg, _, specs = plan_sweep([])
-    assert expected_checkpoints(specs) == 44 and cfg.sweep.robustness_variant == "first"
-    assert expected_checkpoints(plan_sweep(["sweep=lr_epochs"])[2]) == 24
+    regimes = [(s.config.task.train_fraction, s.config.train.epochs, s.config.train.save_every_steps) for s in specs]
+    assert regimes == [(1.0, 3, 0), (0.25, 12, 12), (0.125, 24, 12)] * 2
+    assert (cfg.task.n_train, cfg.train.micro_batch_size, cfg.train.global_batch_size, cfg.train.num_workers,
+            cfg.train.checkpoints_per_epoch) == (256, 8, 8, 1, 2)
+    assert expected_checkpoints(specs) == 2 * (96 // (256 // 8 // 2) + 96 // 12 + 96 // 12) == 44
+    assert cfg.sweep.robustness_variant == "first"
+    cfg, _, specs = plan_sweep(["sweep=lr_epochs"])
+    assert sorted((s.config.train.lr, s.config.train.epochs) for s in specs) == [
+        (lr, epochs) for lr in (3e-4, 1e-3, 3e-3) for epochs in (1, 3)]
+    assert expected_checkpoints(specs) == 3 * (1 + 3) * 2 == 24
     cfg, _, specs = plan_sweep(["sweep=small"])
-    assert expected_checkpoints(specs) == 4 and cfg.sweep.robustness_variant == ""
+    assert [(s.config.train.epochs, s.config.train.checkpoints_per_epoch) for s in specs] == [(2, 1)] * 2
+    assert expected_checkpoints(specs) == 2 * 2 * 1 == 4 and cfg.sweep.robustness_variant == ""
     with pytest.raises(ConfigError, match="sweep.robustness_variant='original'"):
         plan_sweep(["sweep.robustness_variant=original"])
 

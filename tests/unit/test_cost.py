@@ -61,3 +61,73 @@ def test_data_that_do_not_fill_one_batch_are_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert "train.global_batch_size=16: 8 train examples (task.n_train x task.train_fraction) do not fill one " \
            "global batch" in err and len(err.strip().splitlines()) == 1
+
+
+def _loop_saves(spec, base_model: str, monkeypatch) -> list[int]:
+    """The steps at which workers/train.py's loop saves a checkpoint for this trial, as rank 0 of its
+    `train.num_workers`: the real loop, data, sampler and loader, with DeepSpeed's engine and Ray Train's context
+    replaced by stand-ins that do no math and report nothing."""
+    import sys
+    import types
+
+    import ray.train
+    import torch
+
+    import workers.placement
+    import workers.train
+    from orchestrator.schedule import trial_jobs
+    from store.layout import sweep_paths
+
+    class Engine:
+        device = "cpu"
+
+        def __call__(self, **batch):
+            return types.SimpleNamespace(loss=torch.zeros(()))
+
+        def train(self):
+            pass
+
+        def backward(self, loss):
+            pass
+
+        def step(self):
+            pass
+
+    world = spec.config.train.num_workers
+    context = types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: world)
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(
+        init_distributed=lambda: None,
+        initialize=lambda model, optimizer, lr_scheduler, config, dist_init_required: (Engine(), optimizer, None,
+                                                                                        lr_scheduler)))
+    monkeypatch.setattr(ray.train, "get_context", lambda: context)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(workers.placement, "here", lambda device: {})
+    saves = []
+    monkeypatch.setattr(workers.train, "_save_and_report", lambda engine, tokenizer, job, position, *rest:
+                        saves.append(position["step"]))
+    job, _ = trial_jobs(spec, sweep_paths("/nonexistent", "s"), base_model)
+    threads = torch.get_num_threads()
+    try:
+        workers.train.train_loop_per_worker({**asdict(job), "train": asdict(job.train)})
+    finally:
+        torch.set_num_threads(threads)
+    return saves
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # the default sweep: checkpoints twice an epoch, and every 12 steps in the regimes of 12 and 24 epochs
+    # 2 ranks, accumulation 2: 101 examples padded to shards of 51, 13 micro-batches a rank (the odd one unused)
+    ["sweep=small", "task.n_train=101", "train.num_workers=2", "train.micro_batch_size=4",
+     "train.global_batch_size=16", "train.checkpoints_per_epoch=3"],
+    ["sweep=small", "task.n_train=101", "train.num_workers=2", "train.micro_batch_size=4",
+     "train.global_batch_size=16", "train.save_every_steps=5"],  # 12 steps: 5, 10 and the last one
+    ["sweep=small", "train.checkpoints_per_epoch=0"],  # the final checkpoint only
+], ids=["default", "per-epoch-uneven", "every-n-steps", "final-only"])
+def test_the_plan_counts_the_checkpoints_the_training_loop_saves(overrides, tiny_model_dir, monkeypatch):
+    """--plan's checkpoint count (and the progress bar's) is the number of checkpoints workers/train.py's loop
+    saves for the same trial, the last step always among them."""
+    _, _, specs = plan_sweep(overrides)
+    for spec in {s.config.task.train_fraction: s for s in specs}.values():  # one trial per data regime
+        saves = _loop_saves(spec, str(tiny_model_dir), monkeypatch)
+        steps, checkpoints = trial_steps(spec)
+        assert (len(saves), saves[-1]) == (checkpoints, steps * spec.config.train.epochs), (spec.label, saves)

@@ -123,13 +123,13 @@ def test_efficiency_ratio_of_mean_curves_and_per_seed():
     per_seed = per_seed_curves(_results())
     report = efficiency_report(per_seed, "premem")
     # premem reaches 0.35 with 64 examples; i.i.d. data reach 0.35 half-way from 64 (0.30) to 128 (0.40)
-    assert report["budget"] == 64 and report["ratio"] == pytest.approx(1.5) and not report["lower_bound"]
+    assert report["budget"] == 64 and report["ratio"] == pytest.approx(1.5) and report["lower_bound"] is False
     assert report["ratio_by_seed"] == pytest.approx({0: 1.5, 1: 1.5, 2: 1.5})
     assert report["ratio_std"] == pytest.approx(0.0)
     # curated data the i.i.d. curve never reaches: the ratio is a lower bound (its largest budget over B)
     better = per_seed.copy()
     better.loc[(better["strategy"] == "premem") & (better["examples_added"] == 64), "test_acc"] = 0.9
-    assert efficiency_report(better, "premem")["lower_bound"]
+    assert efficiency_report(better, "premem")["lower_bound"] is True
     assert efficiency_report(better, "premem")["ratio"] == pytest.approx(2.0)
     # worse than i.i.d.: fewer i.i.d. examples than B reach it
     curve = pd.DataFrame({"examples_added": [0, 64], "test_acc": [0.2, 0.25]})
@@ -383,15 +383,37 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
         assert len(picked) == 4 and max(scores[list(picked)]) <= scores.quantile(0.25) + 1e-12
 
 
-def test_scatter_colours_by_a_grid_value_and_leaves_runs_without_one_plain(tmp_path):
-    """A curation round's sweep colours its runs by `curation.strategy` (a grid value, not a config field);
-    a run without a value is drawn in the plain colour instead of failing the plot."""
-    from analysis.fit import fit_line
-    from analysis.plots import scatter_premem_vs_test
+def test_scatter_colours_by_a_grid_value_and_leaves_runs_without_one_plain(tmp_path, monkeypatch):
+    """A curation round's sweep colours its runs by `curation.strategy` (a grid value, not a config field):
+    each run in the colour the colour bar shows at its value's label, different values in different colours; a
+    run without a value is drawn in the plain colour instead of failing the plot. Numeric values likewise."""
+    from matplotlib.collections import QuadMesh
+    from matplotlib.colors import to_rgba
 
+    from analysis import plots
+    from analysis.fit import fit_line
+
+    figures, save = [], plots._save
+
+    def keep(fig, path):  # the figure as drawn, for its colours
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
     points = pd.DataFrame({"run_id": ["a", "a", "b", "c"], "step": [1, 2, 1, 1],
                            "premem_train_acc": [0.1, 0.2, 0.3, 0.25], "test_acc": [0.1, 0.25, 0.3, 0.2]})
     fit = fit_line(points["premem_train_acc"], points["test_acc"])
-    for color in (pd.Series({"a": "premem", "b": "iid", "c": None}), pd.Series({"a": 0.25, "b": 1.0, "c": None})):
-        out = scatter_premem_vs_test(points, fit, 0.1, tmp_path / "p.png", color, "curation.strategy")
+    for color, labels in ((pd.Series({"a": "premem", "b": "iid", "c": None}), {"a": "premem", "b": "iid"}),
+                          (pd.Series({"a": 0.25, "b": 1.0, "c": None}), {"a": "0.25", "b": "1"})):
+        out = plots.scatter_premem_vs_test(points, fit, 0.1, tmp_path / "p.png", color, "curation.strategy")
         assert out.read_bytes()[:4] == b"\x89PNG"
+        scatter, bar = figures[-1].axes
+        drawn = {tuple(line.get_xdata()): to_rgba(line.get_color()) for line in scatter.lines}
+        run_colour = {run: drawn[tuple(p.sort_values("step")["premem_train_acc"])]
+                      for run, p in points.groupby("run_id")}
+        scale = next(c for c in bar.collections if isinstance(c, QuadMesh))  # the colour bar's own colours
+        at_label = {t.get_text(): to_rgba(scale.cmap(scale.norm(y))) for t, y in zip(bar.get_yticklabels(),
+                                                                                     bar.get_yticks())}
+        assert bar.get_ylabel() == "curation.strategy" and set(at_label) == set(labels.values())
+        assert run_colour == {"a": at_label[labels["a"]], "b": at_label[labels["b"]], "c": to_rgba("tab:blue")}
+        assert len(set(run_colour.values())) == 3, color.to_dict()

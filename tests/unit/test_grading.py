@@ -2,7 +2,6 @@
 import pytest
 
 import threading
-import time
 
 from tests.conftest import REPO
 from workers.grading import (Grader, MathVerifier, extract_gsm8k_answer, gold_answer_gsm8k, gold_answer_math,
@@ -208,18 +207,16 @@ PATHOLOGICAL = "9^{9^{9^{9}}}"  # sympy computes the power tower as a big intege
 
 
 def test_pathological_answer_is_timed_out_and_the_grader_goes_on():
+    """Graded wrong and counted as a timeout; the answers after it are still graded. What it costs in seconds
+    (about the time limit): bench/grading.py, `pathological`."""
     grader = Grader("math", timeout_s=1.0)
     try:
-        grader.grade(["$\\boxed{2}$"], ["\\frac{4}{2}"])  # starts the child process outside the timing
-        started = time.monotonic()
         grades = grader.grade([f"$\\boxed{{{PATHOLOGICAL}}}$", "$\\boxed{\\frac{4}{2}}$", "$\\boxed{3}$"],
                               ["2", "2.0", "\\sqrt{9}"])
-        elapsed = time.monotonic() - started
     finally:
         grader.close()
     assert (grades[0].correct, grades[0].parsed, grades[0].timed_out) == (False, True, True)
     assert [g.correct for g in grades[1:]] == [True, True] and not any(g.timed_out for g in grades[1:])
-    assert elapsed < 10
 
 
 def test_time_limit_holds_off_the_main_thread():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from orchestrator import reaper
 from store.layout import sweep_paths
@@ -57,9 +56,8 @@ def test_reaper_kills_what_a_dead_drivers_ray_session_left(tmp_path, monkeypatch
         assert leftover.stdout.readline().strip() == "ready" and bystander.stdout.readline().strip() == "ready"
         driver.wait()
         monkeypatch.setattr(reaper, "GRACE_S", 0.1)
-        started = time.time()
         killed = reaper.watch(driver.pid, str(session), poll_s=0.1)
-        assert killed == [leftover.pid] and time.time() - started < 5
+        assert killed == [leftover.pid]
         assert leftover.wait(timeout=10) == -9
         assert bystander.poll() is None  # a process of no Ray session of ours is left alone
     finally:
