@@ -46,7 +46,7 @@ curate: $(STAMP)  ## curation rounds and the data-efficiency curve -> curation.j
 
 test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed, mlflow server)
 	$(PY) -m pytest -q -m "not slow" tests
-	$(PY) -m pytest -q -m slow tests --durations=5
+	$(PY) -m pytest -q -m slow tests --durations=15
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -2,9 +2,12 @@
 
 pyarrow's filesystems do the I/O, as Ray Train's own storage does (S3-compatible endpoints through
 AWS_ENDPOINT_URL and the usual AWS variables). Every write is of a whole object: a temp file renamed into
-place on a filesystem, a single completed upload on an object store; a reader never sees half a file.
-This is the lowest layer: analysis reads records through it, workers write through it, and the orchestrator's
-store module builds the paths.
+place on a filesystem, a single completed upload on an object store; a reader never sees half a written
+file. One limit: pyarrow reads an S3 object in ranged GETs, so a read that overlaps a *rewrite* of the same
+object can return a mix of the two versions (tests/unit/test_storage.py, an expected failure on S3); premem
+rewrites an object only where nothing reads it meanwhile (a trial's placement file, a re-evaluated checkpoint's
+records).
+This is the lowest layer: every stage reads and writes the store through it; store/layout.py builds the paths.
 """
 from __future__ import annotations
 
