@@ -12,6 +12,9 @@ picks from round r's largest-budget runs. At the end: test accuracy against exam
 examples reach what premem curation reaches with B, over B), and curation.json ($CURATION_OUT, default
 <store>/curations/<id>/curation.json). Example:
     python -m orchestrator.curate runs/sweeps/default-20261130-120000 curation.seeds=[0,1,2]
+A curation whose driver died goes on where it stopped (finished follow-up runs are not run again, a round that
+was training continues from its checkpoints, the rounds not started run):
+    python -m orchestrator.curate --resume runs/curations/<curation_id> [tracking.* cluster.*]
 """
 from __future__ import annotations
 
@@ -159,6 +162,30 @@ def plan_round(cfg: DictConfig, round_no: int, round_id: str, sources: dict[tupl
     return follow_ups
 
 
+def stored_follow_ups(specs: list[TrialSpec]) -> list[FollowUp]:
+    """A planned round's follow-ups from its stored trial specs and added-data files (the round's base runs,
+    which add nothing, left out): what the next round picks from."""
+    follow_ups = []
+    for spec in specs:
+        values = spec.grid_values
+        if values["curation.strategy"] == "base":
+            continue
+        added = [json.loads(line) for line in io.read_text(spec.config.task.added_path).splitlines() if line]
+        budget = sum(1 for row in added if row["round"] == values["curation.round"])
+        follow_ups.append(FollowUp(values["curation.strategy"], values["seed"], values["curation.round"], budget,
+                                   values["curation.examples_added"], added))
+    return follow_ups
+
+
+def load_round_config(round_paths: SweepPaths, cfg: DictConfig) -> DictConfig:
+    """A planned round's stored config, with this invocation's tracking and cluster."""
+    from orchestrator.config import Config
+
+    round_cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(io.read_text(round_paths.file("config.yaml"))))
+    round_cfg.tracking, round_cfg.cluster = cfg.tracking, cfg.cluster
+    return round_cfg
+
+
 def round_specs(base: DictConfig, round_paths: SweepPaths, follow_ups: list[FollowUp],
                 with_base_runs: bool) -> list[TrialSpec]:
     """Write each follow-up's added data, and its trial spec (the base runs first in round 1)."""
@@ -191,7 +218,19 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
     round_files: dict[str, list[str]] = {}
     for round_no in range(1, c.rounds + 1):
         round_paths = sweep_paths(paths.root, f"{curation_id}-r{round_no}")
-        if round_no > 1:  # each (strategy, seed) picks from its run of the round before at the largest budget
+        planned = io.is_file(round_paths.file("plan.json"))  # by a driver that died: go on with that plan
+        if planned:
+            from orchestrator.resume import resume_sweep
+            from orchestrator.sweep import stored_specs
+
+            specs = stored_specs(round_paths)
+            follow_ups = stored_follow_ups(specs)
+            if pool is None:
+                schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
+                pool = schedule.start_pool(cfg.sampler)
+            round_cfg = load_round_config(round_paths, cfg)
+            codes.append(resume_sweep(round_cfg, round_paths, specs, base_model, tracker, parent, pool))
+        elif round_no > 1:  # each (strategy, seed) picks from its run of the round before at the largest budget
             largest = max(c.budgets)
             sources = {(f.strategy, f.seed): Source(round_files.get(f.run_id(previous.sweep_id), []), f.added)
                        for f in follow_ups if f.budget == largest}
@@ -202,20 +241,24 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
                 codes.append(1)
                 break
             follow_ups = plan_round(base, round_no, round_paths.sweep_id, sources, splits.train, splits.test)
-        round_cfg = base.copy()
-        round_cfg.sweep.name = f"{c.name}-r{round_no}"
-        specs = round_specs(round_cfg, round_paths, follow_ups, with_base_runs=round_no == 1)
-        round_yaml = write_text_atomic(round_paths.file("config.yaml"), to_yaml(round_cfg))
-        plan_json = write_text_atomic(round_paths.file("plan.json"),
-                                      json.dumps([asdict(s) for s in specs], indent=1))
-        print(f"round {round_no}: {len(specs)} runs -> {round_paths.sweep}")
-        round_parent = tracker.start_sweep(round_paths.sweep_id, round_cfg.sweep.name, round_yaml, plan_json, parent)
-        children = {s.run_id: tracker.start_trial(round_parent, s.run_id, s.label, trial_params(s)) for s in specs}
-        log_task_datasets(tracker, specs, children, round_parent)
-        if pool is None:  # one sampling pool for every round
-            schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
-            pool = schedule.start_pool(cfg.sampler)
-        codes.append(execute(round_cfg, round_paths, specs, base_model, tracker, round_parent, children, pool=pool))
+        if not planned:
+            round_cfg = base.copy()
+            round_cfg.sweep.name = f"{c.name}-r{round_no}"
+            specs = round_specs(round_cfg, round_paths, follow_ups, with_base_runs=round_no == 1)
+            round_yaml = write_text_atomic(round_paths.file("config.yaml"), to_yaml(round_cfg))
+            # written last: its presence marks the round planned, its data written (what --resume goes on from)
+            plan_json = write_text_atomic(round_paths.file("plan.json"),
+                                          json.dumps([asdict(s) for s in specs], indent=1))
+            print(f"round {round_no}: {len(specs)} runs -> {round_paths.sweep}")
+            round_parent = tracker.start_sweep(round_paths.sweep_id, round_cfg.sweep.name, round_yaml, plan_json,
+                                               parent)
+            children = {s.run_id: tracker.start_trial(round_parent, s.run_id, s.label, trial_params(s)) for s in specs}
+            log_task_datasets(tracker, specs, children, round_parent)
+            if pool is None:  # one sampling pool for every round
+                schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
+                pool = schedule.start_pool(cfg.sampler)
+            codes.append(execute(round_cfg, round_paths, specs, base_model, tracker, round_parent, children,
+                                 pool=pool))
         all_specs += specs
         round_files = {}
         for location in round_paths.record_files(ORIGINAL):
@@ -319,10 +362,15 @@ def publish(report: dict, curves: pd.DataFrame, curation_dir: str, out_json: str
 
 
 # ------------------------------------------------------------------------------------------ main
+INVOCATION = "invocation.json"  # in the curation's directory: what --resume needs to go on
+
+
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.sweep import open_sweep_from_argv
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--resume"]:
+        return resume(argv[1:])
     opened = open_sweep_from_argv(argv, load_curation_config, __doc__)
     if opened is None:
         return 2
@@ -332,11 +380,46 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, io.StorageError) as exc:  # nothing written yet
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_curation(paths, cfg, *prepared)
+    return run_curation(paths, cfg, *prepared, overrides=argv[1:])
 
 
-def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str]):
-    """Everything round 1 needs, checked and obtained before anything is written."""
+def resume(argv: list[str]) -> int:
+    """`--resume CURATION_DIR [tracking.* cluster.*]`: the curation that directory holds, from where it stopped."""
+    from orchestrator.sweep import open_sweep_from_argv
+
+    if not argv or argv[0].startswith("-"):
+        print(__doc__)
+        return 2
+    curation_dir, extra = io.normalize(argv[0]), argv[1:]
+    try:
+        stored = json.loads(io.read_text(io.join(curation_dir, INVOCATION)))
+        wrong = [o for o in extra if not o.lstrip("+").startswith(("tracking.", "cluster."))]
+        if wrong:
+            raise ConfigError(f"{wrong[0].split('=', 1)[0]}: only tracking.* and cluster.* can change when a "
+                              "curation is resumed (its rounds are planned)")
+    except (ConfigError, FileNotFoundError, io.StorageError) as exc:
+        print(f"error: {curation_dir}: {exc}" if not isinstance(exc, ConfigError) else f"error: {exc}",
+              file=sys.stderr)
+        return 2
+    opened = open_sweep_from_argv([stored["source_sweep"], *stored["overrides"], *extra], load_curation_config,
+                                  __doc__)
+    if opened is None:
+        return 2
+    paths, cfg = opened
+    try:
+        trial, base, splits, _, first = prepare_curation(paths, cfg, stored["overrides"], stored["curation_id"],
+                                                         stored["trial"])
+    except (ConfigError, ValueError, io.StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_curation(paths, cfg, trial, base, splits, stored["curation_id"], first,
+                        overrides=stored["overrides"], resumed=True)
+
+
+def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str], curation_id: str | None = None,
+                     trial_run_id: str | None = None):
+    """Everything round 1 needs, checked and obtained before anything is written (a resumed curation names its
+    id and trial; its round 1, when planned, is read from the store instead)."""
     from analysis.premem import checkpoint_table, prepare
     from store.names import ORIGINAL
     from store.records import load_records
@@ -346,28 +429,43 @@ def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str]):
     if not record_files:
         raise ConfigError(f"{paths.sweep}: no records; curation picks from a sweep's evaluated checkpoints")
     table = checkpoint_table(prepare(load_records(record_files)), float(cfg.sweep.nll_threshold))
-    trial = pick_trial(cfg, specs, table)
+    trial = (next(s for s in specs if s.run_id == trial_run_id) if trial_run_id
+             else pick_trial(cfg, specs, table))
     base = follow_up_config(cfg, trial, overrides)
     splits = load_task(**task_args(base.task))
-    curation_id = f"{cfg.curation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    curation_id = curation_id or f"{cfg.curation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if io.is_file(sweep_paths(paths.root, f"{curation_id}-r1").file("plan.json")):
+        return trial, base, splits, curation_id, []  # planned by the driver that died: run_rounds reads it
     sources = {(s, seed): Source(record_files) for s in cfg.curation.strategies for seed in cfg.curation.seeds}
     first = plan_round(base, 1, f"{curation_id}-r1", sources, splits.train, splits.test)
     return trial, base, splits, curation_id, first
 
 
 def run_curation(paths: SweepPaths, cfg: DictConfig, trial: TrialSpec, base: DictConfig, splits, curation_id: str,
-                 follow_ups: list[FollowUp]) -> int:
+                 follow_ups: list[FollowUp], overrides: list[str] = (), resumed: bool = False) -> int:
     from orchestrator.tracking import Heartbeat, Outbox, Tracker, end_abandoned_runs
 
     c = cfg.curation
     curation_dir = io.join(paths.root, "curations", curation_id)
     out_json = os.environ.get("CURATION_OUT") or io.join(curation_dir, "curation.json")
     config_yaml = write_text_atomic(io.join(curation_dir, "config.yaml"), to_yaml(base))
-    print(f"curation {curation_id}: {len(c.strategies)} strategies x {len(c.seeds)} seeds, {c.rounds} round(s), "
-          f"follow-up runs repeat {trial.run_id} ({trial.label}); new data: {similar_source(base)} -> {curation_dir}")
+    # what --resume repeats: tracking and cluster come from the resuming command (a URI may hold credentials)
+    kept = [o for o in overrides if not o.lstrip("+").startswith(("tracking.", "cluster."))]
+    write_text_atomic(io.join(curation_dir, INVOCATION), json.dumps(
+        {"source_sweep": paths.sweep, "overrides": kept, "curation_id": curation_id, "trial": trial.run_id}, indent=1))
+    print(f"curation {curation_id}{' (resumed)' if resumed else ''}: {len(c.strategies)} strategies x "
+          f"{len(c.seeds)} seeds, {c.rounds} round(s), follow-up runs repeat {trial.run_id} ({trial.label}); "
+          f"new data: {similar_source(base)} -> {curation_dir}")
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
-    parent = tracker.start_curation(curation_id, paths.sweep_id, config_yaml)
+    parent = None
+    if resumed:
+        try:
+            parent = tracker.find_curation(curation_id)
+            tracker.reopen(parent)
+        except LookupError:  # the driver died before it made the curation's run
+            parent = None
+    parent = parent or tracker.start_curation(curation_id, paths.sweep_id, config_yaml)
     outbox = Outbox(tracker)
     heartbeat = Heartbeat(outbox, [parent])
     try:

@@ -47,18 +47,28 @@ def main(argv: list[str] | None = None) -> int:
     if opened is None:
         return 2
     paths, cfg = opened
-    from orchestrator.sweep import base_models, execute, trial_params
-    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, Tracker, end_abandoned_runs
+    from orchestrator.sweep import base_models
+    from orchestrator.tracking import Tracker, end_abandoned_runs
 
     specs = stored_specs(paths)
-    base_model = base_models(specs)  # one per trial: a sweep may vary the model group
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below
+    return resume_sweep(cfg, paths, specs, base_models(specs), tracker)
+
+
+def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker,
+                 parent_id: str | None = None, pool=None) -> int:
+    """Finish a planned sweep in its own MLflow runs (made now where the dead driver had not made them, nested
+    under `parent_id` for a curation's round): finished trials stay finished, the others go on from their last
+    checkpoints, unevaluated checkpoints are evaluated; the exit code."""
+    from orchestrator.sweep import execute, trial_params
+    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS
+
     try:
         parent, children = tracker.find_sweep(paths.sweep_id)
     except LookupError:  # the driver died before it made the sweep's MLflow runs
         parent, children = tracker.start_sweep(paths.sweep_id, cfg.sweep.name, paths.file("config.yaml"),
-                                               paths.file("plan.json")), {}
+                                               paths.file("plan.json"), parent_id), {}
     for spec in specs:
         if spec.run_id not in children:
             children[spec.run_id] = tracker.start_trial(parent, spec.run_id, spec.label, trial_params(spec))
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     resumed = pending_evaluations(paths, specs, base_model, tracker, children)
     print(f"resuming {paths.sweep_id}: {len(resumed.finished_trials)} of {len(specs)} trials finished, "
           f"{resumed.trained} checkpoints trained, {len(resumed.pending)} of them to evaluate")
-    return execute(cfg, paths, specs, base_model, tracker, parent, children, resumed=resumed)
+    return execute(cfg, paths, specs, base_model, tracker, parent, children, resumed=resumed, pool=pool)
 
 
 if __name__ == "__main__":

@@ -156,6 +156,13 @@ class Tracker:
                                            filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
         return parent, {c.data.tags[RUN_ID_TAG]: c.info.run_id for c in children if RUN_ID_TAG in c.data.tags}
 
+    def find_curation(self, curation_id: str) -> str:
+        """The parent run of an earlier curation (LookupError when the driver died before making it)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{CURATION_TAG}` = '{curation_id}'")
+        if not runs:
+            raise LookupError(f"no MLflow run tagged {CURATION_TAG}={curation_id} in {self.uri}")
+        return runs[0].info.run_id
+
     def end_run(self, mlflow_run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(mlflow_run_id, status=status)
 

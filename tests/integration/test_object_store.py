@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 
 import pandas as pd
@@ -104,18 +102,37 @@ def test_reevaluation_reads_and_writes_the_s3_sweep(s3_sweep, ray_cluster, s3_ml
 def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp_path):
     """Two rounds of premem and i.i.d. curation: follow-up runs train on the sweep's data plus new generated
     problems (a JSONL file in the bucket), are evaluated like any trial, and give the curves, the efficiency
-    ratio and MLflow runs nested curation -> round -> trial."""
+    ratio and MLflow runs nested curation -> round -> trial. Its driver is SIGKILLed once round 2 is planned;
+    `curate --resume` finishes it without training round 1's runs again."""
     from mlflow import MlflowClient
+
+    from tests.integration.conftest import Driver, wait_until
 
     sweep, _ = s3_sweep
     store = io.parent(io.parent(sweep))
     out = tmp_path / "curation.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]",
-         "curation.seeds=[0]", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
-         f"cluster.address={ray_cluster}"], cwd=REPO, capture_output=True, text=True, timeout=1500,
-        env={**os.environ, "CURATION_OUT": str(out)})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    os.environ["CURATION_OUT"] = str(out)  # the drivers' (Driver inherits this process's environment)
+    try:
+        driver = Driver(["-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]",
+                         "curation.seeds=[0]", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
+                         f"cluster.address={ray_cluster}"], tmp_path / "curate.log")
+
+        def round_two_planned() -> bool:
+            return any(r.endswith("-r2") and io.is_file(f"{r}/plan.json") for r in io.list_dirs(f"{store}/sweeps"))
+
+        wait_until(lambda: round_two_planned() or driver.proc.poll() is not None, timeout=1500, what="round 2")
+        assert driver.proc.poll() is None, driver.output[-4000:]
+        driver.proc.kill()
+        driver.wait()
+        (curation,) = io.list_dirs(f"{store}/curations")
+        resumed = run_python(["-m", "orchestrator.curate", "--resume", curation, f"tracking.uri={s3_mlflow}",
+                              f"cluster.address={ray_cluster}"], timeout=1500)
+    finally:
+        del os.environ["CURATION_OUT"]
+    assert "(resumed)" in resumed.stdout
+    # round 1 had ended: its three runs are finished trials the resumed driver does not train again
+    assert re.search(r"resuming curation-small-\S+-r1: 3 of 3 trials finished", resumed.stdout), resumed.stdout
+    result = resumed
     report = json.loads(out.read_text())
     assert report["seeds"] == [0] and report["rounds"] == 2 and report["similar"] == "generator"
     # the curves: the shared base run at 0, then +6 (round 1) and +12 (round 2) for both strategies
