@@ -10,6 +10,7 @@ import sys
 
 from orchestrator.config import CONF_DIR, ConfigError
 from orchestrator.placement import PlacementError
+from store.io import StorageError
 
 HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg] [hydra overrides ...]
 
@@ -24,7 +25,8 @@ Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p
   --cfg   print the composed config and exit
 Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]
 Finish an interrupted sweep:  python -m orchestrator.resume SWEEP_DIR
-Curation rounds from a sweep: python -m orchestrator.curate SWEEP_DIR [curation=NAME] [curation.* ...]"""
+Curation rounds from a sweep: python -m orchestrator.curate SWEEP_DIR [curation=NAME] [curation.* ...]
+Finish an interrupted curation: python -m orchestrator.curate --resume CURATION_DIR"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plan_text(specs))
             return 0
         sweep.check(cfg, specs)
-    except (ConfigError, sweep.io.StorageError, TrackingError, PlacementError) as exc:
+    except (ConfigError, StorageError, TrackingError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return sweep.launch(cfg, sweep_id, specs)

@@ -429,8 +429,9 @@ def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str], c
     if not record_files:
         raise ConfigError(f"{paths.sweep}: no records; curation picks from a sweep's evaluated checkpoints")
     table = checkpoint_table(prepare(load_records(record_files)), float(cfg.sweep.nll_threshold))
-    trial = (next(s for s in specs if s.run_id == trial_run_id) if trial_run_id
-             else pick_trial(cfg, specs, table))
+    trial = next((s for s in specs if s.run_id == trial_run_id), None) if trial_run_id else pick_trial(cfg, specs, table)
+    if trial is None:
+        raise ConfigError(f"{INVOCATION}: trial {trial_run_id} is not a trial of {paths.sweep}")
     base = follow_up_config(cfg, trial, overrides)
     splits = load_task(**task_args(base.task))
     curation_id = curation_id or f"{cfg.curation.name}-{time.strftime('%Y%m%d-%H%M%S')}"

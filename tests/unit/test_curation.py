@@ -265,6 +265,33 @@ def test_bad_curation_input_is_one_line_and_exit_2(finished_sweep, overrides, me
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing written
 
 
+def test_bad_resume_input_is_one_line_and_exit_2(finished_sweep, capsys):
+    """`curate --resume DIR`: a directory that holds no curation, or an override of what the curation planned,
+    is one line naming it, exit 2, nothing written."""
+    import json
+
+    from orchestrator.curate import INVOCATION, main
+
+    sweep_dir, store = finished_sweep
+    curation = store / "curations" / "c-1"
+    curation.mkdir(parents=True)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    assert main(["--resume", str(store / "curations" / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {store / 'curations' / 'nothing'}:") and len(err.splitlines()) == 1
+    (curation / INVOCATION).write_text(json.dumps({"source_sweep": str(sweep_dir), "overrides": [],
+                                                   "curation_id": "c-1", "trial": "x"}))
+    before.append((curation / INVOCATION).relative_to(store))
+    assert main(["--resume", str(curation), "curation.budgets=[4]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: curation.budgets: only tracking.* and cluster.* can change when a curation is resumed "
+                   "(its rounds are planned)")
+    assert main(["--resume", str(curation)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: invocation.json: trial x is not a trial of {sweep_dir}"
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == sorted(before)  # nothing written
+
+
 def test_curation_group_is_validated_against_the_task(finished_sweep, capsys):
     from orchestrator.config import validate_curation
     from orchestrator.curate import load_curation_config
