@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from store.names import CURATION_STRATEGIES
 from workers.settings import BaseStage, TrainSettings
+from workers.tasks import GENERATED
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -35,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "synthetic"  # synthetic | gsm8k | math
+    name: str = "synthetic"  # synthetic | skills (built in, generated) | gsm8k | math (JSONL files)
     seed: int = 0
     train_fraction: float = 1.0
     n_train: int = 256
@@ -317,7 +318,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(t.checkpoints_per_epoch >= 0, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch,
            "must be >= 0 (0: the final checkpoint only)")
     _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
-    _check(k.name in ("synthetic", "gsm8k", "math"), f"{prefix}task.name", k.name, "must be synthetic, gsm8k or math")
+    _check(k.name in (*GENERATED, "gsm8k", "math"), f"{prefix}task.name", k.name,
+           f"must be {', '.join(GENERATED)}, gsm8k or math")
     _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
     _check(1 <= k.min_steps <= k.max_steps, f"{prefix}task.min_steps", k.min_steps, "must be in [1, task.max_steps]")
     _check(k.max_number >= 2, f"{prefix}task.max_number", k.max_number, "must be >= 2")
@@ -328,8 +330,9 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
         from store import io
 
         _check(io.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
-    _check(k.name == "synthetic" or m.path is not None, f"{prefix}model.path", m.path,
-           "the built-in tiny model is only built for task.name=synthetic; give an HF model path")
+    _check(k.name in GENERATED or m.path is not None, f"{prefix}model.path", m.path,
+           f"the built-in tiny model is only built for the built-in tasks ({', '.join(GENERATED)}); give an HF "
+           "model path")
     if m.path is not None:
         from workers.models import model_exists
 
@@ -401,7 +404,7 @@ def validate_curation(cfg: DictConfig) -> None:
     _check(c.rounds >= 1, "curation.rounds", c.rounds, "must be >= 1")
     _check(0 < c.select_fraction <= 1, "curation.select_fraction", c.select_fraction, "must be in (0, 1]")
     _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
-    _check(c.similar not in ("generator",) or task.name == "synthetic", "curation.similar", c.similar,
+    _check(c.similar not in ("generator",) or task.name in GENERATED, "curation.similar", c.similar,
            f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")
     _check(c.similar != "neighbors" or c.candidates is not None, "curation.candidates", c.candidates,
            "neighbors needs a candidate pool: a JSONL file in the task's format")
@@ -409,7 +412,7 @@ def validate_curation(cfg: DictConfig) -> None:
            "file does not exist")
     _check(c.similar != "command" or bool((c.command or "").strip()), "curation.command", c.command,
            "the command that writes new examples (argv with {selected} {out} {n} {seed})")
-    _check(c.similar != "auto" or task.name == "synthetic" or c.candidates is not None or bool(c.command),
+    _check(c.similar != "auto" or task.name in GENERATED or c.candidates is not None or bool(c.command),
            "curation.similar", c.similar, f"task.name={task.name}: give curation.candidates (a pool to pick "
            "neighbours from) or curation.command")
     _check(c.command_timeout_s > 0, "curation.command_timeout_s", c.command_timeout_s, "must be > 0")
@@ -421,7 +424,7 @@ def similar_source(cfg: DictConfig) -> str:
     c = cfg.curation
     if c.similar != "auto":
         return c.similar
-    if cfg.task.name == "synthetic" and c.candidates is None and not c.command:
+    if cfg.task.name in GENERATED and c.candidates is None and not c.command:
         return "generator"
     return "neighbors" if c.candidates is not None else "command"
 

@@ -34,7 +34,7 @@ from store import io
 from orchestrator.config import ConfigError, similar_source, to_yaml, tracking_uri, validate, validate_curation
 from orchestrator.plan import TrialSpec, typed_config
 from store.layout import SweepPaths, sweep_paths, write_text_atomic
-from workers.tasks import Example, load_task, task_args
+from workers.tasks import GENERATED, Example, load_task, task_args
 
 ALLOWED = ("train.", "sampler.", "tracking.", "cluster.", "sweep.max_concurrent_trials", "sweep.nll_threshold")
 
@@ -114,11 +114,12 @@ def obtain(cfg: DictConfig, likes: list[Example | None], train: list[Example], e
     from workers.tasks import similar
 
     source, task = similar_source(cfg), cfg.task
-    file_format = "gsm8k" if task.name == "synthetic" else task.name  # the built-in task writes GSM8k's format
+    file_format = "gsm8k" if task.name in GENERATED else task.name  # the built-in tasks write GSM8k's format
     if source == "generator":
-        from workers.tasks.synthetic import new_examples
+        from workers.tasks import generator
 
-        return new_examples(seed, prefix, likes, exclude, task.min_steps, task.max_steps, task.max_number)
+        return generator(task.name).new_examples(seed, prefix, likes, exclude, task.min_steps, task.max_steps,
+                                                 task.max_number)
     if source == "neighbors":
         from workers.tasks.jsonl import read_jsonl
 

@@ -24,6 +24,7 @@ from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.retention import EVICTED, evicted
 from store import io
 from store.layout import SweepPaths, base_model_dir, open_sweep, sweep_paths, write_text_atomic
+from workers.tasks import GENERATED
 
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
               "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
@@ -90,7 +91,7 @@ def check_task_files(specs: list[TrialSpec]) -> None:
         task = spec.config.task
         for field, split, limit in (("path", "train", task.n_train), ("test_path", "test", task.n_test)):
             location = getattr(task, field)
-            if task.name == "synthetic" or not location or (task.name, location, limit) in seen:
+            if task.name in GENERATED or not location or (task.name, location, limit) in seen:
                 continue
             seen.add((task.name, location, limit))
             try:
@@ -138,6 +139,8 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
 
     stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
     task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
+    if cfg.task.name != "synthetic":  # (the default's cache key stays what it was)
+        task["name"] = cfg.task.name
     prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
     location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
     if io.is_file(io.join(location, "config.json")):
@@ -178,7 +181,7 @@ def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str],
                          **({"added_path": task.added_path} if task.added_path else {})}
             built[key] = {
                 split: (f"{task.name}-{split}", pd.DataFrame([vars(e) for e in examples]),
-                        location if task.name != "synthetic" and location else generated)
+                        location if task.name not in GENERATED and location else generated)
                 for split, examples, location in (("train", splits.train, task.path),
                                                   ("test", splits.test, task.test_path))}
         tracker.log_datasets(children[spec.run_id], built[key])
@@ -200,7 +203,7 @@ def base_models(specs: list[TrialSpec]) -> dict[str, str]:
     by_trial = {}
     for spec in specs:
         task = spec.config.task
-        key = json.dumps([asdict(spec.config.model), [task.min_steps, task.max_steps, task.max_number,
+        key = json.dumps([asdict(spec.config.model), [task.name, task.min_steps, task.max_steps, task.max_number,
                                                       task.question_suffix, task.stop]], sort_keys=True)
         if key not in built:
             built[key] = ensure_base_model(OmegaConf.structured(spec.config))

@@ -322,10 +322,11 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
                      log=print) -> Path:
     """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory."""
     from workers.models import build_tiny_model, build_tokenizer, save_pretrained_atomic
-    from workers.tasks.synthetic import make_examples
+    from workers.tasks import generator
 
     torch.set_num_threads(threads)
     difficulty = {k: task[k] for k in ("min_steps", "max_steps", "max_number") if k in task}
+    make_examples = generator(task.get("name", "synthetic")).make_examples
     examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty, final_answer=stage.final_answer)
     fmt = PromptFormat(**prompt)
     corpus = [fmt.prompt(e.question) + fmt.target(e.solution) for e in examples]

@@ -3,7 +3,18 @@ from __future__ import annotations
 
 from workers.tasks.example import Example, PromptFormat, Splits, subsample_train
 
-__all__ = ["Example", "PromptFormat", "Splits", "TASK_ARGS", "load_task", "task_args"]
+__all__ = ["Example", "PromptFormat", "Splits", "GENERATED", "TASK_ARGS", "generator", "load_task", "task_args"]
+
+# The built-in tasks, generated offline from a seed (each module: make_examples, make_splits, new_examples for
+# curation, parse_problem); gsm8k and math are read from files.
+GENERATED = {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills"}
+
+
+def generator(name: str):
+    """The module that generates built-in task `name`."""
+    import importlib
+
+    return importlib.import_module(GENERATED[name])
 
 
 TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
@@ -21,10 +32,8 @@ def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_te
               **difficulty) -> Splits:
     """Build or read the task's splits; train_fraction subsamples the train split (seeded), and the examples
     of `added_path` (curation's new data) join the train split after that."""
-    if name == "synthetic":
-        from workers.tasks.synthetic import make_splits
-
-        splits = make_splits(seed=seed, n_train=n_train, n_test=n_test, **difficulty)
+    if name in GENERATED:
+        splits = generator(name).make_splits(seed=seed, n_train=n_train, n_test=n_test, **difficulty)
     elif name in ("gsm8k", "math"):
         from workers.tasks.jsonl import load_splits
 
