@@ -24,12 +24,8 @@ import re
 from dataclasses import dataclass
 
 from workers.tasks.example import Example, Splits
+from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN, QUESTION_FRAME
 
-PRONOUN = {"Ava": "she", "Ben": "he", "Cara": "she", "Dan": "he", "Eli": "he", "Fay": "she", "Gus": "he",
-           "Hana": "she", "Ivan": "he", "Jo": "she", "Kim": "she", "Leo": "he", "Mia": "she", "Noa": "she",
-           "Omar": "he", "Pia": "she", "Raj": "he", "Sam": "he", "Tess": "she", "Uma": "she"}
-NAMES = sorted(PRONOUN)
-ITEMS = ["apples", "books", "coins", "shells", "stamps", "pens", "cards", "marbles", "stickers", "eggs"]
 # step kind -> share of all steps; the order is of increasing difficulty for a model that has to learn it
 SKILLS = {"add": 0.34, "sub": 0.26, "boxes": 0.18, "times": 0.12, "share": 0.10}
 MAX_TOTAL = 200  # a step that would take the count above this is drawn again
@@ -213,14 +209,12 @@ _STEP_PATTERNS = [(kind, re.compile("^" + re.escape(form).replace(r"\{p\}", r"(?
                                     .replace(r"\{n\}", r"(?P<n>\d+)").replace(r"\{k\}", r"(?P<k>\d+)")
                                     .replace(r"\{item\}", r"(?P<item>\w+)") + "$"))
                   for kind, form in QUESTION_STEP.items()]
-_QUESTION = re.compile(r"^(?P<name>\w+) has (?P<start>\d+) (?P<item>\w+)\. (?P<actions>.+)\. "
-                       r"How many (?P=item) does (?P=name) have now\?$")
 
 
 def parse_problem(question: str) -> Problem:
     """The Problem a question of this task was written from (question_text's inverse); ValueError if the
     question is not in this task's format."""
-    found = _QUESTION.match(question)
+    found = QUESTION_FRAME.match(question)
     if not found or found["name"] not in PRONOUN:
         raise ValueError(f"not a skills-task question: {question[:80]!r}")
     steps = []

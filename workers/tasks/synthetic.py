@@ -127,14 +127,15 @@ def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_st
 _STEP_FORMS = [(sign, which, re.compile("^" + re.escape(form).replace(r"\{n\}", r"(?P<n>\d+)")
                                         .replace(r"\{item\}", r"(?P<item>\w+)") + "$"))
                for sign, table in ((1, GAIN), (-1, LOSS)) for which, (form, _) in enumerate(table)]
-_QUESTION = re.compile(r"^(?P<name>\w+) has (?P<start>\d+) (?P<item>\w+)\. (?P<actions>.+)\. "
+# the question's frame (name, start, item, the steps): the skills task writes its questions in it too
+QUESTION_FRAME = re.compile(r"^(?P<name>\w+) has (?P<start>\d+) (?P<item>\w+)\. (?P<actions>.+)\. "
                        r"How many (?P=item) does (?P=name) have now\?$")
 
 
 def parse_problem(question: str) -> Problem:
     """The Problem a question of this task was written from (question_text's inverse); ValueError if the
     question is not in this task's format."""
-    found = _QUESTION.match(question)
+    found = QUESTION_FRAME.match(question)
     if not found or found["name"] not in PRONOUN:
         raise ValueError(f"not a synthetic-task question: {question[:80]!r}")
     changes = []
