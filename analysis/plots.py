@@ -81,7 +81,7 @@ def r2_vs_threshold(curve: pd.DataFrame, path: Path, chosen_tau: float | None = 
     """R^2 of test accuracy on premem as a function of the memorization threshold τ."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if "r2_identity" in curve:
-        ax.plot(curve["tau"], curve["r2_identity"], "-o", ms=3, color="tab:red", label="premem: against y = x")
+        ax.plot(curve["tau"], curve["r2_identity"], "-o", ms=3, color="tab:purple", label="premem: against y = x")
     ax.plot(curve["tau"], curve["r2"], "-o", ms=3, label="premem: fitted line")
     for i, (name, r2) in enumerate((baselines or {}).items()):
         ax.axhline(r2, ls=":", color=f"C{i + 1}", label=f"{name} (no τ)")
@@ -90,7 +90,8 @@ def r2_vs_threshold(curve: pd.DataFrame, path: Path, chosen_tau: float | None = 
     ax.set_xscale("log")
     ax.set_xlabel("memorization threshold τ on reference NLL")
     ax.set_ylabel("R² (test accuracy)")
-    finite = curve["r2"][np.isfinite(curve["r2"])]
+    values = np.concatenate([curve[c].to_numpy(float) for c in ("r2", "r2_identity") if c in curve])
+    finite = values[np.isfinite(values)]
     # y = x can be far below 0 at thresholds that memorize everything: the axis stops at -1
     ax.set_ylim(max(-1.0, min(0.0, float(finite.min()))) if len(finite) else 0.0, 1.0)
     ax.set_title("R² of test accuracy vs memorization threshold")
