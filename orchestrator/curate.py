@@ -220,15 +220,15 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
     for round_no in range(1, c.rounds + 1):
         round_paths = sweep_paths(paths.root, f"{curation_id}-r{round_no}")
         planned = io.is_file(round_paths.file("plan.json"))  # by a driver that died: go on with that plan
+        if pool is None:  # one sampling pool for every round
+            schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
+            pool = schedule.start_pool(cfg.sampler)
         if planned:
             from orchestrator.resume import resume_sweep
             from orchestrator.sweep import stored_specs
 
             specs = stored_specs(round_paths)
             follow_ups = stored_follow_ups(specs)
-            if pool is None:
-                schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
-                pool = schedule.start_pool(cfg.sampler)
             round_cfg = load_round_config(round_paths, cfg)
             codes.append(resume_sweep(round_cfg, round_paths, specs, base_model, tracker, parent, pool))
         elif round_no > 1:  # each (strategy, seed) picks from its run of the round before at the largest budget
@@ -255,9 +255,6 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
                                                parent)
             children = {s.run_id: tracker.start_trial(round_parent, s.run_id, s.label, trial_params(s)) for s in specs}
             log_task_datasets(tracker, specs, children, round_parent)
-            if pool is None:  # one sampling pool for every round
-                schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, round_paths.logs)
-                pool = schedule.start_pool(cfg.sampler)
             codes.append(execute(round_cfg, round_paths, specs, base_model, tracker, round_parent, children,
                                  pool=pool))
         all_specs += specs

@@ -211,9 +211,6 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
 def robustness_table(paths: SweepPaths, tau: float, variant: str, tracker, parent: str):
     """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
     from analysis.curate import robustness
-    from analysis.premem import prepare
-    from store.names import ORIGINAL
-    from store.records import load_records
 
     files = paths.record_files(ORIGINAL) + paths.record_files(variant)
     table = robustness(prepare(load_records(files)), tau)
