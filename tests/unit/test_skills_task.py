@@ -94,3 +94,34 @@ def test_the_tiny_base_model_is_pretrained_on_the_tasks_own_text(tmp_path):
     vocabulary = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert any("box" in token for token in vocabulary)  # a word only the skills task writes
     assert (out / "config.json").is_file()
+
+
+def _small_base(out, threads: int, seed: int = 0):
+    from workers.settings import BaseStage
+    from workers.train import build_base_model
+
+    stage = BaseStage(n_examples=64, epochs=1, batch_size=16, seed=seed)  # the default model's sizes
+    return build_base_model(out, stage, {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
+                            {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=threads, log=lambda _: None)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_base_build_is_deterministic_whatever_the_thread_count(tmp_path):
+    """Same seed, same tokenizer and the same weights bit for bit, built with 1 or 2 threads: a fresh store
+    rebuilds the cached base model exactly, so a rerun from scratch gives the same figures."""
+    import torch
+
+    first, again, other_threads = (_small_base(tmp_path / "a", 2), _small_base(tmp_path / "b", 2),
+                                   _small_base(tmp_path / "c", 1))
+    assert (first / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
+    a, b, c = _weights(first), _weights(again), _weights(other_threads)
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert all(torch.equal(a[name], c[name]) for name in a)
+    other_seed = _weights(_small_base(tmp_path / "d", 2, seed=1))
+    assert not all(torch.equal(a[name], other_seed[name]) for name in a)
