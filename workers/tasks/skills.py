@@ -23,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workers.tasks.example import Example, Splits
+from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
 from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN, QUESTION_FRAME
 
 # step kind -> share of all steps; the order is of increasing difficulty for a model that has to learn it
@@ -182,26 +182,19 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps:
     """n distinct problems (by question text), each with its own reference solution (final_answer=False: the
     base stage's text, without the dataset's '#### N' line)."""
     rng = random.Random(f"skills:{prefix}:{seed}")
-    seen = set(exclude or ())
-    out: list[Example] = []
-    while len(out) < n:
+
+    def draw():
         problem = make_problem(rng, min_steps, max_steps, max_number)
-        question = question_text(problem)
-        if question in seen:
-            continue
-        seen.add(question)
-        out.append(Example(f"{prefix}-{len(out)}", question, solution_text(problem, rng, final_answer),
-                           str(problem.answer)))
-    return out
+        return question_text(problem), lambda: (solution_text(problem, rng, final_answer), str(problem.answer))
+
+    return distinct_examples(n, prefix, draw, exclude)
 
 
 def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 4,
                 max_number: int = 20) -> Splits:
     """Disjoint seeded train/test splits, both drawn from the same skill distribution."""
-    test = make_examples(seed, n_test, "test", min_steps, max_steps, max_number)
-    train = make_examples(seed, n_train, "train", min_steps, max_steps, max_number,
-                          exclude={e.question for e in test})
-    return Splits(train, test, "gsm8k")
+    return disjoint_splits(make_examples, seed, n_train, n_test, "gsm8k", min_steps=min_steps,
+                           max_steps=max_steps, max_number=max_number)
 
 
 # ------------------------------------------------------------------------------------ curation

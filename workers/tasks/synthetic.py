@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workers.tasks.example import Example, Splits
+from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
 
 PRONOUN = {"Ava": "she", "Ben": "he", "Cara": "she", "Dan": "he", "Eli": "he", "Fay": "she", "Gus": "he",
            "Hana": "she", "Ivan": "he", "Jo": "she", "Kim": "she", "Leo": "he", "Mia": "she", "Noa": "she",
@@ -101,26 +101,19 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps:
     arithmetic but does not know the dataset's answer format, as a pretrained LLM before finetuning.
     """
     rng = random.Random(f"{prefix}:{seed}")
-    seen = set(exclude or ())
-    out: list[Example] = []
-    while len(out) < n:
+
+    def draw():
         problem = make_problem(rng, min_steps, max_steps, max_number)
-        question = question_text(problem)
-        if question in seen:
-            continue
-        seen.add(question)
-        solution = rng.choice(traces(problem, final_answer))
-        out.append(Example(f"{prefix}-{len(out)}", question, solution, str(problem.answer)))
-    return out
+        return question_text(problem), lambda: (rng.choice(traces(problem, final_answer)), str(problem.answer))
+
+    return distinct_examples(n, prefix, draw, exclude)
 
 
 def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 3,
                 max_number: int = 20) -> Splits:
     """Disjoint seeded train/test splits of the synthetic task."""
-    test = make_examples(seed, n_test, "test", min_steps, max_steps, max_number)
-    train = make_examples(seed, n_train, "train", min_steps, max_steps, max_number,
-                          exclude={e.question for e in test})
-    return Splits(train, test, "gsm8k")
+    return disjoint_splits(make_examples, seed, n_train, n_test, "gsm8k", min_steps=min_steps,
+                           max_steps=max_steps, max_number=max_number)
 
 
 # ------------------------------------------------------------------------------------ curation
