@@ -211,6 +211,35 @@ def base_models(specs: list[TrialSpec]) -> dict[str, str]:
     return by_trial
 
 
+def cut_answers_note(specs: list[TrialSpec], models: dict[str, str], max_new_tokens: int) -> str | None:
+    """A line when reference solutions of the sweep's tasks are longer than the sampler may write: a sample that
+    long is cut off before its final answer and graded wrong, which caps accuracy by solution length."""
+    from workers.models import load_tokenizer
+    from workers.tasks import PromptFormat, load_task, task_args
+
+    lines, seen = [], set()
+    for spec in specs:
+        task, model = spec.config.task, models[spec.run_id]
+        key = (task.name, task.seed, task.n_train, task.n_test, task.path, task.test_path, model)
+        if key in seen or io.is_uri(model):
+            continue
+        seen.add(key)
+        try:
+            tokenizer = load_tokenizer(model)
+            splits = load_task(**task_args(replace(task, train_fraction=1.0)))
+        except (OSError, ValueError):  # a hub model or files not readable here: the trial itself will say so
+            continue
+        fmt = PromptFormat(task.question_suffix, task.stop)
+        lengths = [len(tokenizer(fmt.target(e.solution))["input_ids"]) for e in splits.train + splits.test]
+        longer = sum(n > max_new_tokens for n in lengths)
+        if longer:
+            lines.append(f"{longer / len(lengths):.0%} of task {task.name}'s reference solutions are longer than "
+                         f"sampler.max_new_tokens={max_new_tokens} tokens (the longest {max(lengths)}): samples that "
+                         f"long are cut before their answer and graded wrong; sampler.max_new_tokens="
+                         f"{-(-max(lengths) * 9 // 8)} covers them")
+    return "; ".join(lines) or None
+
+
 def launch(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec]) -> int:
     """Write the sweep's config and plan, build the base model(s), open the MLflow runs and execute."""
     from orchestrator.tracking import Tracker, end_abandoned_runs
@@ -221,6 +250,8 @@ def launch(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec]) -> int:
     print(f"sweep {sweep_id}: {len(specs)} trials -> {paths.sweep}")
 
     models = base_models(specs)
+    if note := cut_answers_note(specs, models, cfg.sampler.max_new_tokens):
+        print(f"note: {note}")
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
     parent = tracker.start_sweep(sweep_id, cfg.sweep.name, config_yaml, plan_json)

@@ -125,3 +125,17 @@ def test_a_base_build_is_deterministic_whatever_the_thread_count(tmp_path):
     assert all(torch.equal(a[name], c[name]) for name in a)
     other_seed = _weights(_small_base(tmp_path / "d", 2, seed=1))
     assert not all(torch.equal(a[name], other_seed[name]) for name in a)
+
+
+def test_references_longer_than_the_sampler_may_write_are_named_before_the_sweep(tiny_model_dir):
+    """A sample cut at sampler.max_new_tokens never reaches its '#### N' line and is graded wrong: the driver
+    says how many references are that long and what limit covers them; a limit that covers them says nothing."""
+    from orchestrator.sweep import cut_answers_note, plan
+
+    _, _, specs = plan(["task=skills", "task.n_train=32", "task.n_test=32", "sweep=small"])
+    models = {spec.run_id: str(tiny_model_dir) for spec in specs}
+    note = cut_answers_note(specs, models, 64)
+    assert note is not None and "task skills's reference solutions are longer than sampler.max_new_tokens=64" in note
+    suggested = int(note.rsplit("sampler.max_new_tokens=", 1)[1].split()[0])
+    assert suggested > 64 and cut_answers_note(specs, models, suggested) is None
+    assert note.count("task skills") == 1  # one line per task and model, not per trial
