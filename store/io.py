@@ -3,15 +3,15 @@
 pyarrow's filesystems do the I/O, as Ray Train's own storage does (S3-compatible endpoints through
 AWS_ENDPOINT_URL and the usual AWS variables). Every write is of a whole object: a temp file renamed into
 place on a filesystem, a single completed upload on an object store; a reader never sees half a written
-file. One limit: pyarrow reads an S3 object in ranged GETs, so a read that overlaps a *rewrite* of the same
-object can return a mix of the two versions (tests/unit/test_storage.py, an expected failure on S3); premem
-rewrites an object only where nothing reads it meanwhile (a trial's placement file, a re-evaluated checkpoint's
-records).
+file. Reads of s3:// objects are one GET of the whole object (boto3), never pyarrow's HEAD and ranged GETs:
+those can straddle a rewrite of the object and return a mix of two versions (tests/unit/test_storage.py);
+Parquet files there are fetched whole and parsed in memory (per-checkpoint records files are small).
 This is the lowest layer: every stage reads and writes the store through it; store/layout.py builds the paths.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -105,7 +105,31 @@ def list_dirs(location: str) -> list[str]:
     return sorted(join(location, name(i.path)) for i in infos if i.type == pafs.FileType.Directory)
 
 
+@functools.lru_cache(maxsize=1)
+def _s3_client():
+    import boto3  # endpoint, region and credentials from the environment, as pyarrow's S3 filesystem takes them
+
+    return boto3.session.Session().client("s3")
+
+
+def _get_s3_object(location: str) -> bytes:
+    """The whole object in one GET: one version of it, however often it is rewritten meanwhile."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = normalize(location)[len("s3://"):].partition("/")
+    try:
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(location) from None
+        raise StorageError(f"{location}: {exc}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"{location}: {exc}") from None
+
+
 def read_bytes(location: str) -> bytes:
+    if str(location).startswith("s3://"):
+        return _get_s3_object(location)
     fs, path = resolve(location)
     with fs.open_input_stream(path) as f:
         return f.read()
@@ -145,9 +169,18 @@ def write_parquet(table: pa.Table, location: str) -> str:
     return write_bytes(location, buffer.getvalue().to_pybytes())
 
 
-def read_parquet(location: str, **kwargs) -> pa.Table:
+def parquet_source(location: str) -> tuple[object, pafs.FileSystem | None]:
+    """(source, filesystem) for pyarrow.parquet: a local path as it is; an s3:// object fetched whole in one GET
+    (read_bytes), so that its schema and rows come from one version even while it is rewritten."""
+    if str(location).startswith("s3://"):
+        return pa.BufferReader(read_bytes(location)), None
     fs, path = resolve(location)
-    return pq.read_table(path, filesystem=fs, **kwargs)
+    return path, fs
+
+
+def read_parquet(location: str, **kwargs) -> pa.Table:
+    source, fs = parquet_source(location)
+    return pq.read_table(source, filesystem=fs, **kwargs)
 
 
 def upload_dir(local_dir: str | os.PathLike, location: str) -> str:

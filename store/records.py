@@ -155,7 +155,7 @@ def _validate_values(path: Path, cols: dict[str, np.ndarray], split_codes: np.nd
 
 
 def _read_file(path: str) -> dict:
-    fs, fs_path = io.resolve(path)
+    fs_path, fs = io.parquet_source(path)
     try:
         schema = pq.read_schema(fs_path, filesystem=fs)
     except Exception as exc:  # pyarrow raises several types for non-Parquet input
