@@ -38,8 +38,11 @@ def curation_picks(state: PremState, tau: float, count: int | None = None, fract
 
 # What each curation strategy wants more of: (score column, ascending). `iid` ranks nothing: its new data are
 # drawn from the task's own distribution, the baseline every strategy is measured against.
-STRATEGIES = {"premem": ("premem_train_acc", True), "low_train_acc": ("train_acc", True),
-              "high_ref_nll": ("ref_nll", False), "iid": (None, True)}
+# `ifd` and `longest` are the paper's two heuristics: instruction-following difficulty (Li et al. 2023: the
+# reference's perplexity given its question over its perplexity alone, under the base model) and the longest
+# reference solutions.
+STRATEGIES = {"premem": ("premem_train_acc", True), "ifd": ("ifd", False), "longest": ("solution_length", False),
+              "low_train_acc": ("train_acc", True), "high_ref_nll": ("ref_nll", False), "iid": (None, True)}
 assert tuple(STRATEGIES) == CURATION_STRATEGIES, "store.names.CURATION_STRATEGIES names each strategy here"
 
 
@@ -53,6 +56,20 @@ def rank_examples(scores: pd.DataFrame, strategy: str, seed: int) -> list[str]:
     if column is not None:
         shuffled = shuffled.sort_values(column, ascending=ascending, kind="stable")
     return shuffled["example_id"].astype(str).tolist()
+
+
+def ifd(nll_given_question: np.ndarray, nll_alone: np.ndarray) -> np.ndarray:
+    """Instruction-following difficulty of references from their mean per-token NLLs: perplexity given the
+    question over perplexity alone. Near 1: the question barely helps to write the solution."""
+    return np.exp(np.asarray(nll_given_question, dtype=float) - np.asarray(nll_alone, dtype=float))
+
+
+def pick_count(scores: pd.DataFrame, premem_at_most: float | None, select_fraction: float) -> int:
+    """How many train examples each strategy picks: the paper's rule, as many as have premem at most
+    `premem_at_most` (every strategy then picks that many, by its own ranking); without it a fixed share."""
+    if premem_at_most is not None:
+        return max(1, int((scores["premem_train_acc"] <= premem_at_most).sum()))
+    return max(1, int(np.ceil(select_fraction * len(scores))))
 
 
 def first_reach(examples_added: np.ndarray, accuracy: np.ndarray, target: float) -> float:

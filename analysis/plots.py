@@ -128,7 +128,8 @@ def example_picture(table: pd.DataFrame, run_id: str, path: Path, max_examples: 
 def data_efficiency(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Test accuracy against examples added, one line per strategy: the mean over seeds, a band of ±1 std."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    colors = {"premem": "C3", "iid": "black", "low_train_acc": "C0", "high_ref_nll": "C2"}
+    colors = {"premem": "C3", "iid": "black", "ifd": "C1", "longest": "C4", "low_train_acc": "C0",
+              "high_ref_nll": "C2"}
     for i, (strategy, rows) in enumerate(curves.groupby("strategy", sort=False)):
         rows = rows.sort_values("examples_added")
         x, y, s = rows["examples_added"], rows["test_acc"], rows["std"]

@@ -124,14 +124,17 @@ class CurationConfig:
     each strategy, obtain new examples like them, and train follow-up runs on the sweep's data plus the new."""
 
     name: str = "curation"
-    strategies: List[str] = field(default_factory=lambda: ["premem", "iid", "low_train_acc", "high_ref_nll"])
+    strategies: List[str] = field(default_factory=lambda: ["premem", "iid", "ifd", "longest"])
     budgets: List[int] = field(default_factory=lambda: [32, 64, 128])  # new examples per round: one run each
     # more budgets for the i.i.d. baseline only, so that its curve can reach what curated data reach (the
     # efficiency ratio reads where it crosses)
     iid_budgets: List[int] = field(default_factory=lambda: [256])
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # each: selection ties, new data, training seed
     rounds: int = 1  # round r+1 picks from round r's largest-budget run of the same strategy and seed
-    select_fraction: float = 0.25  # a strategy's picks: this share of the train examples, most wanted first
+    # how many train examples each strategy picks (its most wanted first): as many as have premem at most this
+    # (the paper's rule: 0.75); null: select_fraction of them
+    premem_at_most: Optional[float] = 0.75
+    select_fraction: float = 0.25
     trial: Optional[int] = None  # the sweep trial whose config the follow-up runs repeat; None: best test acc
     similar: str = "auto"  # generator | neighbors | command; auto: generator (synthetic), else neighbors
     candidates: Optional[str] = None  # neighbors: a JSONL pool in the task's format
@@ -403,6 +406,8 @@ def validate_curation(cfg: DictConfig) -> None:
            "must be a non-empty list of distinct seeds")
     _check(c.rounds >= 1, "curation.rounds", c.rounds, "must be >= 1")
     _check(0 < c.select_fraction <= 1, "curation.select_fraction", c.select_fraction, "must be in (0, 1]")
+    _check(c.premem_at_most is None or 0 <= c.premem_at_most <= 1, "curation.premem_at_most", c.premem_at_most,
+           "must be in [0, 1] or null")
     _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
     _check(c.similar not in ("generator",) or task.name in GENERATED, "curation.similar", c.similar,
            f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")

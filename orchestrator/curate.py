@@ -2,10 +2,12 @@
 curation rounds on a finished sweep, and the data-efficiency curve they give.
 
 Each strategy (conf/curation/: premem — the lowest pre-memorization train accuracy, the paper's; iid — new
-data from the task's own distribution, the baseline; low_train_acc; high_ref_nll) ranks the sweep's train
-examples; new examples like its picks are obtained (the built-in task's generator, nearest neighbours from a
-candidate pool, or a user command), and one trial of the sweep is trained again on its data plus each budget
-of new examples, for every seed. Each round is a sweep of its own in the store (same trial machinery: Ray
+data from the task's own distribution, the baseline; the paper's heuristics ifd — instruction-following
+difficulty under the base model — and longest — the longest reference solutions; low_train_acc; high_ref_nll)
+ranks the sweep's train examples and picks as many as have premem at most curation.premem_at_most (0.75, the
+paper's rule; null: curation.select_fraction of them); new examples like its picks are obtained (the built-in
+task's generator, nearest neighbours from a candidate pool, or a user command), and one trial of the sweep
+is trained again on its data plus each budget of new examples, for every seed. Each round is a sweep of its own in the store (same trial machinery: Ray
 Tune, DeepSpeed, the sampling pool, records), nested in MLflow under the curation's parent run; round r+1
 picks from round r's largest-budget runs. At the end: test accuracy against examples added per strategy
 (mean and spread over seeds) as a PNG and as the parent run's metrics, the efficiency ratio (how many i.i.d.
@@ -19,7 +21,6 @@ was training continues from its checkpoints, the rounds not started run):
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -129,16 +130,35 @@ def obtain(cfg: DictConfig, likes: list[Example | None], train: list[Example], e
                                 cfg.curation.command_timeout_s)
 
 
+def reference_ifd(cfg: DictConfig, examples: list[Example]) -> dict[str, float]:
+    """Each example's instruction-following difficulty under the base model the follow-up runs start from,
+    scored in this process (transformers, on its GPU if it has one)."""
+    from analysis.curate import ifd
+    from orchestrator.sweep import ensure_base_model
+    from workers.backends.hf import HFBackend
+    from workers.tasks import PromptFormat
+
+    backend = HFBackend(threads=int(cfg.cluster.num_cpus or 2))
+    backend.load(io.local_copy(ensure_base_model(cfg, log=lambda _: None)))
+    fmt = PromptFormat(cfg.task.question_suffix, cfg.task.stop)
+    targets = [fmt.target(e.solution) for e in examples]
+    given = backend.score([fmt.prompt(e.question) for e in examples], targets)
+    alone = backend.score([""] * len(examples), targets)  # the solution after the start token only
+    backend.close()
+    return dict(zip((e.example_id for e in examples), ifd(given, alone).tolist()))
+
+
 def plan_round(cfg: DictConfig, round_no: int, round_id: str, sources: dict[tuple[str, int], Source],
                train: list[Example], test: list[Example]) -> list[FollowUp]:
     """Every (seed, strategy, budget) follow-up of one round, its new data obtained (nothing written yet)."""
-    from analysis.curate import example_scores, rank_examples
+    from analysis.curate import example_scores, pick_count, rank_examples
     from analysis.premem import prepare
     from store.records import load_records
 
     c = cfg.curation
     tau = float(cfg.sweep.nll_threshold)
     scores_of: dict[tuple[str, ...], pd.DataFrame] = {}
+    ifd_of: dict[str, float] = {}  # example_id -> IFD under the base model (the same for every source)
     follow_ups = []
     for seed in c.seeds:
         for strategy in c.strategies:
@@ -150,8 +170,14 @@ def plan_round(cfg: DictConfig, round_no: int, round_id: str, sources: dict[tupl
             if key not in scores_of:  # round 1: every (strategy, seed) reads the same sweep
                 scores_of[key] = example_scores(prepare(load_records(source.record_files)), tau)
             scores = scores_of[key][scores_of[key]["example_id"].isin(known)]
+            ids = scores["example_id"].astype(str).tolist()
+            scores = scores.assign(solution_length=[len(known[i].solution) for i in ids])
+            if strategy == "ifd":
+                if missing := [known[i] for i in ids if i not in ifd_of]:
+                    ifd_of.update(reference_ifd(cfg, missing))
+                scores = scores.assign(ifd=[ifd_of[i] for i in ids])
             ranked = rank_examples(scores, strategy, seed * 1000 + round_no)
-            picks = ranked[: max(1, math.ceil(c.select_fraction * len(ranked)))]
+            picks = ranked[: pick_count(scores, c.premem_at_most, c.select_fraction)]
             budgets = sorted(set(c.budgets) | (set(c.iid_budgets) if strategy == "iid" else set()))
             likes = [None if strategy == "iid" else known[picks[j % len(picks)]] for j in range(max(budgets))]
             exclude = {e.question for e in train + test} | {r["question"] for r in source.added}

@@ -8,4 +8,4 @@ ORIGINAL = "original"
 ENGINE_DIR = "engine"
 
 # curation strategies: `curation.strategies` in the config, `strategy` in curation.json, analysis.curate's ranking
-CURATION_STRATEGIES = ("premem", "low_train_acc", "high_ref_nll", "iid")
+CURATION_STRATEGIES = ("premem", "ifd", "longest", "low_train_acc", "high_ref_nll", "iid")

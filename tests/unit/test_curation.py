@@ -71,7 +71,9 @@ def _scores() -> pd.DataFrame:
     return pd.DataFrame({"example_id": [f"e{i}" for i in range(6)],
                          "premem_train_acc": [0.5, 0.0, 0.0, 0.9, 0.0, 0.2],
                          "train_acc": [0.1, 0.6, 0.9, 0.3, 0.2, 0.0],
-                         "ref_nll": [0.3, 0.1, 2.0, 0.5, 0.05, 1.0]})
+                         "ref_nll": [0.3, 0.1, 2.0, 0.5, 0.05, 1.0],
+                         "ifd": [0.9, 0.2, 0.5, 1.1, 0.7, 0.3],
+                         "solution_length": [120, 80, 300, 95, 200, 150]})
 
 
 def test_rank_examples_by_strategy():
@@ -80,6 +82,8 @@ def test_rank_examples_by_strategy():
     assert set(premem[:3]) == {"e1", "e2", "e4"} and premem[3:] == ["e5", "e0", "e3"]
     assert rank_examples(scores, "low_train_acc", 0) == ["e5", "e0", "e4", "e3", "e1", "e2"]
     assert rank_examples(scores, "high_ref_nll", 0) == ["e2", "e5", "e3", "e0", "e1", "e4"]
+    assert rank_examples(scores, "ifd", 0) == ["e3", "e0", "e4", "e2", "e5", "e1"]  # the paper's heuristics
+    assert rank_examples(scores, "longest", 0) == ["e2", "e4", "e5", "e0", "e3", "e1"]
     assert sorted(rank_examples(scores, "iid", 0)) == sorted(scores["example_id"])
     # ties (and iid) in a seeded order: reproducible, and different across seeds
     orders = {tuple(rank_examples(scores, "premem", seed)[:3]) for seed in range(20)}
@@ -240,12 +244,13 @@ def test_added_examples_join_the_train_split(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["curation.strategies=[premem,loss]"], "curation.strategies='loss': must be one of premem, low_train_acc"),
+    (["curation.strategies=[premem,loss]"], "curation.strategies='loss': must be one of premem, ifd, longest, low_train_acc"),
     (["curation.budgets=[]"], "curation.budgets=[]: must name at least one budget"),
     (["curation.budgets=[8,8]"], "curation.budgets=[8, 8]: must be distinct"),
     (["curation.seeds=[]"], "curation.seeds=[]: must be a non-empty list"),
     (["curation.rounds=0"], "curation.rounds=0: must be >= 1"),
     (["curation.select_fraction=0"], "curation.select_fraction=0.0: must be in (0, 1]"),
+    (["curation.premem_at_most=1.5"], "curation.premem_at_most=1.5: must be in [0, 1] or null"),
     (["curation.similar=neighbors"], "curation.candidates=None: neighbors needs a candidate pool"),
     (["curation.similar=command"], "curation.command=None: the command that writes new examples"),
     (["curation.similar=nearest"], "curation.similar='nearest': must be one of auto, generator"),
@@ -372,7 +377,7 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
     sweep_dir, store = finished_sweep
     paths = open_sweep(str(sweep_dir))
     overrides = ["curation.strategies=[premem,iid,high_ref_nll]", "curation.budgets=[2,4]", "curation.iid_budgets=[6]",
-                 "curation.seeds=[0,1]", "curation.select_fraction=0.25"]
+                 "curation.seeds=[0,1]", "curation.premem_at_most=null", "curation.select_fraction=0.25"]
     pool = tmp_path / "pool.jsonl"  # candidates in GSM8k's format: the built-in task's own problems
     pool.write_text("".join(json.dumps({"question": e.question, "answer": e.solution}) + "\n"
                             for e in make_examples(5, 40, "pool", 2, 3, 10)))
@@ -408,6 +413,51 @@ def test_plan_round_obtains_nested_budgets_for_every_strategy_and_seed(finished_
         scores = example_scores(prepare(load_records(record_files)), 0.1).set_index("example_id")["premem_train_acc"]
         picked = {r["similar_to"] for r in by_key[("premem", 0, 4)].added}
         assert len(picked) == 4 and max(scores[list(picked)]) <= scores.quantile(0.25) + 1e-12
+
+
+def test_every_strategy_picks_as_many_as_have_premem_at_most_the_paper_threshold(finished_sweep, tiny_model_dir):
+    """The paper's rule: premem picks the train examples whose premem is at most 0.75; ifd and longest pick as
+    many, each by its own score (IFD under the base model the follow-ups start from, the reference's length)."""
+    from analysis.curate import example_scores, ifd
+    from analysis.premem import prepare
+    from orchestrator.curate import Source, follow_up_config, load_curation_config, plan_round, reference_ifd
+    from orchestrator.plan import TrialSpec
+    from store.layout import open_sweep
+    from store.records import load_records
+    from workers.backends.hf import HFBackend
+    from workers.tasks import PromptFormat, task_args
+
+    sweep_dir, _ = finished_sweep
+    paths = open_sweep(str(sweep_dir))
+    cfg = load_curation_config(paths, ["curation.strategies=[premem,ifd,longest]", "curation.budgets=[12]",
+                                       "curation.iid_budgets=[]", "curation.seeds=[0]"])
+    spec = TrialSpec.from_dict(json.loads((sweep_dir / "plan.json").read_text())[0])
+    base = follow_up_config(cfg, spec, [])
+    base.model.path = str(tiny_model_dir)  # the base model the follow-ups start from
+    assert base.curation.premem_at_most == 0.75
+    splits = load_task(**task_args(base.task))
+    record_files = paths.record_files("original")
+    scores = example_scores(prepare(load_records(record_files)), 0.1).set_index("example_id")["premem_train_acc"]
+    base.curation.premem_at_most = threshold = float(scores.sort_values().iloc[len(scores) // 3])
+    low = set(scores[scores <= threshold].index)
+    assert 0 < len(low) <= 12 < len(scores)  # the rule picks some, not all; 12 new examples cover every pick
+    sources = {(s, 0): Source(record_files) for s in cfg.curation.strategies}
+    follow_ups = {f.strategy: f for f in plan_round(base, 1, "c-r1", sources, splits.train, splits.test)}
+    picked = {s: {r["similar_to"] for r in f.added} for s, f in follow_ups.items()}
+    assert picked["premem"] == low
+    by_id = {e.example_id: e for e in splits.train}
+    longest = sorted(by_id, key=lambda i: -len(by_id[i].solution))
+    assert picked["longest"] == set(longest[:len(low)])
+    difficulty = reference_ifd(base, splits.train)
+    assert set(difficulty) == set(by_id) and all(v > 0 for v in difficulty.values())
+    assert picked["ifd"] == set(sorted(difficulty, key=lambda i: -difficulty[i])[:len(low)])
+    # IFD is the solution's perplexity given its question over its perplexity alone, under the base model
+    backend = HFBackend()
+    backend.load(str(tiny_model_dir))
+    fmt, example = PromptFormat(base.task.question_suffix, base.task.stop), splits.train[0]
+    given, alone = (backend.score([prompt], [fmt.target(example.solution)])[0]
+                    for prompt in (fmt.prompt(example.question), ""))
+    assert difficulty[example.example_id] == pytest.approx(float(ifd(given, alone)), rel=1e-6)
 
 
 def test_scatter_colours_by_a_grid_value_and_leaves_runs_without_one_plain(tmp_path, monkeypatch):
