@@ -9,8 +9,8 @@ paper's rule; null: curation.select_fraction of them); new examples like its pic
 task's generator, nearest neighbours from a candidate pool, or a user command), and one trial of the sweep
 is trained again on its data plus each budget of new examples, for every seed. Each round is a sweep of its
 own in the store (same trial machinery: Ray Tune, DeepSpeed, the sampling pool, records), nested in MLflow
-under the curation's parent run; round r+1 picks from round r's largest-budget runs. At the end: test accuracy against examples added per strategy
-(mean and spread over seeds) as a PNG and as the parent run's metrics, the efficiency ratio (how many i.i.d.
+under the curation's parent run; round r+1 picks from round r's largest-budget runs. At the end:
+test accuracy against examples added per strategy (mean and spread over seeds) as a PNG and as the parent run's metrics, the efficiency ratio (how many i.i.d.
 examples reach what premem curation reaches with B, over B), and curation.json ($CURATION_OUT, default
 <store>/curations/<id>/curation.json). Example:
     python -m orchestrator.curate runs/sweeps/default-20261130-120000 curation.seeds=[0,1,2]
