@@ -1,18 +1,18 @@
 """python -m orchestrator.curate SWEEP_DIR [curation=NAME] [curation.* train.* sampler.* tracking.* cluster.*]:
 curation rounds on a finished sweep, and the data-efficiency curve they give.
 
-Each strategy (conf/curation/: premem — the lowest pre-memorization train accuracy, the paper's; iid — new
-data from the task's own distribution, the baseline; the paper's heuristics ifd — instruction-following
-difficulty under the base model — and longest — the longest reference solutions; low_train_acc; high_ref_nll)
-ranks the sweep's train examples and picks as many as have premem at most curation.premem_at_most (0.75, the
-paper's rule; null: curation.select_fraction of them); new examples like its picks are obtained (the built-in
-task's generator, nearest neighbours from a candidate pool, or a user command), and one trial of the sweep
-is trained again on its data plus each budget of new examples, for every seed. Each round is a sweep of its
-own in the store (same trial machinery: Ray Tune, DeepSpeed, the sampling pool, records), nested in MLflow
-under the curation's parent run; round r+1 picks from round r's largest-budget runs. At the end:
-test accuracy against examples added per strategy (mean and spread over seeds) as a PNG and as the parent run's metrics, the efficiency ratio (how many i.i.d.
-examples reach what premem curation reaches with B, over B), and curation.json ($CURATION_OUT, default
-<store>/curations/<id>/curation.json). Example:
+Each strategy (conf/curation/: premem — the lowest pre-memorization train accuracy, the paper's; iid — new data
+from the task's own distribution, the baseline; the paper's heuristics ifd — instruction-following difficulty
+under the base model — and longest — the longest reference solutions; low_train_acc; high_ref_nll) ranks the
+sweep's train examples and picks as many as have premem at most curation.premem_at_most (0.75, the paper's rule;
+null: curation.select_fraction of them); new examples like its picks are obtained (the built-in task's
+generator, nearest neighbours from a candidate pool, or a user command), and one trial of the sweep is trained
+again on its data plus each budget of new examples, for every seed. Each round is a sweep of its own in the
+store (same trial machinery: Ray Tune, DeepSpeed, the sampling pool, records), nested in MLflow under the
+curation's parent run; round r+1 picks from round r's largest-budget runs. At the end: test accuracy against
+examples added per strategy (mean and spread over seeds) as a PNG and as the parent run's metrics, the
+efficiency ratio (how many i.i.d. examples reach what premem curation reaches with B, over B), and curation.json
+($CURATION_OUT, default <store>/curations/<id>/curation.json). Example:
     python -m orchestrator.curate runs/sweeps/default-20261130-120000 curation.seeds=[0,1,2]
 A curation whose driver died goes on where it stopped (finished follow-up runs are not run again, a round that
 was training continues from its checkpoints, the rounds not started run):
