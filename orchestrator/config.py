@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from urllib.parse import unquote
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from store.names import CURATION_STRATEGIES
 from workers.settings import BaseStage, TrainSettings
@@ -51,6 +51,10 @@ class TaskConfig:
     added_path: Optional[str] = None
     question_suffix: str = "\nAnswer:"
     stop: str = "\nDone."
+    # τ: the reference NLL below which a train example counts as memorized, a property of the task's reference
+    # solutions (Kang et al. 2024 use exp(-2.3) = 0.100259 on GSM8k and exp(-1.7) = 0.182684 on MATH); the sweep's
+    # analysis uses it unless sweep.nll_threshold is set
+    nll_threshold: float = 0.1
 
 
 @dataclass
@@ -109,7 +113,7 @@ class SweepConfig:
     # {dotted.field: [values]}, nested or dotted: `train: {lr: [...]}` and `train.lr: [...]` are the same axis
     grid: Dict[str, Any] = field(default_factory=dict)
     max_concurrent_trials: int = 1
-    nll_threshold: float = 0.1
+    nll_threshold: float = II("task.nll_threshold")  # τ of premem's analysis: the task's unless set here
     # After training, each trial's last checkpoint is evaluated again with the answer forced to start with
     # robustness_prefix (records variant robustness_variant; "" = no such pass), and the parent run gets the
     # accuracy under that perturbation binned by premem.
@@ -365,6 +369,7 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
     _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
+    _check(cfg.task.nll_threshold > 0, f"{prefix}task.nll_threshold", cfg.task.nll_threshold, "must be > 0")
     _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
     _check(cfg.sweep.robustness_variant != "original", f"{prefix}sweep.robustness_variant", "original",
            "names the perturbed records: any name but 'original' ('' turns the pass off)")

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from orchestrator.__main__ import main
 from orchestrator.config import compose_config
 from orchestrator.sweep import plan_sweep
-from orchestrator.config import ConfigError, validate
+from orchestrator.config import ConfigError, to_yaml, validate
 from orchestrator.plan import expand_grid, flatten_grid
 
 
@@ -73,6 +73,8 @@ def test_linked_axis_moves_fields_together():
     (["sampler.dtype=fp8"], "sampler.dtype='fp8': must be auto, float32, bfloat16 or float16"),
     (["sampler.grade_timeout_s=0"], "sampler.grade_timeout_s=0.0: must be > 0"),
     (["sampler.grade_workers=0"], "sampler.grade_workers=0: must be >= 1"),
+    (["task.nll_threshold=0"], "task.nll_threshold=0.0: must be > 0"),
+    (["task.nll_threshold=0.2", "sweep.nll_threshold=-1"], "sweep.nll_threshold=-1.0: must be > 0"),
 ])
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, overrides, message):
     store = tmp_path / "store"
@@ -276,6 +278,20 @@ def test_gpu_fields_are_checked(overrides, message):
     with pytest.raises(ConfigError) as refused:
         validate(compose_config(overrides))
     assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("overrides,tau", [
+    ([], 0.1),
+    (["task=gsm8k"], 0.100259),  # exp(-2.3), the paper's GSM8k threshold
+    (["task=math"], 0.182684),  # exp(-1.7), its MATH threshold
+    (["task=math", "sweep=gpu"], 0.182684),
+    (["task=math", "sweep.nll_threshold=0.3"], 0.3),  # set on the sweep: it wins
+    (["task.nll_threshold=0.2", "sweep=small"], 0.2),
+])
+def test_the_sweeps_threshold_is_its_tasks_unless_set(overrides, tau):
+    cfg = compose_config(overrides)
+    assert cfg.sweep.nll_threshold == tau
+    assert "nll_threshold: " + str(tau) in to_yaml(cfg)  # the stored config.yaml carries the value, resolved
 
 
 def _every_group_option():
