@@ -6,17 +6,53 @@ Premem counts an example as memorized when its reference NLL is below τ (0.1 by
 "reproduces the reference verbatim" if a model that solves a problem without having seen its reference scores
 that reference well above τ: B's NLL at the epochs where B's accuracy is high. Prints a table per task and
 writes MEMORIZATION_OUT (default memorization.json).
-    python -m bench.task_memorization [--tasks synthetic skills] [--epochs 8] [--store runs]
+
+It also shows what premem needs on top: that a seen question's accuracy rises above an unseen one's only once its
+reference is memorized. Each epoch also samples A's questions (seen accuracy; the gap to B's is what memorizing
+adds), splits each reference's NLL into its digit tokens (on the built-in tasks: the numbers, which the question
+determines) and the rest (the wording, which it does not), and audits A's correct samples: the share that start
+with their reference's first 60 characters (verbatim) and the share whose written arithmetic ("a + b = c") has a
+wrong line (an answer the written steps do not give).
+    python -m bench.task_memorization [--tasks synthetic skills] [--epochs 8] [--n-half 256] [--store runs]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import time
 
 import numpy as np
 import torch
+
+ARITHMETIC_LINE = re.compile(r"(\d+) ([-+x/]) (\d+) = (\d+)")
+
+
+def arithmetic_is_wrong(completion: str) -> bool:
+    """Whether any written "a op b = c" line of a completion is false."""
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "x": lambda a, b: a * b,
+           "/": lambda a, b: a / b if b else None}
+    return any(ops[op](int(a), int(b)) != int(c) for a, op, b, c in ARITHMETIC_LINE.findall(completion))
+
+
+@torch.inference_mode()
+def split_nll(model, tokenizer, prompts: list[str], targets: list[str]) -> tuple[float, float, float]:
+    """(mean per-example NLL, NLL per digit token, NLL per other token) of the targets, tokenized as the scorer does."""
+    from workers.tokens import IGNORE, encode_pair
+
+    per_example, digit_sum, digit_n, word_sum, word_n = [], 0.0, 0, 0.0, 0
+    for prompt, target in zip(prompts, targets):
+        ids, labels = encode_pair(tokenizer, prompt, target, 10**9)
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        label = torch.tensor(labels[1:])
+        scored = label != IGNORE
+        nll = torch.nn.functional.cross_entropy(logits[scored], label[scored], reduction="none").numpy()
+        digit = np.array([any(ch.isdigit() for ch in tokenizer.decode([t])) for t in label[scored].tolist()])
+        per_example.append(nll.mean())
+        digit_sum, digit_n = digit_sum + nll[digit].sum(), digit_n + int(digit.sum())
+        word_sum, word_n = word_sum + nll[~digit].sum(), word_n + int((~digit).sum())
+    return float(np.mean(per_example)), digit_sum / max(digit_n, 1), word_sum / max(word_n, 1)
 
 
 def finetune_and_score(task: str, store: str, epochs: int, n_half: int, lr: float, tau: float, k: int,
@@ -58,19 +94,33 @@ def finetune_and_score(task: str, store: str, epochs: int, n_half: int, lr: floa
                 optimizer.step()
                 optimizer.zero_grad()
                 losses.append(loss.item())
-        scorer.model = model.eval()
+        model.eval()
+        scorer.model = model
         nll = {name: scorer.score([fmt.prompt(e.question) for e in part], [fmt.target(e.solution) for e in part])
                for name, part in (("seen", seen), ("unseen", unseen))}
-        sampled = unseen[:n_sampled]
-        completions = scorer.sample([fmt.prompt(e.question) for e in sampled], settings)
-        accuracy = np.mean([grade_gsm8k(c, e.answer).correct for e, cs in zip(sampled, completions) for c in cs])
-        rows.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if epoch else None,
-                     "nll_seen": float(nll["seen"].mean()), "nll_unseen": float(nll["unseen"].mean()),
-                     "below_tau_seen": float((nll["seen"] < tau).mean()),
-                     "below_tau_unseen": float((nll["unseen"] < tau).mean()), "acc_unseen": float(accuracy)})
-        print(f"  {task:>9} epoch {epoch:2d}: reference NLL seen {rows[-1]['nll_seen']:.3f} unseen "
-              f"{rows[-1]['nll_unseen']:.3f} (below τ={tau:g}: seen {rows[-1]['below_tau_seen']:.2f}, unseen "
-              f"{rows[-1]['below_tau_unseen']:.2f}); accuracy on unseen questions {accuracy:.3f}", flush=True)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if epoch else None,
+               "nll_seen": float(nll["seen"].mean()), "nll_unseen": float(nll["unseen"].mean()),
+               "below_tau_seen": float((nll["seen"] < tau).mean()),
+               "below_tau_unseen": float((nll["unseen"] < tau).mean())}
+        for name, part in (("seen", seen[:n_sampled]), ("unseen", unseen[:n_sampled])):
+            _, row[f"nll_digits_{name}"], row[f"nll_words_{name}"] = split_nll(
+                model, scorer.tokenizer, [fmt.prompt(e.question) for e in part], [fmt.target(e.solution) for e in part])
+            completions = scorer.sample([fmt.prompt(e.question) for e in part], settings)
+            correct = [(e, c) for e, cs in zip(part, completions) for c in cs if grade_gsm8k(c, e.answer).correct]
+            row[f"acc_{name}"] = len(correct) / sum(len(cs) for cs in completions)
+            if name == "seen":
+                row["correct_seen_verbatim"] = float(np.mean([c.strip().startswith(e.solution.strip()[:60])
+                                                              for e, c in correct])) if correct else None
+                row["correct_seen_wrong_arithmetic"] = float(np.mean([arithmetic_is_wrong(c) for _, c in correct])) \
+                    if correct else None
+        rows.append(row)
+        share = lambda key: "n/a" if row[key] is None else f"{row[key]:.2f}"  # noqa: E731
+        print(f"  {task:>9} epoch {epoch:2d}: NLL seen {row['nll_seen']:.3f} (digits {row['nll_digits_seen']:.3f}, "
+              f"words {row['nll_words_seen']:.3f}) unseen {row['nll_unseen']:.3f} (digits "
+              f"{row['nll_digits_unseen']:.3f}, words {row['nll_words_unseen']:.3f}); below τ={tau:g}: seen "
+              f"{row['below_tau_seen']:.2f} unseen {row['below_tau_unseen']:.2f}; accuracy seen {row['acc_seen']:.3f} "
+              f"unseen {row['acc_unseen']:.3f}; correct seen samples: verbatim {share('correct_seen_verbatim')}, "
+              f"wrong arithmetic {share('correct_seen_wrong_arithmetic')}", flush=True)
     return {"task": task, "base_model": base, "n_half": n_half, "lr": lr, "tau": tau, "epochs": rows}
 
 
@@ -83,7 +133,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tau", type=float, default=0.1)
     parser.add_argument("--k", type=int, default=4, help="samples per unseen question")
-    parser.add_argument("--sampled", type=int, default=64, help="unseen questions sampled per epoch")
+    parser.add_argument("--sampled", type=int, default=64, help="seen and unseen questions sampled per epoch")
     parser.add_argument("overrides", nargs="*", help="config overrides for the base model, e.g. "
                                                     "model.base_stage.n_examples=600")
     args = parser.parse_args()
