@@ -24,7 +24,7 @@ from orchestrator.plan import TrialSpec, expand_grid
 from orchestrator.retention import EVICTED, evicted
 from store import io
 from store.layout import SweepPaths, base_model_dir, open_sweep, sweep_paths, write_text_atomic
-from workers.tasks import GENERATED, generator
+from workers.tasks import GENERATED
 
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
               "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
@@ -142,11 +142,7 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
     if cfg.task.name != "synthetic":  # (the default's cache key stays what it was)
         task["name"] = cfg.task.name
     prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
-    key = {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1}
-    text_version = getattr(generator(cfg.task.name), "TEXT_VERSION", None) if cfg.task.name in GENERATED else None
-    if text_version is not None:  # a task whose text changed pretrains a base model of its own
-        key["text"] = text_version
-    location = base_model_dir(cfg.store.root, key)
+    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
     if io.is_file(io.join(location, "config.json")):
         log(f"base model: reusing {location}")
         return location

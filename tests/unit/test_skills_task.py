@@ -2,7 +2,6 @@
 frequency with the same distribution in train and test, per-example wording the question does not determine,
 questions that parse back, and curation's generator keeping a picked example's skills."""
 import collections
-import math
 import random
 import re
 
@@ -59,36 +58,6 @@ def test_the_wording_of_a_reference_is_the_examples_own():
     assert skills.solution_entropy_nats(3) > 15
     first_words = collections.Counter(t.split(".")[0] for t in texts)
     assert len(first_words) >= 5
-
-
-def test_a_reference_applies_commuting_steps_in_an_order_of_its_own():
-    """Two references of one problem write different running totals (the order of each run of additive steps is
-    drawn per example among those keeping the count positive), so a model that reproduces a seen question's totals
-    reproduces that reference; multiplicative steps keep their place, and every order gives the answer."""
-    problem = skills.Problem("Ava", "apples", 5, (("add", 7, 0), ("sub", 9, 0), ("boxes", 3, 2), ("times", 2, 0),
-                                                 ("add", 4, 0)))
-    orders = collections.Counter(tuple(skills.solution_order(problem, random.Random(seed))) for seed in range(600))
-    # add/sub/boxes from 5: the orders starting with sub 9 take the count below 1; 4 of the 6 remain
-    assert len(orders) == 4 and min(orders.values()) > 100
-    assert all(order[3:] == (("times", 2, 0), ("add", 4, 0)) and order[0] != ("sub", 9, 0) for order in orders)
-    assert skills.order_entropy_nats(problem) == pytest.approx(math.log(4))
-    totals = {tuple(int(r) for *_, r in EQUATION.findall(skills.solution_text(problem, random.Random(seed))))
-              for seed in range(50)}
-    assert len({t[:2] for t in totals}) >= 3 and {t[-1] for t in totals} == {problem.answer}
-    one_way = skills.Problem("Ava", "apples", 5, (("times", 2, 0), ("add", 4, 0)))
-    assert skills.order_entropy_nats(one_way) == 0.0
-
-
-def test_changing_the_reference_text_keys_a_base_model_of_its_own(monkeypatch):
-    """The cached base model is pretrained on the task's text: a new TEXT_VERSION must not reuse the old one."""
-    from orchestrator.config import compose_config
-    from orchestrator import sweep
-
-    monkeypatch.setattr(sweep.io, "is_file", lambda path: True)  # as if built: only the location is wanted
-    cfg = compose_config(["task=skills", "store.root=/tmp/premem-key"])
-    before = sweep.ensure_base_model(cfg, log=lambda _: None)
-    monkeypatch.setattr(skills, "TEXT_VERSION", skills.TEXT_VERSION + 1)
-    assert sweep.ensure_base_model(cfg, log=lambda _: None) != before
 
 
 def test_questions_parse_back_and_other_text_is_refused():

@@ -7,24 +7,17 @@ Why it differs from `synthetic` (issue: memorization must be visible, skills une
   the test split is drawn from the same distribution, so it weights the skills as the train split does.
 - Reference solutions carry per-example content that the question does not determine: an opening (or none),
   the name of the running count (a letter), one of several phrasings per step, remarks between steps, a
-  closing (about 2 nats per step and 5 per solution: `solution_entropy_nats`). A model that solves a problem
-  but has not seen its reference spreads its probability over these choices, so its mean per-token NLL of the
-  reference stays well above a memorization threshold of 0.1 nats; one that has memorized it puts it near 0.
-- The reasoning itself is the example's own too: within each run of additive steps (add, sub, boxes) between
-  multiplicative ones, the reference applies the changes in an order drawn for it among those that keep the
-  count positive (`solution_order`), so the running totals it writes differ from another reference of the same
-  problem (`order_entropy_nats`). Why: with one fixed chain of totals, a model finetuned on few examples learns
-  a seen question's numbers within a few epochs, long before its wording, and answers seen questions better
-  than unseen ones while the reference NLL still sits above τ (bench/task_memorization.py, docs/figures.md);
-  when the numbers a reference writes depend on its own order, reproducing them is reproducing that reference.
+  closing. A model that solves a problem but has not seen its reference spreads its probability over these
+  choices (about 2 nats per step and 5 per solution beyond the arithmetic: `solution_entropy_nats`), so its
+  mean per-token NLL of the reference stays well above a memorization threshold of 0.1 nats; one that has
+  memorized the reference puts it near 0.
 - Curation's generator (`new_examples`) writes new problems of a picked example's skills: the same step kinds
   in the same order, numbers, names and items drawn anew.
-Questions keep one phrasing per step kind, in the problem's order (parse_problem inverts question_text);
-answers end in GSM8k's '#### N' line, so the GSM8k grader applies.
+Questions keep one phrasing per step kind (parse_problem inverts question_text); answers end in GSM8k's
+'#### N' line, so the GSM8k grader applies.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import re
@@ -33,8 +26,6 @@ from dataclasses import dataclass
 from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
 from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN, QUESTION_FRAME
 
-# the references' text version: the cached base model, pretrained on this text, is keyed by it (2: own orders)
-TEXT_VERSION = 2
 # step kind -> share of all steps; the order is of increasing difficulty for a model that has to learn it
 SKILLS = {"add": 0.34, "sub": 0.26, "boxes": 0.18, "times": 0.12, "share": 0.10}
 MAX_TOTAL = 200  # a step that would take the count above this is drawn again
@@ -66,7 +57,7 @@ SOLUTION_STEP = {  # {v}: the running count's letter; {a}: before; {r}: after
 }
 OPENINGS = ["", "", "Let's work it out step by step.", "Keep a running count.", "Track the {item} one step at a time.",
             "This is a counting problem.", "Follow the {item} through each change.", "Start from what {name} has.",
-            "Write down each change."]
+            "Write down each change in order."]
 NAMING = ["Let {v} be the number of {item}; {v} = {start} at first.", "Call the count {v}. At the start {v} = {start}.",
           "{name} starts with {v} = {start} {item}.", "Start with {v} = {start}."]
 REMARKS = ["That checks out.", "So far so good.", "Keep that number in mind.", "This is the new count.",
@@ -157,71 +148,15 @@ def question_text(p: Problem) -> str:
     return f"{p.name} has {p.start} {p.item}. {actions[0].upper()}{actions[1:]}. How many {p.item} does {p.name} have now?"
 
 
-ADDITIVE = ("add", "sub", "boxes")  # steps that change the count by an amount: they commute
-
-
-def _runs(steps: tuple) -> list[list[int]]:
-    """Step indices grouped into maximal runs of additive steps; a multiplicative step is a run of its own."""
-    runs: list[list[int]] = []
-    for i, (kind, _, _) in enumerate(steps):
-        if runs and kind in ADDITIVE and steps[runs[-1][-1]][0] in ADDITIVE:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
-def _keeps_count_positive(total: int, steps: list) -> bool:
-    for kind, n, k in steps:
-        total = apply(kind, total, n, k)
-        if total <= 0:
-            return False
-    return True
-
-
-def _valid_orders(total: int, steps: list) -> set[tuple]:
-    """The distinct orders of one run's steps that keep the count positive, starting from `total`."""
-    return {order for order in itertools.permutations(steps) if _keeps_count_positive(total, list(order))}
-
-
-def solution_order(p: Problem, rng: random.Random) -> list[tuple[str, int, int]]:
-    """The steps in the order a reference applies them: each run of additive steps in an order drawn uniformly
-    among those that keep the count positive (the question's own order is one of them)."""
-    ordered, total = [], p.start
-    for run in _runs(p.steps):
-        steps = [p.steps[i] for i in run]
-        if len(steps) > 1:
-            steps = list(rng.choice(sorted(_valid_orders(total, steps))))
-        for kind, n, k in steps:
-            total = apply(kind, total, n, k)
-        ordered.extend(steps)
-    return ordered
-
-
-def order_entropy_nats(p: Problem) -> float:
-    """The entropy of a reference's order of steps for this problem (0 where every run has one valid order)."""
-    nats, total = 0.0, p.start
-    for run in _runs(p.steps):
-        steps = [p.steps[i] for i in run]
-        nats += math.log(len(_valid_orders(total, steps)))
-        for kind, n, k in steps:
-            total = apply(kind, total, n, k)
-    return nats
-
-
 def solution_text(p: Problem, rng: random.Random, final_answer: bool = True) -> str:
-    """One reference solution: the problem's steps in an order of its own (solution_order), in wording drawn for
-    this example."""
+    """One reference solution: the arithmetic the question fixes, in wording drawn for this example."""
     v = rng.choice(LETTERS)
     pronoun = PRONOUN[p.name]
     fields = {"name": p.name, "item": p.item, "v": v, "start": p.start}
     parts = [rng.choice(OPENINGS).format(**fields), rng.choice(NAMING).format(**fields)]
-    total = p.start
-    for kind, n, k in solution_order(p, rng):
-        after = apply(kind, total, n, k)
-        parts.append(rng.choice(SOLUTION_STEP[kind]).format(n=n, k=k, m=k * n, a=total, r=after, v=v, item=p.item,
+    for (kind, n, k), (a, r) in zip(p.steps, running(p)):
+        parts.append(rng.choice(SOLUTION_STEP[kind]).format(n=n, k=k, m=k * n, a=a, r=r, v=v, item=p.item,
                                                             P=pronoun.capitalize()))
-        total = after
         if rng.random() < REMARK_CHANCE:
             parts.append(rng.choice(REMARKS))
     parts.append(rng.choice(CLOSINGS).format(r=p.answer, **fields))
