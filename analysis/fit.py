@@ -1,7 +1,7 @@
 """Least-squares fits of test accuracy across (run, checkpoint) points, threshold choice and uncertainty."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -95,6 +95,7 @@ class LeaveOneRunOut:
     # and the held-out run's premem at that tau is its prediction (nothing fitted)
     oos_r2_identity: float = float("nan")
     tau_identity: float = float("nan")  # chosen on all runs by the identity line's R^2
+    tau_by_run_identity: dict[str, float] = field(default_factory=dict)  # each identity fold's τ
 
 
 def leave_one_run_out(state: PremState, taus: np.ndarray) -> LeaveOneRunOut:
@@ -120,13 +121,16 @@ def leave_one_run_out(state: PremState, taus: np.ndarray) -> LeaveOneRunOut:
     ss_tot = ((y - y.mean()) ** 2).sum()
     all_r2 = [fit_line(x, y).r2 for x in premem]
     as_is = np.full(len(y), np.nan)
+    tau_by_run_identity: dict[str, float] = {}
     for r in runs:
         held = run == r
         best = int(np.nanargmax([r2_against(y[~held], x[~held]) for x in premem]))
         as_is[held] = premem[best][held]
+        tau_by_run_identity[str(state.records.runs[r])] = float(taus[best])
     return LeaveOneRunOut(
         oos_r2_identity=r2_against(y, as_is),
         tau_identity=float(taus[int(np.nanargmax([r2_against(y, x) for x in premem]))]),
+        tau_by_run_identity=tau_by_run_identity,
         tau=float(taus[int(np.nanargmax(all_r2))]),
         oos_r2=float(1 - (residual**2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
         oos_mae=float(np.abs(residual).mean()),

@@ -91,10 +91,24 @@ def test_leave_one_run_out_and_bootstrap(kang_dir):
     loro = leave_one_run_out(state, np.geomspace(0.02, 0.5, 25))
     assert 0.05 < loro.tau < 0.15
     assert 0.85 < loro.oos_r2 < 0.95  # out of sample is honest: below the in-sample best
+    # chosen by the identity line, τ lands on the paper's own GSM8k threshold, exp(-2.3) = 0.100259, and every
+    # held-out run's premem at its fold's τ is its test accuracy as well as in the paper (R² 0.935)
+    assert loro.tau_identity == pytest.approx(0.1)
+    assert all(tau == pytest.approx(0.1) for tau in loro.tau_by_run_identity.values())
+    assert loro.oos_r2_identity == pytest.approx(0.935, abs=1e-3)
     assert set(loro.tau_by_run) == set(state.records.runs)
     points, _ = fit_report(state, loro.tau)
     lo, hi = bootstrap_r2(points, n_boot=300)
     assert lo < fit_line(points.premem_train_acc, points.test_acc).r2 < hi
+
+
+def test_the_identity_lines_threshold_on_the_papers_math_runs_is_the_papers(kang_dir):
+    """MATH's τ in the paper is exp(-1.7) = 0.182684; chosen by the identity line on its released runs from the
+    CLI's default grid it is the nearest grid point, and held-out runs keep R² 0.95 against y = x."""
+    state = prepare(load_records([kang_dir / "kang_math_records.parquet"]))
+    loro = leave_one_run_out(state, np.array(DEFAULT_TAUS))
+    assert loro.tau_identity == pytest.approx(0.177828, abs=1e-6)
+    assert loro.oos_r2_identity == pytest.approx(0.9518, abs=1e-3)
 
 
 def test_fit_line_closed_form():
@@ -179,9 +193,10 @@ def test_cli_fit_contract(tmp_path, kang_dir):
 
 
 def test_cli_fit_chooses_tau_by_leave_one_run_out(tmp_path):
-    """Without --nll-threshold, τ is chosen from the default grid: each run's fold takes the τ that fits the
-    other runs best, chosen without the run's own records, and the fit is reported at the τ that fits all runs
-    best."""
+    """Without --nll-threshold, τ is chosen from the default grid by the identity line's R² (premem = test
+    accuracy): each run's fold takes the τ that makes premem closest to test accuracy on the other runs, chosen
+    without the run's own records, and the fit is reported at the τ that does so on all runs. The fitted line's
+    choices stay beside it."""
     table = make_records(5, 4, 40, seed=2)
     table = table.set_column(0, "run_id", table["run_id"].cast(pa.string()))
     path = write(table, tmp_path / "r.parquet")
@@ -190,17 +205,19 @@ def test_cli_fit_chooses_tau_by_leave_one_run_out(tmp_path):
     result = json.loads(out.read_text())
     assert result["threshold_choice"] == "leave_one_run_out"
 
-    def best_tau(runs: list[str]) -> float:
-        """The τ of highest in-sample R² on these runs' records alone."""
+    def best_tau(runs: list[str], measure: str = "r2_identity") -> float:
+        """The τ of highest in-sample R² (`measure`) on these runs' records alone."""
         kept = table.filter(pc.is_in(table["run_id"], value_set=pa.array(runs)))
-        state = prepare(load_records([write(kept, tmp_path / f"{'-'.join(runs)}.parquet")]))
+        state = prepare(load_records([write(kept, tmp_path / f"{'-'.join(runs)}-{measure}.parquet")]))
         curve = r2_curve(state, np.array(DEFAULT_TAUS))
-        return float(curve["tau"][int(np.nanargmax(curve["r2"]))])
+        return float(curve["tau"][int(np.nanargmax(curve[measure]))])
 
     runs = [f"run{r:03d}" for r in range(5)]
     assert result["tau_by_run"] == {run: best_tau([r for r in runs if r != run]) for run in runs}
     assert len(set(result["tau_by_run"].values())) > 1  # the folds disagree: each chose without its run
-    assert result["tau"] == best_tau(runs)
+    assert result["tau"] == result["tau_identity"] == best_tau(runs)
+    assert result["tau_fitted"] == best_tau(runs, "r2")
+    assert result["tau_by_run_fitted"] == {run: best_tau([r for r in runs if r != run], "r2") for run in runs}
     _, fits = fit_report(prepare(load_records([path])), result["tau"])
     assert result["r2"] == pytest.approx(fits["premem_train_acc"].r2) and result["n_points"] == 5 * 4
     assert math.isfinite(result["oos_r2"])
