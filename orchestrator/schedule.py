@@ -425,8 +425,11 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
     callback = ProgressCallback(progress, on_train_report)
     _keep_credentials_out_of_runtime_envs()
     if resumed is not None and ray.tune.Tuner.can_restore(tune_dir(paths)):
+        # Tune stores a trial's objects (TrainJob, EvalTemplate) as placeholders and does not save the param
+        # space; trials it had not created yet (max_concurrent_trials holds them back) resolve them from the one
+        # given here, rebuilt from the same specs
         tuner = ray.tune.Tuner.restore(tune_dir(paths), _trainable_with_resources(), resume_unfinished=True,
-                                       resume_errored=True)
+                                       resume_errored=True, param_space=_param_space(trials))
         # the restored RunConfig carries the dead driver's callbacks; the progress is this driver's
         tuner._local_tuner.get_run_config().callbacks = [callback]
     else:
@@ -517,12 +520,16 @@ def _keep_credentials_out_of_runtime_envs() -> None:
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARS
 
 
+def _param_space(trials: list[dict]) -> dict:
+    return {"trial": ray.tune.grid_search(trials)}
+
+
 def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback,
            max_failures: int = 1) -> ray.tune.Tuner:
     """One Tune trial per trial spec."""
     return ray.tune.Tuner(
         _trainable_with_resources(),
-        param_space={"trial": ray.tune.grid_search(trials)},
+        param_space=_param_space(trials),
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0, callbacks=[callback],
                                       # a trial whose own actor is lost restarts; its TorchTrainer then
