@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--n-half", type=int, default=256, help="train examples in each half")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--tau", type=float, default=0.1)
-    parser.add_argument("--k", type=int, default=4, help="samples per unseen question")
+    parser.add_argument("--k", type=int, default=4, help="samples per sampled question")
     parser.add_argument("--sampled", type=int, default=64, help="seen and unseen questions sampled per epoch")
     parser.add_argument("overrides", nargs="*", help="config overrides for the base model, e.g. "
                                                     "model.base_stage.n_examples=600")
