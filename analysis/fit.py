@@ -85,7 +85,7 @@ def r2_curve(state: PremState, taus: np.ndarray) -> pd.DataFrame:
 
 @dataclass
 class LeaveOneRunOut:
-    tau: float  # chosen on all runs (the threshold to use from here on)
+    tau: float  # chosen on all runs by the fitted line's R^2 (the CLI reports at tau_identity)
     oos_r2: float  # pooled out-of-sample R^2 of held-out runs' predictions
     oos_mae: float
     oos_rmse: float
