@@ -45,7 +45,8 @@ def s3_mlflow(bucket, tmp_path_factory):
 def s3_sweep(bucket, ray_cluster, s3_mlflow):
     env_before = set(os.listdir(REPO))
     result = run_python(["-m", "orchestrator", f"store.root={bucket}/store", f"tracking.uri={s3_mlflow}",
-                         f"cluster.address={ray_cluster}", "tracking.experiment=s3", *SMALL], timeout=1500)
+                         f"cluster.address={ray_cluster}", "tracking.experiment=s3", *SMALL,
+                         "sweep.grid.train.lr=[1e-3]"], timeout=1500)  # one trial: curation follows one up
     sweeps = io.list_dirs(f"{bucket}/store/sweeps")
     assert len(sweeps) == 1
     assert set(os.listdir(REPO)) == env_before  # no ./runs or anything else beside the code
@@ -55,10 +56,10 @@ def s3_sweep(bucket, ray_cluster, s3_mlflow):
 def test_sweep_on_s3_writes_everything_to_the_bucket(s3_sweep, bucket):
     sweep, stdout = s3_sweep
     records = io.list_files(f"{sweep}/records", suffix=".original.parquet")
-    assert len(records) == 4  # 2 trials x 2 epochs
-    assert len(io.list_files(f"{sweep}/completions", suffix=".parquet")) == 4
+    assert len(records) == 2  # 1 trial x 2 epochs
+    assert len(io.list_files(f"{sweep}/completions", suffix=".parquet")) == 2
     checkpoints = [c for run in io.list_dirs(f"{sweep}/checkpoints") for c in io.list_dirs(run)]
-    assert len(checkpoints) == 4 and all(io.is_file(f"{c}/model.safetensors") for c in checkpoints)
+    assert len(checkpoints) == 2 and all(io.is_file(f"{c}/model.safetensors") for c in checkpoints)
     for name in ("config.yaml", "plan.json", "analysis/points.csv", "analysis/premem_vs_test.png",
                  "analysis/timings.json"):
         assert io.is_file(f"{sweep}/{name}"), name
@@ -87,7 +88,7 @@ def test_analysis_on_the_s3_sweep_gives_the_drivers_fit(s3_sweep, tmp_path):
     result = json.loads(out.read_text())
     # the small sweep's base model is barely trained: R² may be NaN (no spread), and must then be NaN too
     assert result["r2"] == pytest.approx(printed, abs=5e-4, nan_ok=True)
-    assert result["n_points"] == 4
+    assert result["n_points"] == 2
 
 
 def test_reevaluation_reads_and_writes_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow):
@@ -95,7 +96,7 @@ def test_reevaluation_reads_and_writes_the_s3_sweep(s3_sweep, ray_cluster, s3_ml
     run_python(["-m", "orchestrator.reeval", sweep, "sampler.variant=first", "sampler.answer_prefix=First",
                 "sampler.k=2", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
                 f"cluster.address={ray_cluster}"], timeout=900)
-    assert len(io.list_files(f"{sweep}/records", suffix=".first.parquet")) == 4
+    assert len(io.list_files(f"{sweep}/records", suffix=".first.parquet")) == 2
     assert io.is_file(f"{sweep}/analysis/robustness_first.json")
 
 
