@@ -135,24 +135,24 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
     """The model every trial starts from: model.path, or the cached tiny base model (built once)."""
     if cfg.model.path:
         return cfg.model.path
-    from workers.train import BaseStage, build_base_model
+    from workers.train import BaseStage, build_base_model_reproducibly
 
     stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
     task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
     if cfg.task.name != "synthetic":  # (the default's cache key stays what it was)
         task["name"] = cfg.task.name
     prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
-    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 1})
+    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 2})
     if io.is_file(io.join(location, "config.json")):
         log(f"base model: reusing {location}")
         return location
     log(f"base model: building the tiny model and pretraining it on the task family -> {location}")
     threads = int(cfg.cluster.num_cpus or 2)
     if not io.is_uri(location):
-        build_base_model(location, stage, task, prompt, threads=threads, log=log)
+        build_base_model_reproducibly(location, stage, task, prompt, threads=threads, log=log)
         return location
     with tempfile.TemporaryDirectory(prefix="premem-base-") as tmp:  # built here, then one upload
-        build_base_model(Path(tmp) / "model", stage, task, prompt, threads=threads, log=log)
+        build_base_model_reproducibly(Path(tmp) / "model", stage, task, prompt, threads=threads, log=log)
         io.upload_dir(Path(tmp) / "model", location)
     return location
 

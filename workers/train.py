@@ -10,6 +10,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -318,9 +320,33 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
 
 
 # ------------------------------------------------------------------------------------------ base stage
+# MKL's strict conditional numerical reproducibility: its matrix products give the same bits whatever the thread
+# count, on any x86 CPU with AVX2. Without it a base model pretrained on 2 threads differs from one pretrained on
+# 1 (the sweep uses cluster.num_cpus threads). MKL reads the setting once, as it starts: it goes in the
+# environment of a fresh process.
+REPRODUCIBLE_MKL = {"MKL_CBWR": "AVX2,STRICT"}
+
+
+def build_base_model_reproducibly(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
+                                  log=print) -> Path:
+    """`build_base_model` in a child process under REPRODUCIBLE_MKL: one seed gives the same weights bit for bit
+    on any thread count, so a fresh store rebuilds a cached base model exactly (and this process's torch
+    threads stay as they were). Its progress lines go to `log`."""
+    spec = {"out_dir": str(out_dir), "stage": asdict(stage), "task": task, "prompt": prompt, "threads": threads}
+    child = subprocess.Popen([sys.executable, "-u", "-m", "workers.train", json.dumps(spec)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, **REPRODUCIBLE_MKL})
+    for line in child.stdout:
+        log(line.rstrip("\n"))
+    if child.wait() != 0:
+        raise RuntimeError(f"building the base model in {out_dir} failed (exit code {child.returncode}; "
+                           "its error is printed above)")
+    return Path(out_dir)
+
+
 def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
                      log=print) -> Path:
-    """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory."""
+    """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory. Its
+    weights depend on the thread count unless MKL runs in strict mode: `build_base_model_reproducibly`."""
     from workers.models import build_tiny_model, build_tokenizer, save_pretrained_atomic
     from workers.tasks import generator
 
@@ -392,3 +418,8 @@ def prepare_deepspeed_ops(log=print, stale_after_s: float = 600.0) -> None:
     builder.load(verbose=False)
     if time.perf_counter() - started > 10:
         log(f"DeepSpeed: built {builder.name} in {time.perf_counter() - started:.0f}s (cached for later runs)")
+
+
+if __name__ == "__main__":  # the child process of build_base_model_reproducibly
+    _spec = json.loads(sys.argv[1])
+    build_base_model(_spec["out_dir"], BaseStage(**_spec["stage"]), _spec["task"], _spec["prompt"], _spec["threads"])

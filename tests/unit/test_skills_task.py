@@ -97,12 +97,14 @@ def test_the_tiny_base_model_is_pretrained_on_the_tasks_own_text(tmp_path):
 
 
 def _small_base(out, threads: int, seed: int = 0):
+    """The driver's way: a child process with MKL in strict mode."""
     from workers.settings import BaseStage
-    from workers.train import build_base_model
+    from workers.train import build_base_model_reproducibly
 
     stage = BaseStage(n_examples=64, epochs=1, batch_size=16, seed=seed)  # the default model's sizes
-    return build_base_model(out, stage, {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
-                            {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=threads, log=lambda _: None)
+    return build_base_model_reproducibly(out, stage, {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
+                                         {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=threads,
+                                         log=lambda _: None)
 
 
 def _weights(path):
@@ -113,7 +115,8 @@ def _weights(path):
 
 def test_a_base_build_is_deterministic_whatever_the_thread_count(tmp_path):
     """Same seed, same tokenizer and the same weights bit for bit, built with 1 or 2 threads: a fresh store
-    rebuilds the cached base model exactly, so a rerun from scratch gives the same figures."""
+    rebuilds the cached base model exactly, so a rerun from scratch gives the same figures. (Without MKL's
+    strict mode, 1 and 2 threads gave different weights on this machine's AVX-512 CPU.)"""
     import torch
 
     first, again, other_threads = (_small_base(tmp_path / "a", 2), _small_base(tmp_path / "b", 2),
