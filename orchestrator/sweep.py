@@ -139,7 +139,7 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
 
     stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
     task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
-    if cfg.task.name != "synthetic":  # (the default's cache key stays what it was)
+    if cfg.task.name != "synthetic":  # (the synthetic task's key carries no name)
         task["name"] = cfg.task.name
     prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
     location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 2})
