@@ -51,16 +51,40 @@ class Driver:
         return self.log.read_text()
 
 
-def wait_until(predicate, timeout: float = 600, what: str = "") -> None:
+def wait_until(predicate, timeout: float = 600, what: str = "", interval: float = 0.1) -> None:
+    """Poll `predicate` every `interval` s (short by default: the fault tests strike inside windows of a few
+    seconds; a predicate that costs requests to a server polls less often)."""
     deadline = time.time() + timeout
     while not predicate():
         assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 def newest_sweep(store: Path) -> Path:
     return max((store / "sweeps").iterdir(), key=lambda p: p.stat().st_mtime)
 
+
+@pytest.fixture(scope="session")
+def small_base_models(tmp_path_factory) -> Path:
+    """The base model of SMALL and ONE_LONG_TRIAL (one model and task family: one cache key), built once for
+    the session by the driver's own function. Stores that get a copy (with_small_base) reuse it; the build
+    itself, local and uploaded, is what the HF, S3 and deployment sweeps still test."""
+    from orchestrator.config import compose_config
+    from orchestrator.sweep import ensure_base_model
+
+    root = tmp_path_factory.mktemp("base-store")
+    lines: list[str] = []
+    try:
+        ensure_base_model(compose_config([*SMALL, f"store.root={root}"]), log=lines.append)
+    except Exception as exc:
+        raise AssertionError(f"the session's base model did not build: {exc}\n" + "\n".join(lines[-40:])) from exc
+    return root / "base_models"
+
+
+def with_small_base(store: Path, base_models: Path) -> Path:
+    """`store` (created if absent) holding a copy of the session's base model."""
+    shutil.copytree(base_models, store / "base_models", dirs_exist_ok=True)
+    return store
 
 
 @contextlib.contextmanager
@@ -141,6 +165,7 @@ def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: i
     cluster = RayCluster(f"127.0.0.1:{port}")
     dashboard = [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1"] if dashboard_port else \
         ["--include-dashboard=false"]
+    joining: list[subprocess.Popen] = []
     try:
         for i, node in enumerate(nodes):
             temp_dir = tempfile.mkdtemp(prefix="rayn", dir="/tmp")
@@ -152,12 +177,21 @@ def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: i
                 args.append(f"--num-gpus={node['num_gpus']}")
             if node.get("resources"):
                 args.append(f"--resources={json.dumps(node['resources'])}")
-            subprocess.run(args, env=env, check=True, capture_output=True)
+            if i == 0:
+                subprocess.run(args, env=env, check=True, capture_output=True)
+            else:  # the workers join the head at once, not one after another (each start takes seconds)
+                joining.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        for proc in joining:
+            output = proc.communicate()[0]
+            assert proc.returncode == 0, f"ray start of a worker node exited {proc.returncode}:\n{output.decode()[-3000:]}"
         yield cluster
     finally:  # SIGTERM first; Ray's GCS and raylets can sit in a graceful shutdown for good, then SIGKILL
+        for proc in joining:
+            if proc.poll() is None:
+                proc.kill()
         for d in cluster.temp_dirs:
             subprocess.run(["pkill", "-f", d], capture_output=True)
-        deadline = time.time() + 10
+        deadline = time.time() + 2  # nothing is asserted after a test's cluster: a short grace, then SIGKILL
         while time.time() < deadline and any(subprocess.run(["pgrep", "-f", d], capture_output=True).returncode == 0
                                              for d in cluster.temp_dirs):
             time.sleep(0.5)

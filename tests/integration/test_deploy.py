@@ -83,7 +83,7 @@ def deployed(s3_server, tmp_path_factory):
             for _ in range(60):  # the dashboard's job API comes up a little after `ray start` returns
                 if ray_cli("job", "list", f"--address={address}", env=submitter, timeout=120).returncode == 0:
                     break
-                time.sleep(2)
+                time.sleep(1)
             # Ray's token authentication is on: without the token the job API refuses
             stranger = {k: v for k, v in submitter.items() if k != "RAY_AUTH_TOKEN"}
             stranger["HOME"] = str(tmp_path_factory.mktemp("home"))  # no ~/.ray/auth_token either
@@ -94,7 +94,7 @@ def deployed(s3_server, tmp_path_factory):
                                     *shlex.split(entrypoint), env=submitter)
                 if "No available agent to submit job" not in submitted.stderr:
                     break
-                time.sleep(2)
+                time.sleep(1)
             status = ray_cli("job", "status", f"--address={address}", "premem-deploy", env=submitter, timeout=120)
             client = MlflowClient(mlflow_uri)
             os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=secret_values["MLflow password"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, Driver, ray_cluster_at,
-                                        wait_until)
+                                        wait_until, with_small_base)
 from tests.integration.exactly_once import (assert_mlflow_exactly_once, assert_no_leftovers,
                                             assert_records_exactly_once, process_table, report)
 
@@ -34,8 +34,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return tmp_path_factory.mktemp("store")  # one store: the base model is built once for the module
+def store(tmp_path_factory, small_base_models):
+    return with_small_base(tmp_path_factory.mktemp("store"), small_base_models)  # one store for the module
 
 
 def pids_titled(title: str, before: dict[int, str]) -> list[int]:

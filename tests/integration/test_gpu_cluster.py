@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import SMALL, ray_cluster_at
+from tests.integration.conftest import SMALL, ray_cluster_at, with_small_base
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -55,11 +55,11 @@ def test_a_trial_the_cluster_cannot_hold_is_refused_in_one_line(gpu_cluster, tmp
     assert not (store / "sweeps").exists()
 
 
-def test_a_feasible_plan_lands_where_configured(gpu_cluster, tmp_path):
+def test_a_feasible_plan_lands_where_configured(gpu_cluster, tmp_path, small_base_models):
     """Two train workers per trial on the trainer node, each with its own GPU id; the two sampler actors on
     the sampler node, GPUs 0 and 1; every record written. DeepSpeed ZeRO-3 in bf16 with every memory option
     (zero.Init, gradient checkpointing, optimizer and parameter offload) over gloo: the processes run on CPU."""
-    store = tmp_path / "store"
+    store = with_small_base(tmp_path / "store", small_base_models)
     result = compose_driver(gpu_cluster, store, *SMALL, "sweep.grid.train.lr=[1e-3]", "train.num_workers=2",
                             "train.micro_batch_size=4", "train.global_batch_size=16", "train.dist_backend=gloo",
                             "sampler.backend=hf", "sampler.grade_workers=1", "sampler.max_new_tokens=64",

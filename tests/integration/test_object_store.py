@@ -121,7 +121,8 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
         def round_two_planned() -> bool:
             return any(r.endswith("-r2") and io.is_file(f"{r}/plan.json") for r in io.list_dirs(f"{store}/sweeps"))
 
-        wait_until(lambda: round_two_planned() or driver.proc.poll() is not None, timeout=1500, what="round 2")
+        wait_until(lambda: round_two_planned() or driver.proc.poll() is not None, timeout=1500, what="round 2",
+                   interval=0.5)  # each poll lists the bucket
         assert driver.proc.poll() is None, driver.output[-4000:]
         driver.proc.kill()
         driver.wait()

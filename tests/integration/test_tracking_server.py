@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.conftest import (N_TEST, N_TRAIN, ONE_LONG_TRIAL, SMALL, Driver, mlflow_server_at,
-                                        newest_sweep, postgres_at, wait_until)
+                                        newest_sweep, postgres_at, wait_until, with_small_base)
 from tests.integration.exactly_once import assert_mlflow_exactly_once, assert_records_exactly_once, report
 
 pytestmark = pytest.mark.slow
@@ -20,11 +20,11 @@ def postgres():
         yield uri
 
 
-def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path):
+def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path, small_base_models):
     import psycopg
 
     with mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres) as uri:
-        store = tmp_path / "store"
+        store = with_small_base(tmp_path / "store", small_base_models)
         driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={uri}", "tracking.experiment=pg",
                          *SMALL, "sweep.max_concurrent_trials=2", "cluster.num_cpus=3"], tmp_path / "driver.log")
         assert driver.wait() == 0, driver.output
@@ -37,12 +37,12 @@ def test_concurrent_trials_log_to_a_postgres_backed_server(postgres, tmp_path):
         assert cursor.fetchone()[0] > 0  # the values live in PostgreSQL
 
 
-def test_server_outage_mid_sweep_delays_metrics_and_loses_none(postgres, tmp_path):
+def test_server_outage_mid_sweep_delays_metrics_and_loses_none(postgres, tmp_path, small_base_models):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = mlflow_server_at(tmp_path, str(tmp_path / "art"), backend=postgres, port=port)
     server.__enter__()
-    store = tmp_path / "store"
+    store = with_small_base(tmp_path / "store", small_base_models)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={uri}",
                      "tracking.experiment=outage", "cluster.num_cpus=2", *ONE_LONG_TRIAL], tmp_path / "driver.log")
     try:

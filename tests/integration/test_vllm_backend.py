@@ -43,28 +43,35 @@ def texts():
 
 
 @pytest.fixture(scope="module")
-def engine(checkpoints):
+def engine_built_on_b(checkpoints, texts):
+    """The module's one engine, built on checkpoint B, and what it gave on B while fresh (one engine build
+    serves as both the fresh engine and the swapping one)."""
     backend = vllm_backend.VLLMBackend(dtype="float32", enforce_eager=True)
-    backend.load(checkpoints[0])
-    yield backend
+    backend.load(checkpoints[1])
+    prompts, targets = texts
+    fresh_on_b = backend.sample_and_score(prompts, GREEDY, prompts, targets)
+    yield backend, fresh_on_b
     backend.close()
 
 
-def test_swapped_weights_equal_a_fresh_engine_exactly(engine, checkpoints, texts):
+@pytest.fixture(scope="module")
+def engine(engine_built_on_b):
+    return engine_built_on_b[0]
+
+
+def test_swapped_weights_equal_a_fresh_engine_exactly(engine_built_on_b, checkpoints, texts):
+    """B, then A swapped in, then B swapped back: B's results are the fresh engine's, so whatever the swap to B
+    reloads leaves nothing of A. (A part set once at the build and never reloaded would be B's throughout:
+    test_reference_nll_agrees_with_the_hf_scorer scores A on this engine for that.)"""
+    engine, on_b = engine_built_on_b
     a, b, _ = checkpoints
     prompts, targets = texts
     engine.load(a)
     on_a = engine.sample_and_score(prompts, GREEDY, prompts, targets)
     engine.load(b)
     swapped = engine.sample_and_score(prompts, GREEDY, prompts, targets)
-    assert engine.builds == 1 and engine.swaps >= 1  # no engine built per checkpoint
+    assert engine.builds == 1 and engine.swaps >= 2  # no engine built per checkpoint
 
-    fresh = vllm_backend.VLLMBackend(dtype="float32", enforce_eager=True)
-    try:
-        fresh.load(b)
-        on_b = fresh.sample_and_score(prompts, GREEDY, prompts, targets)
-    finally:
-        fresh.close()
     assert swapped[0] == on_b[0]  # greedy completions, every one
     np.testing.assert_array_equal(swapped[1], on_b[1])  # prompt logprobs, bit for bit
     assert not np.allclose(on_a[1], on_b[1])  # the swap did change the weights
@@ -91,13 +98,15 @@ def test_swap_needs_the_tied_layer_step(engine, checkpoints, texts):
 
 
 def test_reference_nll_agrees_with_the_hf_scorer(engine, checkpoints, texts):
+    """On A, a checkpoint swapped in (the engine was built on B): any part of B the swap left behind, such as
+    a prepacked tied head on any device, would show here."""
     from workers.backends.hf import HFBackend
 
     prompts, targets = texts
-    engine.load(checkpoints[1])
+    engine.load(checkpoints[0])
     vllm_nll = engine.score(prompts, targets)
     hf = HFBackend(threads=1)
-    hf.load(checkpoints[1])
+    hf.load(checkpoints[0])
     hf_nll = hf.score(prompts, targets, batch_tokens=2048)
     assert np.abs(vllm_nll - hf_nll).mean() <= 1e-3
     assert np.abs(vllm_nll - hf_nll).max() <= 1e-3
