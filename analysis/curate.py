@@ -125,7 +125,10 @@ def write_jsonl(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 def robustness(state: PremState, tau: float, bins: tuple[float, ...] = DEFAULT_BINS) -> pd.DataFrame:
     """Accuracy under each prompt variant, binned by the example's premem at the same checkpoint.
 
-    Low-premem examples whose accuracy drops most under perturbation are the fragile ones.
+    Low-premem examples whose accuracy drops most under perturbation are the fragile ones. `perturbed_acc` is
+    what the paper plots (there every train example is solved before the perturbation); where a bin's original
+    accuracy is lower, `retained` (perturbed over original accuracy, NaN for a bin with none correct) separates
+    fragility from never having been solved.
     """
     rec = state.records
     others = [(code, name) for code, name in enumerate(rec.variants) if name != ORIGINAL]
@@ -167,7 +170,9 @@ def robustness(state: PremState, tau: float, bins: tuple[float, ...] = DEFAULT_B
         original_acc=("original_acc", "mean"), perturbed_acc=("perturbed_acc", "mean")).reset_index()
     table["premem_bin"] = [f"[{bins[b]:.1f}, {bins[b + 1]:.1f}{']' if b == len(bins) - 2 else ')'}" for b in table["bin"]]
     table["acc_drop"] = table["original_acc"] - table["perturbed_acc"]
-    return table[["variant", "premem_bin", "n", "premem_mean", "original_acc", "perturbed_acc", "acc_drop"]]
+    table["retained"] = table["perturbed_acc"] / table["original_acc"].where(table["original_acc"] > 0)
+    return table[["variant", "premem_bin", "n", "premem_mean", "original_acc", "perturbed_acc", "acc_drop",
+                  "retained"]]
 
 
 BASE = "base"  # the runs on the sweep's data alone: every strategy's point at 0 examples added

@@ -87,9 +87,10 @@ class Summary:
             lines += ["", f"**Robustness**: accuracy on train questions at each trial's last checkpoint, the "
                       f"answer forced to start with a prefix (variant `{table['variant'].iloc[0]}`), by the "
                       "example's pre-memorization accuracy:", "",
-                      "| premem bin | examples | original acc | perturbed acc | drop |", "|---|---|---|---|---|"]
-            lines += [f"| {r.premem_bin} | {r.n} | {r.original_acc:.3f} | {r.perturbed_acc:.3f} | {r.acc_drop:+.3f} |"
-                      for r in table.itertuples()]
+                      "| premem bin | examples | original acc | perturbed acc | drop | retained (perturbed / original) |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r.premem_bin} | {r.n} | {r.original_acc:.3f} | {r.perturbed_acc:.3f} | {r.acc_drop:+.3f} | "
+                      f"{r.retained:.3f} |" for r in table.itertuples()]
         if self.missing:
             lines += ["", f"**Not in the fit**: {len(self.missing)} trained checkpoint(s) without records."]
         if plot_artifact:
@@ -99,7 +100,7 @@ class Summary:
     def text(self, uri: str, paths: SweepPaths, progress=None, urls: tuple[str, str] | None = None) -> str:
         lines = self.fit_lines()
         if self.robustness is not None:
-            columns = ["premem_bin", "n", "original_acc", "perturbed_acc", "acc_drop"]
+            columns = ["premem_bin", "n", "original_acc", "perturbed_acc", "acc_drop", "retained"]
             lines.append(f"robustness (variant '{self.robustness['variant'].iloc[0]}', train questions, last "
                          f"checkpoints):\n{self.robustness[columns].to_string(index=False, float_format='%.3f')}")
         if self.missing:

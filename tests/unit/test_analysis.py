@@ -138,6 +138,27 @@ def test_robustness_bins_variants(tmp_path):
     assert set(out.variant) == {"prefix_first"}
     assert out.n.sum() == 100
     assert (out.acc_drop >= 0).all()
+    assert (out.retained <= 0.5).all()  # each example keeps at most half its correct samples
+
+
+def test_robustness_retained_is_relative_to_the_original_accuracy(tmp_path):
+    """Two bins that both lose half their accuracy retain the same share, whatever their original accuracy;
+    a bin with nothing correct retains NaN, not 0 or inf."""
+    table = make_records(1, 1, 60, seed=2).to_pandas()
+    train = table.split == "train"
+    table.loc[train, "ref_nll"] = 5.0  # never memorized: premem = the accuracy itself
+    table.loc[train, "n_samples"] = 4
+    ids = table.loc[train, "example_id"].to_numpy()
+    table.loc[train, "n_correct"] = [0 if i % 3 == 0 else (2 if i % 3 == 1 else 4) for i in range(len(ids))]
+    perturbed = table[train].copy()
+    perturbed["variant"] = "first"
+    perturbed["n_correct"] = perturbed["n_correct"] // 2
+    both = pa.Table.from_pandas(pd.concat([table.astype({"variant": str}), perturbed.astype({"variant": str})]),
+                                preserve_index=False)
+    out = robustness(prepare(load_records([write(both, tmp_path / "r.parquet")])), 0.1).set_index("premem_bin")
+    assert out.loc["[0.0, 0.2)", "original_acc"] == 0 and np.isnan(out.loc["[0.0, 0.2)", "retained"])
+    assert out.loc["[0.4, 0.6)", "original_acc"] == 0.5 and out.loc["[0.8, 1.0]", "original_acc"] == 1.0
+    assert out.loc["[0.4, 0.6)", "retained"] == out.loc["[0.8, 1.0]", "retained"] == 0.5
 
 
 # ------------------------------------------------------------------------------------- bad input

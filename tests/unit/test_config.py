@@ -229,10 +229,11 @@ def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
     summary = Summary(Fit(0.9, 0.01, 0.93, 24), 0.1, 6, (0.02, 0.45), None, {}, ok=True)
     summary.robustness = pd.DataFrame({"variant": ["first"] * 2, "premem_bin": ["[0.0, 0.5)", "[0.5, 1.0]"],
                                        "n": [10, 20], "premem_mean": [0.2, 0.8], "original_acc": [0.3, 0.9],
-                                       "perturbed_acc": [0.1, 0.85], "acc_drop": [0.2, 0.05]})
+                                       "perturbed_acc": [0.1, 0.85], "acc_drop": [0.2, 0.05],
+                                       "retained": [1 / 3, 0.85 / 0.9]})
     paths = sweep_paths("/tmp/x", "s")
     assert "robustness (variant 'first'" in summary.text("sqlite:///x", paths)
-    assert "| [0.0, 0.5) | 10 | 0.300 | 0.100 | +0.200 |" in summary.description(paths, None)
+    assert "| [0.0, 0.5) | 10 | 0.300 | 0.100 | +0.200 | 0.333 |" in summary.description(paths, None)
 
 
 def test_gpu_commands_run_the_gpu_grid_not_the_cpu_demo(monkeypatch):
