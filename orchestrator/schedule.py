@@ -296,6 +296,9 @@ def trial_timings(started: float, ended: float, last_metrics: dict | None) -> di
 
 
 # ------------------------------------------------------------------------------- progress and sweep
+ETA_WINDOW = 8  # evaluations the ETA's pace is measured over
+
+
 @dataclass
 class Progress:
     total_trials: int
@@ -310,6 +313,7 @@ class Progress:
     timings: dict = field(default_factory=dict)  # run_id -> phases of the trial's wall time (run_trial)
     trial_started: dict = field(default_factory=dict)  # run_id -> when Tune started the trial
     monitor_error: str | None = None  # the sampling pool was lost: evaluations stopped coming back
+    came_back_at: list = field(default_factory=list)  # when each evaluation of this driver came back (time.time())
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
@@ -318,11 +322,27 @@ class Progress:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, lock=threading.Lock())
 
-    def line(self) -> str:
-        elapsed = time.time() - self.started
+    def came_back(self, n: int, now: float | None = None) -> None:
+        """`n` evaluations (finished or failed) came back from the pool; call with the lock held."""
+        self.came_back_at += [time.time() if now is None else now] * n
+
+    def seconds_per_evaluation(self, now: float) -> float:
+        """The pace of the last ETA_WINDOW evaluations, counted up to `now` (a stall slows it). Not the
+        sweep's mean: samplers share the CPUs with training until the last trial ends and then speed up, and
+        evaluations a resumed sweep found done took no time in this driver. NaN before any came back."""
+        times = self.came_back_at
+        if not times:
+            return float("nan")
+        if len(times) <= ETA_WINDOW:
+            return (now - self.started) / len(times)
+        return (now - times[-ETA_WINDOW - 1]) / ETA_WINDOW
+
+    def line(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        elapsed = now - self.started
         queued = self.total_trials - len(self.running) - len(self.done) - len(self.failed)
         finished = self.evaluated + self.eval_failed
-        eta = elapsed / finished * (self.expected_checkpoints - finished) if finished else float("nan")
+        eta = self.seconds_per_evaluation(now) * (self.expected_checkpoints - finished)
         eta_text = f"{eta / 60:4.1f}m" if eta == eta else "  ?  "
         return (f"trials {queued} queued {len(self.running)} running {len(self.done)} done {len(self.failed)} failed"
                 f" | checkpoints {self.trained}/{self.expected_checkpoints} trained {self.evaluated} evaluated"
@@ -487,6 +507,7 @@ def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Ev
         with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
             progress.evaluated += len(finished)
             progress.eval_failed += len(failed)
+            progress.came_back(len(finished) + len(failed))
             all_back = progress.evaluated + progress.eval_failed >= progress.trained
         if stop.is_set() and all_back:
             return

@@ -314,3 +314,27 @@ def test_every_yaml_under_conf_composes_and_validates(group, option, monkeypatch
         return  # they need an HF model directory and dataset files; test_bad_config covers those checks
     validate(cfg)
     expand_grid(cfg, "x")
+
+
+def test_the_eta_follows_the_recent_pace_of_evaluation():
+    """Samplers share the CPUs with training and speed up when it ends: the ETA follows the last few
+    evaluations, not the sweep's mean; a resumed sweep's earlier evaluations do not count as instant ones."""
+    from orchestrator import schedule
+
+    progress = schedule.Progress(total_trials=6, expected_checkpoints=44, started=0.0)
+    assert "ETA   ?  " in progress.line(now=100.0)
+    for i in range(1, 9):  # while trials train: one checkpoint a minute
+        progress.evaluated += 1
+        progress.came_back(1, now=60.0 * i)
+    assert "ETA 36.0m" in progress.line(now=480.0)  # 36 left at 60 s each
+    for i in range(1, 9):  # training over: one every 15 s
+        progress.evaluated += 1
+        progress.came_back(1, now=480.0 + 15.0 * i)
+    assert "ETA  7.0m" in progress.line(now=600.0)  # 28 left at 15 s each, not at the mean of 37.5 s
+    assert "ETA 14.0m" in progress.line(now=720.0)  # two minutes with none back: the pace halves
+
+    resumed = schedule.Progress(total_trials=6, expected_checkpoints=44, started=1000.0, evaluated=40)
+    assert "ETA   ?  " in resumed.line(now=1010.0)
+    resumed.evaluated += 1
+    resumed.came_back(1, now=1030.0)
+    assert "ETA  1.5m" in resumed.line(now=1030.0)  # 3 left at 30 s, not 3 x 30 s / 41
