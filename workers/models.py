@@ -40,8 +40,17 @@ def build_tiny_model(tokenizer, hidden_size: int, num_layers: int, num_heads: in
     return LlamaForCausalLM(config)
 
 
+def without_progress_bars() -> None:
+    """transformers draws a bar per save ("Writing model shards") and per load ("Loading weights"): stray lines
+    in the driver's terminal (the base build, curation's IFD scores) and one per checkpoint in worker logs."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
     """Save an HF directory (config, safetensors, tokenizer) under a temp name, then rename into place."""
+    without_progress_bars()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -65,6 +74,7 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 
+    without_progress_bars()
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
     return model.to(device)
 

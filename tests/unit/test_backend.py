@@ -109,3 +109,18 @@ def test_stop_detector_ends_a_row_at_the_token_that_completes_the_stop(tiny_mode
     assert stop in tok.decode(ids[: first + 1]) and stop not in tok.decode(ids[:first])
     eos = torch.tensor([tok.eos_token_id])
     assert detector.ended(eos, eos[None], torch.tensor([0]), 0)[0]
+
+
+def test_saving_and_loading_a_model_draw_no_progress_bars(tiny_model_dir, tmp_path, capfd):
+    """The driver's terminal (base build, IFD scores) and worker logs get no transformers bar per save or load."""
+    from transformers.utils import logging as transformers_logging
+
+    from workers.models import load_model, load_tokenizer, save_pretrained_atomic
+
+    transformers_logging.enable_progress_bar()  # as a fresh process has it
+    model = load_model(str(tiny_model_dir))
+    transformers_logging.enable_progress_bar()
+    save_pretrained_atomic(model, load_tokenizer(str(tiny_model_dir)), tmp_path / "copy")
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and "Writing model shards" not in out + err
+    assert (tmp_path / "copy" / "model.safetensors").is_file()
