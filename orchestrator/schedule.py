@@ -57,7 +57,11 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
     (without one, until `log_ray_to` names it)."""
     env = job_env()
     os.environ.update(env)
-    if log_dir is None and not ray.is_initialized():
+    # before ray.init, whose own warnings (token authentication on a new head) would otherwise reach the terminal
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        _route_ray_loggers(logging.FileHandler(log_dir / "ray_driver.log"))
+    elif not ray.is_initialized():
         _route_ray_loggers(logging.NullHandler())  # the terminal is ours; the file comes with the sweep's directory
     if not ray.is_initialized():
         kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
@@ -70,7 +74,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
 
             reaper.start(ray._private.worker._global_node.get_session_dir_path())
     if log_dir is not None:
-        log_ray_to(log_dir)
+        _link_ray_logs(log_dir)
 
 
 def log_ray_to(log_dir: Path) -> None:

@@ -338,3 +338,39 @@ def test_the_eta_follows_the_recent_pace_of_evaluation():
     resumed.evaluated += 1
     resumed.came_back(1, now=1030.0)
     assert "ETA  1.5m" in resumed.line(now=1030.0)  # 3 left at 30 s, not 3 x 30 s / 41
+
+
+def test_rays_start_up_warnings_go_to_the_sweeps_log_not_the_terminal(monkeypatch, tmp_path, capsys):
+    """ray.init warns on a new head (token authentication); with a log directory that line goes to its
+    ray_driver.log, as everything Ray logs afterwards does."""
+    import logging
+
+    import ray
+
+    from orchestrator import reaper, schedule
+
+    started = []
+
+    def init(**kwargs):
+        logging.getLogger("ray._private.authentication.authentication_token_setup").warning(
+            "Token authentication is enabled for this Ray cluster.")
+        started.append(kwargs)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(started))
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(reaper, "start", lambda session_dir: None)
+    node = type("Node", (), {"get_session_dir_path": lambda self: str(tmp_path / "session")})()
+    monkeypatch.setattr(ray._private.worker, "_global_node", node, raising=False)
+    monkeypatch.setattr(schedule, "_link_ray_logs", lambda log_dir: None)
+    monkeypatch.setattr(schedule, "job_env", lambda: {})
+    loggers = {name: logging.getLogger(name) for name in ("ray", "ray.tune", "ray.train", "ray.data")}
+    for name, logger in loggers.items():
+        monkeypatch.setattr(logger, "handlers", [logging.StreamHandler()])  # as Ray sets them up on import
+        monkeypatch.setattr(logger, "propagate", False)
+    schedule.init_ray(None, 1, 0, tmp_path / "logs")
+    assert started
+    out, err = capsys.readouterr()
+    assert "Token authentication" not in out + err
+    for handler in loggers["ray"].handlers:
+        handler.flush()
+    assert "Token authentication" in (tmp_path / "logs" / "ray_driver.log").read_text()
