@@ -5,6 +5,7 @@ The only module that writes to MLflow. Metric names are the records' vocabulary.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import subprocess
@@ -32,6 +33,11 @@ NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdo
 PARENT_METRICS = ("premem_r2_identity", "premem_r2", "premem_slope", "premem_intercept", "premem_n_points",
                   "premem_n_missing", "nll_threshold", "train_acc_r2_identity", "train_acc_r2", "train_nll_r2",
                   *(f"store_{when}_{kind}_bytes" for when in ("written", "kept") for kind in ("weights", "engine", "records")))
+
+
+# mlflow announces at INFO that it creates (or migrates) a SQLite store's tables: two lines in the terminal on a
+# store's first sweep, nothing to act on
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 class TrackingError(RuntimeError):

@@ -142,3 +142,19 @@ def test_references_longer_than_the_sampler_may_write_are_named_before_the_sweep
     suggested = int(note.rsplit("sampler.max_new_tokens=", 1)[1].split()[0])
     assert suggested > 64 and cut_answers_note(specs, models, suggested) is None
     assert note.count("task skills") == 1  # one line per task and model, not per trial
+
+
+def test_a_base_build_writes_only_its_progress_lines(tmp_path, capfd, monkeypatch):
+    """The build's child process says nothing on the terminal but its progress: no DeepSpeed accelerator
+    warning, no transformers bar (the first lines a new user sees from `make sweep`)."""
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    lines = []
+    from workers.settings import BaseStage
+    from workers.train import build_base_model_reproducibly
+
+    build_base_model_reproducibly(tmp_path / "base", BaseStage(n_examples=64, epochs=1, batch_size=16),
+                                  {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
+                                  {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=1, log=lines.append)
+    out, err = capfd.readouterr()
+    assert lines and all(line.startswith("base model: step ") for line in lines)
+    assert out == "" and err == "", err

@@ -57,3 +57,16 @@ def test_a_write_that_reached_the_store_before_the_connection_broke_is_not_repea
     assert _history(tracker, run, "train_acc") == [(8, 0.25), (16, 0.5)]
     assert _history(tracker, run, "test_acc") == [(16, 0.4)]
     assert run not in tracker.unsure
+
+
+def test_a_new_sqlite_store_is_created_without_lines_on_the_terminal(tmp_path):
+    """mlflow's INFO lines about creating a SQLite store's tables stay off a sweep's terminal."""
+    import subprocess
+    import sys
+
+    code = ("import orchestrator.tracking; from mlflow import MlflowClient; "
+            f"MlflowClient('sqlite:///{tmp_path}/mlflow.db').search_experiments()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "Creating initial MLflow database tables" not in done.stdout + done.stderr, done.stderr
