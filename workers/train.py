@@ -333,7 +333,7 @@ def build_base_model_reproducibly(out_dir: str | Path, stage: BaseStage, task: d
     on any thread count, so a fresh store rebuilds a cached base model exactly (and this process's torch
     threads stay as they were). Its progress lines go to `log`."""
     spec = {"out_dir": str(out_dir), "stage": asdict(stage), "task": task, "prompt": prompt, "threads": threads}
-    # The build runs on CPU; saving the model imports DeepSpeed, which would warn on stderr that it found no GPU.
+    # The build runs on CPU; saving the model imports DeepSpeed, which would print a warning that it found no GPU.
     env = {**os.environ, **REPRODUCIBLE_MKL, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     child = subprocess.Popen([sys.executable, "-u", "-m", "workers.train", json.dumps(spec)], stdout=subprocess.PIPE,
                              text=True, env=env)
