@@ -276,7 +276,8 @@ def run_rounds(cfg: DictConfig, base: DictConfig, paths: SweepPaths, splits, cur
             # written last: its presence marks the round planned, its data written (what --resume goes on from)
             plan_json = write_text_atomic(round_paths.file("plan.json"),
                                           json.dumps([asdict(s) for s in specs], indent=1))
-            print(f"round {round_no}: {len(specs)} runs -> {round_paths.sweep}")
+            print(f"round {round_no}: {len(specs)} runs -> {round_paths.sweep} (its summary fits premem across these "
+                  "runs' last checkpoints, one trial on different data; the curation's result is the curve at the end)")
             round_parent = tracker.start_sweep(round_paths.sweep_id, round_cfg.sweep.name, round_yaml, plan_json,
                                                parent)
             children = {s.run_id: tracker.start_trial(round_parent, s.run_id, s.label, trial_params(s)) for s in specs}
