@@ -5,6 +5,7 @@ All Ray actor plumbing of the orchestrator lives here.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -59,8 +60,7 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
     os.environ.update(env)
     # before ray.init, whose own warnings (token authentication on a new head) would otherwise reach the terminal
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _route_ray_loggers(logging.FileHandler(log_dir / "ray_driver.log"))
+        _route_ray_loggers(_ray_log_file(log_dir))
     elif not ray.is_initialized():
         _route_ray_loggers(logging.NullHandler())  # the terminal is ours; the file comes with the sweep's directory
     if not ray.is_initialized():
@@ -78,9 +78,13 @@ def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, lo
 
 
 def log_ray_to(log_dir: Path) -> None:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    _route_ray_loggers(logging.FileHandler(log_dir / "ray_driver.log"))
+    _route_ray_loggers(_ray_log_file(log_dir))
     _link_ray_logs(log_dir)
+
+
+def _ray_log_file(log_dir: Path) -> logging.FileHandler:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return logging.FileHandler(log_dir / "ray_driver.log")
 
 
 def _route_ray_loggers(handler: logging.Handler) -> None:
@@ -317,7 +321,8 @@ class Progress:
     timings: dict = field(default_factory=dict)  # run_id -> phases of the trial's wall time (run_trial)
     trial_started: dict = field(default_factory=dict)  # run_id -> when Tune started the trial
     monitor_error: str | None = None  # the sampling pool was lost: evaluations stopped coming back
-    came_back_at: list = field(default_factory=list)  # when each evaluation of this driver came back (time.time())
+    # when the last evaluations of this driver came back (time.time()): the ETA's window and one before it
+    came_back_at: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ETA_WINDOW + 1))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
@@ -328,7 +333,7 @@ class Progress:
 
     def came_back(self, n: int, now: float | None = None) -> None:
         """`n` evaluations (finished or failed) came back from the pool; call with the lock held."""
-        self.came_back_at += [time.time() if now is None else now] * n
+        self.came_back_at.extend([time.time() if now is None else now] * n)
 
     def seconds_per_evaluation(self, now: float) -> float:
         """The pace of the last ETA_WINDOW evaluations, counted up to `now` (a stall slows it). Not the
@@ -339,7 +344,7 @@ class Progress:
             return float("nan")
         if len(times) <= ETA_WINDOW:
             return (now - self.started) / len(times)
-        return (now - times[-ETA_WINDOW - 1]) / ETA_WINDOW
+        return (now - times[0]) / ETA_WINDOW
 
     def line(self, now: float | None = None) -> str:
         now = time.time() if now is None else now

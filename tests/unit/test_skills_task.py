@@ -96,7 +96,7 @@ def test_the_tiny_base_model_is_pretrained_on_the_tasks_own_text(tmp_path):
     assert (out / "config.json").is_file()
 
 
-def _small_base(out, threads: int, seed: int = 0):
+def _small_base(out, threads: int, seed: int = 0, log=lambda _: None):
     """The driver's way: a child process with MKL in strict mode."""
     from workers.settings import BaseStage
     from workers.train import build_base_model_reproducibly
@@ -104,7 +104,7 @@ def _small_base(out, threads: int, seed: int = 0):
     stage = BaseStage(n_examples=64, epochs=1, batch_size=16, seed=seed)  # the default model's sizes
     return build_base_model_reproducibly(out, stage, {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
                                          {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=threads,
-                                         log=lambda _: None)
+                                         log=log)
 
 
 def _weights(path):
@@ -149,12 +149,7 @@ def test_a_base_build_writes_only_its_progress_lines(tmp_path, capfd, monkeypatc
     warning, no transformers bar (the first lines a new user sees from `make sweep`)."""
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
     lines = []
-    from workers.settings import BaseStage
-    from workers.train import build_base_model_reproducibly
-
-    build_base_model_reproducibly(tmp_path / "base", BaseStage(n_examples=64, epochs=1, batch_size=16),
-                                  {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
-                                  {"question_suffix": "\nAnswer:", "stop": "\nDone."}, threads=1, log=lines.append)
+    _small_base(tmp_path / "base", 1, log=lines.append)
     out, err = capfd.readouterr()
     assert lines and all(line.startswith("base model: step ") for line in lines)
     assert out == "" and err == "", err
