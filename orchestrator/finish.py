@@ -59,6 +59,8 @@ class Summary:
             return [f"note: premem R² needs at least 2 evaluated checkpoints with distinct premem train accuracy; "
                     f"this sweep has {n} (more trials or save points give a fit)"]
         lo, hi = self.test_acc_range
+        if hi - lo < MIN_TEST_SPREAD:
+            return [self.no_spread_line()]
         lines = [f"premem R² = {self.fit.r2_identity:.3f} against y = x (test acc = premem train acc); fitted line "
                  f"R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem + {self.fit.intercept:.3f}); "
                  f"{self.fit.n_points} checkpoints of {self.n_trials} trials, τ = {self.tau:g}"]
@@ -68,10 +70,18 @@ class Summary:
         lines.append(f"test accuracy across checkpoints: {lo:.3f} .. {hi:.3f} (spread {hi - lo:.3f})")
         return lines
 
+    def no_spread_line(self) -> str:
+        """Why no R² is printed: the checkpoints' test accuracies (nearly) coincide, so R² measures noise."""
+        lo, hi = self.test_acc_range
+        return (f"no fit: test accuracy spans only {lo:.3f} .. {hi:.3f} across these {self.fit.n_points} checkpoints "
+                f"of {self.n_trials} trials (less than {MIN_TEST_SPREAD:g}), so an R² against it would measure noise, "
+                "not premem; a sweep whose runs differ in test accuracy gives one")
+
     def description(self, paths: SweepPaths, plot_artifact: str | None) -> str:
         """The parent run's description in the MLflow UI (markdown): the fit, the baselines, the plot."""
         lines = [f"**premem sweep** `{paths.sweep_id}`: {self.n_trials} trials; store `{paths.sweep}`", ""]
-        if self.fit is not None and self.fit.n_points >= 2:
+        spread = self.test_acc_range[1] - self.test_acc_range[0]
+        if self.fit is not None and self.fit.n_points >= 2 and spread >= MIN_TEST_SPREAD:
             lines += ["| predictor of test accuracy | R² against y = x | R² fitted line | slope | intercept |",
                       "|---|---|---|---|---|",
                       f"| pre-memorization train accuracy (τ = {self.tau:g}) | **{self.fit.r2_identity:.3f}** | "
@@ -133,6 +143,7 @@ class Summary:
         return "\n".join(lines)
 
 
+MIN_TEST_SPREAD = 0.05  # test accuracy must span at least this across checkpoints for an R² to be printed
 BASELINES = {"train_acc": "train accuracy", "ref_nll_mean": "train NLL (reference solutions)"}
 
 
@@ -148,7 +159,7 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     from analysis.plots import scatter_premem_vs_test
 
     tau = float(cfg.sweep.nll_threshold)
-    record_files = paths.record_files(ORIGINAL)
+    record_files = trial_record_files(paths, specs, ORIGINAL)  # a point dropped from the command is not fitted
     missing = missing_checkpoints(paths, specs, record_files)
     if not record_files:
         for child in children.values():
@@ -198,8 +209,8 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     summary = Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
                       ok=not missing, missing=missing, baselines=baselines)
     variant = cfg.sweep.robustness_variant
-    if variant and paths.record_files(variant):
-        summary.robustness = robustness_table(paths, tau, variant, tracker, parent)
+    if variant and trial_record_files(paths, specs, variant):
+        summary.robustness = robustness_table(paths, specs, tau, variant, tracker, parent)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
     summary.store_bytes = store_bytes(paths)  # measured: after the robustness pass and every eviction
@@ -209,11 +220,17 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     return summary
 
 
-def robustness_table(paths: SweepPaths, tau: float, variant: str, tracker, parent: str):
+def trial_record_files(paths: SweepPaths, specs: list[TrialSpec], variant: str) -> list[str]:
+    """The records of `variant` of these trials (a sweep dir may hold trials that the command no longer names)."""
+    run_ids = {spec.run_id for spec in specs}
+    return [f for f in paths.record_files(variant) if io.name(io.parent(f)) in run_ids]
+
+
+def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, variant: str, tracker, parent: str):
     """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
     from analysis.curate import robustness
 
-    files = paths.record_files(ORIGINAL) + paths.record_files(variant)
+    files = trial_record_files(paths, specs, ORIGINAL) + trial_record_files(paths, specs, variant)
     table = robustness(prepare(load_records(files)), tau)
     out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
                             json.dumps(table.to_dict(orient="records"), indent=1))

@@ -285,7 +285,7 @@ class Grader:
     in `workers` child processes side by side (sympy is single-threaded; a GPU node's sampler has cores)."""
 
     def __init__(self, task: str, timeout_s: float = 5.0, workers: int = 1):
-        if task not in ("gsm8k", "math"):
+        if task not in ("gsm8k", "math", "choices"):
             raise ValueError(f"no grader for task {task!r}")
         self.task = task
         self.verifiers = [MathVerifier(timeout_s) for _ in range(workers)] if task == "math" else []
@@ -295,6 +295,10 @@ class Grader:
     def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
         if self.task == "gsm8k":
             return [grade_gsm8k(c, g) for c, g in zip(completions, golds)]
+        if self.task == "choices":  # a verifier: the gold is the question's chain, not a number
+            from workers.tasks.choices import grade_choices
+
+            return [grade_choices(c, g) for c, g in zip(completions, golds)]
         extracted = [last_boxed(c) for c in completions]
         # k samples of a question often box the same answer: each distinct (answer, gold) is decided once,
         # by the cheap check where it can, else by math-verify

@@ -7,7 +7,8 @@ __all__ = ["Example", "PromptFormat", "Splits", "GENERATED", "TASK_ARGS", "gener
 
 # The built-in tasks, generated offline from a seed (each module: make_examples, make_splits, new_examples for
 # curation, parse_problem); gsm8k and math are read from files.
-GENERATED = {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills"}
+GENERATED = {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills",
+             "choices": "workers.tasks.choices"}
 
 
 def generator(name: str):
