@@ -28,6 +28,32 @@ def has_sweep(overrides: list[str]) -> bool:
         return False
 
 
+def command_line_fields(overrides: list[str]) -> set[str]:
+    """The config fields the overrides set to one value (`train.lr=3e-3`, `+a.b=1`, `++a.b=1`): no sweep, deletion,
+    config-group choice (`sweep=small`), `hydra.*` or `sweep.*` (which edit the grid itself). The command line wins
+    over a preset's grid axis over such a field (orchestrator.plan.without_axes). A bad override yields nothing
+    here: the caller's compose names it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from orchestrator.config import CONF_DIR
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in overrides if a not in SWEEP_FLAGS])
+    except HydraException:
+        return set()
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    fields = {o.key_or_group: o.input_line for o in parsed
+              if not (o.is_sweep_override() or o.is_delete() or o.package is not None or "/" in o.key_or_group
+                      or o.key_or_group in groups or o.key_or_group.split(".")[0] in ("hydra", "sweep"))}
+    for o in parsed:
+        field = o.key_or_group.removeprefix("sweep.grid.")
+        if o.key_or_group.startswith("sweep.grid.") and field in fields and not o.is_delete():
+            raise ConfigError(f"{field}: given twice on the command line, as {fields[field].lstrip('+')} and as "
+                              f"{o.input_line.lstrip('+')}; keep one")
+    return set(fields)
+
+
 def sweep_jobs(config_loader, master: DictConfig, arguments: list[str]) -> list[tuple[dict, DictConfig]]:
     """(swept values, composed config) per job of the overrides' cartesian product, in Hydra's order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

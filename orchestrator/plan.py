@@ -105,29 +105,37 @@ def expand_grid(cfg: DictConfig, sweep_id: str) -> list[TrialSpec]:
     return specs_from_points(grid_points(cfg), sweep_id)
 
 
-def expand_jobs(jobs: list[tuple[dict, DictConfig]], sweep_id: str) -> list[TrialSpec]:
+def expand_jobs(jobs: list[tuple[dict, DictConfig]], sweep_id: str, fixed: set[str] = frozenset()) -> list[TrialSpec]:
     """One sweep from Hydra's sweep (`-m a=1,2 model=x,y`, `hydra.sweeper.params`): each job is its swept values
-    and its composed config, multiplied by the job's own sweep.grid. A field swept by Hydra replaces the grid's
-    axis over it (overrides win, as everywhere in Hydra); one inside a linked axis is refused, since the axis
-    would set it too."""
+    and its composed config, multiplied by the job's own sweep.grid. A field swept by Hydra, or set to one value
+    on the command line (`fixed`), replaces the grid's axis over it (overrides win, as everywhere in Hydra); one
+    inside a linked axis is refused, since the axis would set it too."""
     points = []
     for job_index, (job_values, cfg) in enumerate(jobs):
-        cfg = without_axes(cfg, set(job_values))
+        cfg = without_axes(cfg, fixed)
+        cfg = without_axes(cfg, set(job_values), SWEPT)
         prefix = f"sweep job {job_index} ({' '.join(f'{k}={_short(v)}' for k, v in job_values.items())}): "
         points += [({**job_values, **values}, trial) for values, trial in grid_points(cfg, prefix)]
     return specs_from_points(points, sweep_id)
 
 
-def without_axes(cfg: DictConfig, fields: set[str]) -> DictConfig:
-    """cfg with the sweep.grid axes over `fields` dropped (ConfigError for a field a linked axis sets)."""
+SWEPT = "swept on the command line (or hydra.sweeper.params) and set"
+SET = "set on the command line and"
+
+
+def without_axes(cfg: DictConfig, fields: set[str], how: str = SET) -> DictConfig:
+    """cfg with the sweep.grid axes over `fields` (given on the command line: `how`) dropped, so that the command
+    line's value is the trials' value; ConfigError for a field that a linked axis sets with others."""
+    if not fields:
+        return cfg
     grid = flatten_grid(OmegaConf.to_container(cfg.sweep.grid, resolve=True))
     kept = {}
     for key, values in grid.items():
         linked = {f for v in values if isinstance(v, dict) for f in flatten_grid(v)} if isinstance(values, list) else set()
         clash = sorted(linked & fields)
         if clash:
-            raise ConfigError(f"{clash[0]}: swept on the command line (or hydra.sweeper.params) and set by the linked "
-                              f"axis sweep.grid.{key}; drop one (e.g. ~sweep.grid.{key})")
+            raise ConfigError(f"{clash[0]}: {how} by the linked axis sweep.grid.{key}; drop one (e.g. "
+                              f"~sweep.grid.{key}, or give {clash[0]} in each of the axis's values)")
         if key not in fields:
             kept[key] = values
     trial = cfg.copy()

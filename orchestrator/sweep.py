@@ -49,33 +49,42 @@ def plan(overrides: list[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
     swept = any(a in multirun.SWEEP_FLAGS for a in overrides) or multirun.has_sweep(overrides)
     cfg, params = (None, {}) if swept else compose_with_sweeper_params(overrides)
     if swept or params:
-        return plan_jobs(*multirun.compose_jobs(overrides))
+        return plan_jobs(*multirun.compose_jobs(overrides), fixed=multirun.command_line_fields(overrides))
     return plan_sweep(overrides, cfg)
 
 
 def plan_sweep(overrides: list[str], cfg: DictConfig | None = None) -> tuple[DictConfig, str, list[TrialSpec]]:
     """Config, sweep id and trial specs (of `cfg` when already composed from the overrides); raises ConfigError
-    before anything is written."""
+    before anything is written. A field the overrides set to one value replaces the grid's axis over it."""
+    from orchestrator.multirun import command_line_fields
+
     cfg = cfg if cfg is not None else compose_config(overrides)
-    return checked_plan(cfg, [], lambda sweep_id: expand_grid(cfg, sweep_id))
+    return checked_plan(cfg, [], expand_grid, command_line_fields(overrides))
 
 
-def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]]) -> tuple[DictConfig, str, list[TrialSpec]]:
-    """plan_sweep for a Hydra sweep: the base config (no sweep override applied) and each job's composed config."""
+def plan_jobs(base: DictConfig, jobs: list[tuple[dict, DictConfig]],
+              fixed: set[str] = frozenset()) -> tuple[DictConfig, str, list[TrialSpec]]:
+    """plan_sweep for a Hydra sweep: the base config (no sweep override applied), each job's composed config and
+    the fields the command line sets to one value."""
     from orchestrator.plan import expand_jobs
 
-    return checked_plan(base, [cfg for _, cfg in jobs], lambda sweep_id: expand_jobs(jobs, sweep_id))
+    return checked_plan(base, [cfg for _, cfg in jobs], lambda _, sweep_id: expand_jobs(jobs, sweep_id, fixed),
+                        fixed)
 
 
-def checked_plan(base: DictConfig, job_configs: list[DictConfig], expand) -> tuple[DictConfig, str, list[TrialSpec]]:
+def checked_plan(base: DictConfig, job_configs: list[DictConfig], expand,
+                 fixed: set[str]) -> tuple[DictConfig, str, list[TrialSpec]]:
     """The checks every plan passes before anything is written: credentials out of every config, the base
-    config valid, each trial valid (expand validates them), every dataset file read, every trial's data
-    filling at least one global batch."""
+    config valid, the grid's axes over `fixed` (fields the command line sets) dropped, each trial valid (expand
+    validates them), every dataset file read, every trial's data filling at least one global batch."""
+    from orchestrator.plan import without_axes
+
     for cfg in [base, *job_configs]:
         take_credentials(cfg)
-    validate(base)
+    validate(base)  # a bad value is named before a clash with the grid
+    base = without_axes(base, fixed)
     sweep_id = new_sweep_id(base.sweep.name)
-    specs = expand(sweep_id)
+    specs = expand(base, sweep_id)
     check_task_files(specs)
     expected_checkpoints(specs)  # a trial whose data do not fill one global batch is refused here
     return base, sweep_id, specs

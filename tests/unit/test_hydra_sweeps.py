@@ -6,6 +6,7 @@ import zipfile
 from dataclasses import replace
 
 import pytest
+from omegaconf import OmegaConf
 
 from orchestrator.__main__ import main
 from orchestrator.sweep import plan_sweep
@@ -54,6 +55,62 @@ def test_a_swept_field_replaces_its_grid_axis_and_linked_axes_stay():
     assert len(specs) == 6 and {s.config.train.lr for s in specs} == {1e-4, 1e-3}
     assert {(s.config.task.train_fraction, s.config.train.epochs) for s in specs} == {
         (1.0, 3), (0.25, 12), (0.125, 24)}
+
+
+# ------------------------------------------------------------------ the command line wins over a preset's grid
+def test_a_plain_override_of_a_grid_field_replaces_its_axis(capsys):
+    """conf/config.yaml's own example: `train.lr=3e-3 sweep=small` is ONE trial at lr 3e-3 (sweep=small's grid
+    sweeps train.lr); the printed config's grid no longer has the axis, and the run id says no lr."""
+    cfg, _, specs = plan(["train.lr=3e-3", "sweep=small"])
+    assert [(s.config.train.lr, s.grid_values) for s in specs] == [(3e-3, {})]
+    assert OmegaConf.to_container(cfg.sweep.grid) == {}
+    assert main(["train.lr=3e-3", "sweep=small", "--plan"]) == 0
+    assert capsys.readouterr().out.startswith("plan: 1 trial")
+
+
+def test_under_the_default_grid_only_the_overridden_axis_goes():
+    """The default grid is lr x a linked data regime: `train.lr=3e-3` leaves the three regimes, all at 3e-3;
+    spelled `++train.lr=` alike, with or without -m."""
+    for argv in (["train.lr=3e-3"], ["++train.lr=3e-3"], ["-m", "train.lr=3e-3"]):
+        _, _, specs = plan(argv)
+        assert {s.config.train.lr for s in specs} == {3e-3}, argv
+        assert [(s.config.task.train_fraction, s.config.train.epochs) for s in specs] == [
+            (1.0, 3), (0.25, 12), (0.125, 24)], argv
+
+
+def test_a_plain_override_beside_a_hydra_sweep_replaces_its_axis_too():
+    _, _, specs = plan(["-m", "sweep=small", "train.lr=3e-3", "seed=0,1"])
+    assert [(s.config.seed, s.config.train.lr) for s in specs] == [(0, 3e-3), (1, 3e-3)]
+    assert [s.grid_values for s in specs] == [{"seed": 0}, {"seed": 1}]
+
+
+def test_group_choices_and_grid_edits_are_not_field_overrides():
+    """`train=cpu` chooses a config group (it is not the field train.lr); `sweep.grid.*` spells the grid itself:
+    neither drops an axis."""
+    _, _, specs = plan(["sweep=small", "train=cpu"])
+    assert [s.config.train.lr for s in specs] == [1e-3, 3e-3]
+    _, _, specs = plan(["sweep=small", "sweep.grid.train.lr=[3e-4,1e-3,3e-3]"])
+    assert [s.config.train.lr for s in specs] == [3e-4, 1e-3, 3e-3]
+    _, _, specs = plan(["~sweep.grid.regime", "train.epochs=2"])  # the linked axis dropped: the field is free
+    assert {s.config.train.epochs for s in specs} == {2} and len(specs) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train.epochs=1"],  # the default grid's linked axis sets train.epochs in each of its values
+     "error: train.epochs: set on the command line and by the linked axis sweep.grid.regime; drop one "
+     "(e.g. ~sweep.grid.regime, or give train.epochs in each of the axis's values)"),
+    (["-m", "task.train_fraction=0.5", "seed=0,1"],
+     "error: task.train_fraction: set on the command line and by the linked axis sweep.grid.regime"),
+    (["sweep=small", "train.lr=3e-3", "sweep.grid.train.lr=[1e-3,3e-3]"],  # both spellings at once: which?
+     "error: train.lr: given twice on the command line, as train.lr=3e-3 and as sweep.grid.train.lr=[1e-3,3e-3]; "
+     "keep one"),
+])
+def test_a_plain_override_the_grid_cannot_take_is_refused_in_one_line(tmp_path, capsys, argv, message):
+    store = tmp_path / "store"
+    assert main([*argv, f"store.root={store}", "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert not store.exists()
 
 
 @pytest.mark.parametrize("argv,message", [
