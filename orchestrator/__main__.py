@@ -12,7 +12,7 @@ from orchestrator.config import CONF_DIR, ConfigError
 from orchestrator.placement import PlacementError
 from store.io import StorageError
 
-HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg] [hydra overrides ...]
+HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg] [--new] [hydra overrides ...]
 
 {__doc__.strip()}
 
@@ -21,7 +21,10 @@ Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p
         python -m orchestrator cluster=ray train=gpu sampler=vllm_gpu sweep=gpu model=hf model.path=/models/llama3-8b
   -m, --multirun  Hydra's sweep syntax (a=1,2, range(), choice(), glob(), config groups): optional, any sweep
                   override or a preset's hydra.sweeper.params makes the run one premem sweep
-  --plan  print the trials and their checkpoints, start and write nothing
+  --plan  print the trials and their checkpoints, and per trial whether the command runs, continues or skips it
+          (and why); start and write nothing
+  --new   a fresh sweep even where the store has this one (by default the same command continues its sweep:
+          finished trials are not trained again, new grid points are; docs/rerun.md)
   --cfg   print the composed config and exit
 Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]
 Finish an interrupted sweep:  python -m orchestrator.resume SWEEP_DIR
@@ -31,31 +34,56 @@ Finish an interrupted curation: python -m orchestrator.curate --resume CURATION_
 
 def main(argv: list[str] | None = None) -> int:
     from orchestrator import sweep
-    from orchestrator.tracking import TrackingError
+    from orchestrator.config import tracking_uri
+    from orchestrator.tracking import TrackingError, check_tracking
 
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(HELP)
         return 0
     mode = "cfg" if "--cfg" in argv else "plan" if "--plan" in argv else "run"
-    overrides = [a for a in argv if a not in ("--cfg", "--plan")]
+    overrides = [a for a in argv if a not in ("--cfg", "--plan", "--new")]
+    from orchestrator import rerun
+    from orchestrator.lease import Lease, LeaseHeld
+    from store import io
+    from store.layout import sweep_paths
+
     try:  # all checked before anything is written
-        cfg, sweep_id, specs = sweep.plan(overrides)
+        cfg, planned_id, planned = sweep.plan(overrides)
         if mode == "cfg":
             from orchestrator.config import to_yaml
 
             print(to_yaml(cfg))
             return 0
+        sweep_id, specs, _ = rerun.address(cfg, planned_id, planned, fresh="--new" in argv)
+        paths = sweep_paths(cfg.store.root, sweep_id)
         if mode == "plan":
             from orchestrator.cost import plan_text
 
             print(plan_text(specs))
+            print(rerun.status_text(sweep_id, paths, specs, rerun.stored_trials(paths)))
             return 0
-        sweep.check(cfg, specs)
+        io.check_writable(io.normalize(cfg.store.root))  # before the lease file goes there
+        check_tracking(tracking_uri(cfg))
+        lease = Lease(paths.sweep, cfg.sweep.lease_stale_s)
+        lease.acquire(cfg.sweep.lease_wait_s)  # a second driver of this sweep waits for the first
     except (ConfigError, StorageError, TrackingError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return sweep.launch(cfg, sweep_id, specs)
+    except LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with lease:
+        try:
+            # addressed again under the lease: a driver that held it may have stored trials meanwhile
+            sweep_id, specs, stored = rerun.address(cfg, planned_id, planned, fresh="--new" in argv)
+            sweep.connect_and_place(cfg, specs)  # Ray up and able to hold the pool and each trial
+        except (ConfigError, StorageError, TrackingError, PlacementError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if stored:
+            return rerun.continue_sweep(cfg, paths, specs, stored)
+        return sweep.launch(cfg, sweep_id, specs)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,10 @@ class SweepConfig:
     robustness_variant: str = ""
     robustness_prefix: str = "First,"
     color_by: Optional[str] = None  # the config field that colours the runs in the scatter plot; None: the first axis
+    # one driver per sweep (orchestrator/lease.py): a second driver of the same sweep waits this long for the first
+    # (0: says who holds it and exits 1); a lease whose heartbeat is older than lease_stale_s is taken over
+    lease_wait_s: float = 86400.0
+    lease_stale_s: float = 120.0
 
 
 @dataclass
@@ -309,6 +313,8 @@ def validate(cfg: DictConfig, prefix: str = "") -> None:
     _check(not (t.use_gpu and cfg.sweep.name == "default"), f"{prefix}sweep", "default",
            "the CPU demo's grid (lr 1e-3 and 3e-3, up to 24 epochs, 44 checkpoints) is not for train.use_gpu=true: "
            "use sweep=gpu (the paper's settings), sweep=small, or a grid of your own")
+    _check(cfg.sweep.lease_wait_s >= 0, f"{prefix}sweep.lease_wait_s", cfg.sweep.lease_wait_s, "must be >= 0")
+    _check(cfg.sweep.lease_stale_s > 0, f"{prefix}sweep.lease_stale_s", cfg.sweep.lease_stale_s, "must be > 0")
     _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"), f"{prefix}train.placement_strategy",
            t.placement_strategy, "must be PACK, STRICT_PACK or SPREAD")
     _check(t.dist_backend in ("auto", "nccl", "gloo"), f"{prefix}train.dist_backend", t.dist_backend,

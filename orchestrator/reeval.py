@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     not_evaluated = evaluate(pool, jobs, lambda r: log_result(outbox, children[r.run_id], r),
                              lambda job, line, details: log_failure(outbox, children[job["run_id"]], paths, job,
                                                                     line, details))
-    table = robustness_table(paths, float(cfg.sweep.nll_threshold), variant, outbox, parent)
+    table = robustness_table(paths, specs, float(cfg.sweep.nll_threshold), variant, outbox, parent)
     print(f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}")
     print(f"records: {paths.records}")
     unwritten = outbox.close(timeout_s=cfg.tracking.outage_wait_s)

@@ -18,7 +18,7 @@ from orchestrator.plan import TrialSpec
 from orchestrator.sweep import load_stored_config, open_sweep_from_argv, stored_specs
 from store.layout import SweepPaths
 
-ALLOWED = ("tracking.", "cluster.")
+ALLOWED = ("tracking.", "cluster.", "sweep.lease_")
 DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint)
 
 
@@ -50,10 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.sweep import base_models
     from orchestrator.tracking import Tracker, end_abandoned_runs
 
+    from orchestrator.lease import Lease, LeaseHeld
+
     specs = stored_specs(paths)
-    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
-    end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below
-    return resume_sweep(cfg, paths, specs, base_models(specs), tracker)
+    with Lease(paths.sweep, cfg.sweep.lease_stale_s) as lease:
+        try:
+            lease.acquire(cfg.sweep.lease_wait_s)
+        except LeaseHeld as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
+        end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)  # this sweep's too: reopened below
+        return resume_sweep(cfg, paths, specs, base_models(specs), tracker)
 
 
 def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker,
@@ -70,8 +78,9 @@ def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str
         parent, children = tracker.start_sweep(paths.sweep_id, cfg.sweep.name, paths.file("config.yaml"),
                                                paths.file("plan.json"), parent_id), {}
     for spec in specs:
-        if spec.run_id not in children:
+        if spec.run_id not in children:  # a new grid point, or a trial the dead driver had not opened
             children[spec.run_id] = tracker.start_trial(parent, spec.run_id, spec.label, trial_params(spec))
+    children = {spec.run_id: children[spec.run_id] for spec in specs}  # points dropped from the command stay as they are
     for run in [parent, *children.values()]:
         tracker.reopen(run)
     for child in children.values():

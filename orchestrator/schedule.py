@@ -6,6 +6,7 @@ All Ray actor plumbing of the orchestrator lives here.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -453,33 +454,75 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
     thread.start()
     callback = ProgressCallback(progress, on_train_report)
     _keep_credentials_out_of_runtime_envs()
-    if resumed is not None and ray.tune.Tuner.can_restore(tune_dir(paths)):
+    finished = finished_trials(paths) if resumed is not None else set()
+    to_run = [t for t in trials if t["job"].run_id not in finished]
+    experiments = stored_experiments(paths)
+    by_id = {t["job"].run_id: t for t in trials}
+    same = next((name for name, ids in experiments.items()
+                 if set(ids) <= set(by_id) and set(ids) - finished == set(by_id) - finished
+                 and ray.tune.Tuner.can_restore(tune_dir(paths, name))), None)
+    if not to_run:
+        pass  # every trial of the command finished in an earlier pass: only evaluations and the fit are left
+    elif resumed is not None and same is not None:
         # Tune stores a trial's objects (TrainJob, EvalTemplate) as placeholders and does not save the param
         # space; trials it had not created yet (max_concurrent_trials holds them back) resolve them from the one
-        # given here, rebuilt from the same specs
-        tuner = ray.tune.Tuner.restore(tune_dir(paths), _trainable_with_resources(), resume_unfinished=True,
-                                       resume_errored=True, param_space=_param_space(trials))
+        # given here, rebuilt from the same specs, in the order the experiment was given them
+        tuner = ray.tune.Tuner.restore(tune_dir(paths, same), _trainable_with_resources(), resume_unfinished=True,
+                                       resume_errored=True, param_space=_param_space([by_id[i] for i in experiments[same]]))
         # the restored RunConfig carries the dead driver's callbacks; the progress is this driver's
         tuner._local_tuner.get_run_config().callbacks = [callback]
+        tuner.fit()
     else:
-        tuner = _tuner(trials, paths, max_concurrent, callback, max_failures)
-    tuner.fit()
+        # a first pass, or another set of trials than any stored experiment's (a grid grown or cut, or trials
+        # that finished since): a Tune experiment of its own, named by its trials; each unfinished trial's
+        # TorchTrainer still resumes from its Ray Train checkpoint snapshot in the store
+        name = "tune" if not experiments and not io.exists(tune_dir(paths)) else \
+            "tune-" + hashlib.sha256(" ".join(sorted(t["job"].run_id for t in to_run)).encode()).hexdigest()[:8]
+        record_experiment(paths, name, [t["job"].run_id for t in to_run])
+        _tuner(to_run, paths, max_concurrent, callback, max_failures, name).fit()
     stop.set()
     thread.join()
     show(progress, final=True)
     return progress
 
 
-def tune_dir(paths: SweepPaths) -> str:
-    return io.join(paths.sweep, "tune")
+EXPERIMENTS_FILE = "tune_experiments.json"  # Tune experiment name -> the run_ids it was given, in order
+
+
+def tune_dir(paths: SweepPaths, name: str = "tune") -> str:
+    return io.join(paths.sweep, name)
+
+
+def stored_experiments(paths: SweepPaths) -> dict[str, list[str]]:
+    """The sweep's Tune experiments and their trials (a sweep from before the file: `tune`, over plan.json)."""
+    location = paths.file(EXPERIMENTS_FILE)
+    if io.is_file(location):
+        return json.loads(io.read_text(location))
+    if io.exists(tune_dir(paths)) and io.is_file(paths.file("plan.json")):
+        return {"tune": [d["run_id"] for d in json.loads(io.read_text(paths.file("plan.json")))]}
+    return {}
+
+
+def remember_first_experiment(paths: SweepPaths) -> None:
+    """Write down a pre-existing sweep's `tune` experiment's trials before a rerun rewrites plan.json."""
+    if not io.is_file(paths.file(EXPERIMENTS_FILE)) and (experiments := stored_experiments(paths)):
+        io.write_text(paths.file(EXPERIMENTS_FILE), json.dumps(experiments, indent=1))
+
+
+def record_experiment(paths: SweepPaths, name: str, run_ids: list[str]) -> None:
+    experiments = stored_experiments(paths)
+    experiments[name] = run_ids
+    io.write_text(paths.file(EXPERIMENTS_FILE), json.dumps(experiments, indent=1))
 
 
 def finished_trials(paths: SweepPaths) -> set[str]:
-    """run_ids of the trials that Tune's stored experiment marks finished."""
-    if not ray.tune.Tuner.can_restore(tune_dir(paths)):
-        return set()
-    analysis = ray.tune.ExperimentAnalysis(tune_dir(paths))
-    return {t.config["trial"]["job"].run_id for t in analysis.trials if t.status == "TERMINATED"}
+    """run_ids of the trials that one of the sweep's stored Tune experiments marks finished."""
+    done = set()
+    for name in stored_experiments(paths):
+        if ray.tune.Tuner.can_restore(tune_dir(paths, name)):
+            analysis = ray.tune.ExperimentAnalysis(tune_dir(paths, name))
+            done |= {t.config["trial"]["job"].run_id for t in analysis.trials if t.status == "TERMINATED"}
+    return done
 
 
 def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
@@ -555,13 +598,13 @@ def _param_space(trials: list[dict]) -> dict:
 
 
 def _tuner(trials: list[dict], paths: SweepPaths, max_concurrent: int, callback,
-           max_failures: int = 1) -> ray.tune.Tuner:
+           max_failures: int = 1, name: str = "tune") -> ray.tune.Tuner:
     """One Tune trial per trial spec."""
     return ray.tune.Tuner(
         _trainable_with_resources(),
         param_space=_param_space(trials),
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=paths.sweep, verbose=0, callbacks=[callback],
+        run_config=ray.tune.RunConfig(name=name, storage_path=paths.sweep, verbose=0, callbacks=[callback],
                                       # a trial whose own actor is lost restarts; its TorchTrainer then
                                       # resumes from the trial's last checkpoint
                                       failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
