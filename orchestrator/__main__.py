@@ -12,7 +12,7 @@ from orchestrator.config import CONF_DIR, ConfigError
 from orchestrator.placement import PlacementError
 from store.io import StorageError
 
-HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg] [--new] [hydra overrides ...]
+HELP = f"""usage: python -m orchestrator [-m] [--plan | --cfg | --list] [--new] [hydra overrides ...]
 
 {__doc__.strip()}
 
@@ -26,6 +26,7 @@ Config groups (conf/): {', '.join(sorted(p.name for p in CONF_DIR.iterdir() if p
   --new   a fresh sweep even where the store has this one (by default the same command continues its sweep:
           finished trials are not trained again, new grid points are; docs/rerun.md)
   --cfg   print the composed config and exit
+  --list  print the config groups and their presets, one line each, and exit
 Re-evaluate a finished sweep: python -m orchestrator.reeval SWEEP_DIR sampler.variant=NAME [sampler.* ...]
 Finish an interrupted sweep:  python -m orchestrator.resume SWEEP_DIR
 Curation rounds from a sweep: python -m orchestrator.curate SWEEP_DIR [curation=NAME] [curation.* ...]
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(HELP)
+        return 0
+    if "--list" in argv:
+        from orchestrator.config import presets_text
+
+        print(presets_text())
         return 0
     mode = "cfg" if "--cfg" in argv else "plan" if "--plan" in argv else "run"
     overrides = [a for a in argv if a not in ("--cfg", "--plan", "--new")]

@@ -205,6 +205,39 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+# ----------------------------------------------------------------------------------- presets
+def preset_line(path: Path) -> str:
+    """A preset's one-line description: the first sentence of its leading comment (`# @package` lines skipped)."""
+    comment = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            comment.append(line.lstrip("#").strip())
+    text, depth = " ".join(comment), 0
+    for i, char in enumerate(text):  # the first ". " outside parentheses ends the sentence
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "." and depth == 0 and text[i + 1:i + 2] in (" ", ""):
+            return text[:i]
+    return text
+
+
+def presets_text(config_dir: Path = CONF_DIR, width: int = 116) -> str:
+    """conf/'s config groups, each preset on one line with its description; `*` marks the default."""
+    defaults = {}
+    for entry in OmegaConf.load(config_dir / "config.yaml").get("defaults", []):
+        if isinstance(entry, (dict, DictConfig)):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    lines = ["config groups (conf/GROUP/PRESET.yaml; choose with GROUP=PRESET, * = the default):"]
+    for group in sorted(p for p in config_dir.iterdir() if p.is_dir()):
+        lines.append(f"{group.name}:")
+        for preset in sorted(group.glob("*.yaml")):
+            mark = "*" if defaults.get(group.name) == preset.stem else " "
+            line = f"  {mark} {preset.stem:<10} {preset_line(preset)}"
+            lines.append(line if len(line) <= width else line[:width - 3].rstrip() + "...")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- composing
 def compose_config(overrides: list[str], config_dir: Path = CONF_DIR, config_name: str = "config") -> DictConfig:
     """Compose conf/ with command-line overrides through Hydra; schema errors become ConfigError."""

@@ -104,6 +104,26 @@ def test_help_lists_groups(capsys):
     assert "usage: python -m orchestrator" in out and "sampler" in out and "sweep" in out
 
 
+def test_list_shows_every_preset_of_every_group_in_one_line_with_its_comment(capsys):
+    """`python -m orchestrator --list`: each conf/<group>/ a heading, each preset one line with the first sentence
+    of its leading comment (a preset without one fails here), the default of conf/config.yaml marked `*`."""
+    from orchestrator.config import CONF_DIR, preset_line
+
+    assert main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        assert f"{group.name}:" in lines
+        for preset in group.glob("*.yaml"):
+            description = preset_line(preset)
+            assert description and not description.startswith("@package"), preset
+            (line,) = [row for row in lines if row[4:].split(" ", 1)[0] == preset.stem
+                       and lines.index(row) > lines.index(f"{group.name}:")][:1]
+            assert line[4:].split(None, 1)[1].startswith(description[:40].rstrip()), line
+    assert "  * default    The demo sweep" in lines[lines.index("sweep:") + 1]
+    assert any(r.startswith("  * synthetic") for r in lines) and any(r.startswith("    skills") for r in lines)
+    assert preset_line(CONF_DIR / "cluster" / "local.yaml").startswith("A local Ray")
+
+
 def test_a_lost_sampling_pool_is_reported_not_swallowed():
     """The monitor keeps the pool's error; the summary names what never came back."""
     import threading
