@@ -201,7 +201,7 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
                                      "premem_n_missing": len(missing), "nll_threshold": tau,
                                      "train_acc_r2_identity": baselines["train_acc"].r2_identity,
                                      "train_acc_r2": baselines["train_acc"].r2,
-                                     "train_nll_r2": baselines["ref_nll_mean"].r2}, 0)
+                                     "train_nll_r2": baselines["ref_nll_mean"].r2}, fit_step(paths, specs))
         if missing:
             tracker.set_tags(parent, {"premem.missing_checkpoints": ", ".join(missing)[:4000]})
         tracker.log_artifacts(parent, [plot, points_file], "analysis")
@@ -214,10 +214,23 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
     summary.store_bytes = store_bytes(paths)  # measured: after the robustness pass and every eviction
-    tracker.log_metrics(parent, summary.store_bytes, 0)
+    tracker.log_metrics(parent, summary.store_bytes, fit_step(paths, specs))
     tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
     tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     return summary
+
+
+def fit_step(paths: SweepPaths, specs: list[TrialSpec]) -> int:
+    """The parent run's step for this fit's metrics: 0 for the sweep's first, one more each time a rerun fits
+    another set of trials (a grown grid). MLflow shows a metric's newest step, and a step is written once, so
+    rerunning the same command logs nothing twice."""
+    location = paths.file("analysis", "fits.json")
+    fits = json.loads(io.read_text(location)) if io.is_file(location) else []
+    trials = sorted(spec.run_id for spec in specs)
+    if not fits or fits[-1] != trials:
+        fits.append(trials)
+        write_text_atomic(location, json.dumps(fits, indent=1))
+    return len(fits) - 1
 
 
 def trial_record_files(paths: SweepPaths, specs: list[TrialSpec], variant: str) -> list[str]:

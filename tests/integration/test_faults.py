@@ -94,7 +94,7 @@ def reference(cluster, store, mlflow_server, tmp_path_factory):
     """The uninterrupted sweep the faulted ones are compared with, and the nodes its actors ran on (seen from
     their processes while it ran)."""
     known = sweeps_in(store)
-    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+    driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED],
                     tmp_path_factory.mktemp("ref") / "driver.log")
     placement: dict[str, set] = {title: set() for title in ACTORS}
@@ -123,7 +123,7 @@ def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference
 def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, reference, mlflow_server, tmp_path):
     before = process_table()
     known = sweeps_in(store)
-    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+    driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: started_sweep(store, known), what="the sweep dir")
     sweep = started_sweep(store, known)
@@ -149,7 +149,7 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
 def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store, reference, mlflow_server, tmp_path):
     before = process_table()
     known = sweeps_in(store)
-    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+    driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: pids_titled("ray::SamplerActor.evaluate", before), what="an evaluation in progress")
     for pid in pids_titled("ray::SamplerActor.evaluate", before)[:1]:
@@ -162,11 +162,13 @@ def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store,
     report("sampler actor SIGKILLed mid-evaluation", driver.seconds, reference[2])
 
 
-def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, reference, tmp_path):
+def test_killed_driver_is_resumed_without_rerunning_or_duplicating(small_base_models, reference, tmp_path):
     """The embedded default: a local Ray (the driver's own, which dies with it) and MLflow in the store's
-    SQLite file; `orchestrator.resume` finishes the sweep. The kill lands in the first trial, before Tune has
-    created the second (max_concurrent_trials 1): the resumed driver creates it from Tune's restored search."""
+    SQLite file; the same command again finishes the sweep (a store of its own: the reference's store holds
+    the same sweep). The kill lands in the first trial, before Tune has created the second
+    (max_concurrent_trials 1): the rerun creates it from Tune's restored search."""
     before = process_table()
+    store = with_small_base(tmp_path / "store", small_base_models)
     known = sweeps_in(store)
     # the first trial (the one the kill interrupts) has the reference sweep's config: its curve is comparable
     args = [f"store.root={store}", "cluster.num_cpus=2", *FAULT_SWEEP, "sweep.grid.train.lr=[1e-3,3e-3]"]
@@ -178,7 +180,7 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     sweep = started_sweep(store, known)
     assert 0 < len(checkpoints(sweep, "-t00")) < 6 and not checkpoints(sweep, "-t01")
 
-    resume = Driver(["-m", "orchestrator.resume", str(sweep)], tmp_path / "resume.log")
+    resume = Driver(["-m", "orchestrator", *args], tmp_path / "resume.log")  # the same command again
     assert resume.wait() == 0, resume.output
     assert "0 of 2 trials finished" in resume.output
     # the interrupted trial went on from its checkpoint, not from scratch, and trained as if never interrupted
@@ -189,7 +191,8 @@ def test_killed_driver_is_resumed_without_rerunning_or_duplicating(store, refere
     assert len(checkpoints(sweep, "-t01")) == 6 and len(loss_curve(sweep, "-t01")) == 96
     check_exactly_once(sweep, f"sqlite:///{store}/mlflow.db", n_trials=2)
     assert_no_leftovers(before)
-    report("driver SIGKILLed, then orchestrator.resume (2 trials, local Ray)", driver.seconds + resume.seconds,
+    assert "lease: taking the sweep over" in resume.output and sweeps_in(store) == {sweep}
+    report("driver SIGKILLed, then the same command again (2 trials, local Ray)", driver.seconds + resume.seconds,
            2 * reference[2])
 
 
@@ -197,7 +200,7 @@ def test_lost_node_reschedules_the_trial_on_a_live_one(cluster, store, reference
     """Last in the module: it leaves the cluster one trainer node short."""
     before = process_table()
     known = sweeps_in(store)
-    driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+    driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
                      f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
     wait_until(lambda: started_sweep(store, known) and registered(started_sweep(store, known)),
                what="the first registered checkpoint")
@@ -229,7 +232,7 @@ def test_two_sweeps_share_the_cluster_and_one_keeps_only_final_weights(cluster, 
     state, stages checkpoints in its store.local_dir and leaves nothing there; `resume` finds its own pieces."""
     known = sweeps_in(store)
     stage = tmp_path / "stage"
-    common = ["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+    common = ["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
               f"cluster.address={cluster.address}", *SHARED]
     evicting = Driver([*common, "store.keep=final", f"store.local_dir={stage}"], tmp_path / "a.log")
     keeping = Driver(common, tmp_path / "b.log")

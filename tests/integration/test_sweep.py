@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pandas as pd
 import requests
@@ -136,3 +137,56 @@ def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server):
     # Nothing was retrained: still the same four checkpoints.
     assert len(list((sweep_dir / "checkpoints").glob("*/step_*"))) == 4
 
+
+
+# ------------------------------------------------------------------------- rerun is resume (docs/rerun.md)
+def sweep_args(store, mlflow_server, *extra: str) -> list[str]:
+    return ["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
+            "tracking.experiment=integration", *SMALL, *extra]
+
+
+def stored_files(sweep_dir, what: str) -> dict:
+    return {str(p.relative_to(sweep_dir)): p.read_bytes() for p in sorted((sweep_dir / what).rglob("*"))
+            if p.is_file() and p.name != "checkpoint_manager_snapshot.json"}
+
+
+def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, mlflow_server):
+    from tests.integration.exactly_once import assert_mlflow_exactly_once
+
+    store, sweep_dir, _ = sweep
+    records, checkpoints = stored_files(sweep_dir, "records"), stored_files(sweep_dir, "checkpoints")
+    result = _run(sweep_args(store, mlflow_server), timeout=900)
+    assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
+    assert "0 of them new" in result.stdout and "2 of 2 trials finished" in result.stdout, result.stdout
+    assert "0 of them to evaluate" in result.stdout and "premem R² =" in result.stdout
+    assert stored_files(sweep_dir, "records") == records  # byte-identical: nothing evaluated again
+    assert stored_files(sweep_dir, "checkpoints") == checkpoints  # nothing trained again
+    assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=2)  # one parent, found again
+
+
+def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_once(sweep, mlflow_server, tmp_path):
+    """Two drivers of the same grown command at once: one holds the sweep's lease and trains the new point in
+    the same sweep under the same parent run; the other says who holds it, waits, then finds nothing to do. The
+    end-of-sweep fit covers all three trials."""
+    from tests.integration.conftest import Driver
+    from tests.integration.exactly_once import assert_mlflow_exactly_once
+
+    store, sweep_dir, _ = sweep
+    checkpoints = stored_files(sweep_dir, "checkpoints")
+    grown = sweep_args(store, mlflow_server, "sweep.grid.train.lr=[1e-3,3e-3,1e-2]")
+    first = Driver(grown, tmp_path / "first.log")
+    time.sleep(2)
+    second = Driver(grown, tmp_path / "second.log")
+    assert first.wait() == 0, first.output
+    assert second.wait() == 0, second.output
+    waited = next(d for d in (first, second) if "lease: the sweep is held by driver pid" in d.output)
+    trained = first if waited is second else second
+    assert "3 trials, 1 of them new" in trained.output and "2 of 3 trials finished" in trained.output
+    assert "3 of 3 trials finished" in waited.output and "0 of them new" in waited.output
+    assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
+    new = sorted((sweep_dir / "checkpoints").glob("*-t02-lr0.01/step_*"))
+    assert len(new) == 2  # the new point trained once
+    assert {k: v for k, v in stored_files(sweep_dir, "checkpoints").items() if "-t02-" not in k} == checkpoints
+    assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=3)
+    points = pd.read_csv(sweep_dir / "analysis" / "points.csv")
+    assert len(points) == 6 and points.run_id.nunique() == 3  # the fit covers every trial the command names
