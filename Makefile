@@ -57,6 +57,13 @@ bench: $(STAMP)   ## evaluation speed: scorer and sampler vs naive loops, sweep 
 gpu-smoke: gpu-visible $(STAMP)   ## first run on a GPU machine: small sweep, DeepSpeed bf16 + vLLM pool, then the bench
 	$(PY) -m bench.gpu_smoke $(ARGS)
 
+# The packages the lent GPU machine (Python 3.12, its own CUDA torch, no network) lacks, packed for the working
+# tree's trip there: docs/gpu.md. Built with Python 3.12 (pip reads requirements' markers for that version).
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+.PHONY: device-bundle
+device-bundle:   ## cp312 wheels the GPU machine lacks, one tree -> .device-bundle/device-site.tar.xz (fails over 48 MiB)
+	$(PYTHON312) -m bench.device_bundle $(ARGS)
+
 gpu-visible:
 	$(if $(HAS_GPU),,$(error gpu-smoke: no GPU visible (nvidia-smi lists none); it runs on a GPU machine, `make sweep` runs here))
 
