@@ -54,8 +54,11 @@ test-unit: $(STAMP)
 bench: $(STAMP)   ## evaluation speed: scorer and sampler vs naive loops, sweep overhead -> bench.json
 	$(PY) -m bench.evaluation
 
-gpu-smoke: gpu-visible $(STAMP)   ## first run on a GPU machine: small sweep, DeepSpeed bf16 + vLLM pool, then the bench
-	$(PY) -m bench.gpu_smoke $(ARGS)
+# With the bundle of `make device-bundle` (the lent GPU machine: no network, its own torch) it runs from that, else
+# from .venv (a GPU machine after `make setup`, where its vLLM stage runs too).
+SMOKE_BUNDLE := $(wildcard .device-bundle/device-site.tar.xz)
+gpu-smoke: gpu-visible $(if $(SMOKE_BUNDLE),,$(STAMP))   ## the GPU acceptance run, at most 8 minutes -> gpu_smoke.json (docs/gpu.md)
+	$(if $(SMOKE_BUNDLE),mkdir -p /tmp/site && tar -xJf $(SMOKE_BUNDLE) -C /tmp/site && PYTHONPATH=/tmp/site:. python3,$(PY)) -m bench.gpu_smoke $(ARGS)
 
 # The packages the lent GPU machine (Python 3.12, its own CUDA torch, no network) lacks, packed for the working
 # tree's trip there: docs/gpu.md. Built with Python 3.12 (pip reads requirements' markers for that version).
