@@ -1,6 +1,6 @@
 """The `choices` built-in task: seeded and disjoint, references whose own random choices force a true chain, a
-verifier that accepts any valid choices and rejects a memorized answer without its choices, questions that parse
-back, and curation's generator keeping a picked example's shape."""
+verifier that accepts any valid choices and rejects a memorized answer without its choices, the entropy the
+choices carry, questions that parse back, and curation's generator keeping a picked example's shape."""
 import random
 import re
 
@@ -9,67 +9,70 @@ import pytest
 from workers.grading import Grader
 from workers.tasks import choices, load_task
 
-EQUATION = re.compile(r"([-+x\d]+)=(\d+)\.")
+LINE = re.compile(r"(\d+)([-+])(\d+)=(\d+)\.")
 
 
 def test_seeded_disjoint_and_loaded_by_name():
     a = choices.make_splits(seed=3, n_train=300, n_test=100)
     assert [e.solution for e in a.train] == [e.solution for e in choices.make_splits(3, 300, 100).train]
     assert {e.question for e in a.train}.isdisjoint({e.question for e in a.test})
-    loaded = load_task("choices", seed=3, train_fraction=1.0, n_train=300, n_test=100, min_steps=1, max_steps=1,
+    loaded = load_task("choices", seed=3, train_fraction=1.0, n_train=300, n_test=100, min_steps=3, max_steps=4,
                        max_number=20)
     assert loaded.train == a.train and loaded.grader == "choices"
 
 
-def test_every_reference_is_a_true_chain_its_verifier_accepts():
+def test_every_reference_is_a_true_positive_chain_its_verifier_accepts():
     grader = Grader("choices")
     examples = choices.make_examples(0, 400, "check")
     assert all(g.correct for g in grader.grade([e.solution for e in examples], [e.answer for e in examples]))
     for e in examples:
-        lines = EQUATION.findall(e.solution)
-        assert len(lines) >= 3
-        for left, result in lines:
-            assert eval(left.replace("x", "*")) == int(result) > 0, e.solution
+        lines = LINE.findall(e.solution)
+        chain = choices.Chain.from_spec(e.answer)
+        assert len(lines) == len(chain.chosen) + 1
+        for i, (a, sign, n, r) in enumerate(lines):
+            assert (int(a) + int(n) if sign == "+" else int(a) - int(n)) == int(r) > 0, e.solution
+            assert i + 1 == len(lines) or lines[i + 1][0] == r  # each step starts from the last result
 
 
 def test_the_verifier_accepts_any_valid_choices_and_nothing_else():
-    chain = choices.Chain((12, 75), 6, (20, 85), (("sub", 14), ("add", 3)))
+    chain = choices.Chain((12, 31), (("add", (1, 9)), ("sub", (1, 9)), ("add", (1, 9))), ("sub", 14))
     spec = chain.spec
-    assert choices.Chain.from_spec(spec) == chain
+    assert spec == "12-31|+1-9|-1-9|+1-9|-14" and choices.Chain.from_spec(spec) == chain
+    reference = choices.solution_text(chain, (23, 7, 4, 8))
+    assert reference == "23+7=30. 30-4=26. 26+8=34. 34-14=20."
     # a model's own choices, in range, with the count they give: right, whatever the reference chose
-    mine = choices.solution_text(chain, (40, 9, 21))
-    assert choices.grade_choices(mine, spec).correct
-    # the count of the reference's choices written after other choices: wrong (a memorized answer alone)
-    reference_count = chain.final(23, 4, 50)
-    assert not choices.grade_choices(f"Take 40, 9 and 21. ...\n#### {reference_count}", spec).correct
-    # out of range, even with the right count for those numbers
-    assert not choices.grade_choices(choices.solution_text(chain, (76, 4, 50)), spec).correct
-    assert not choices.grade_choices(choices.solution_text(chain, (20, 1, 50)), spec).correct
-    # no choices or no final line: unparsed
-    assert not choices.grade_choices(f"#### {reference_count}", spec).parsed
-    assert not choices.grade_choices("Take 23, 4 and 50. 4x6=24.", spec).parsed
-    # the verifier reads the chain, not the written steps: a wrong step with the right final count passes
-    assert choices.grade_choices(f"Take 23, 4 and 50. 4x6=25.\n#### {chain.final(23, 4, 50)}", spec).correct
+    assert choices.grade_choices(choices.solution_text(chain, (31, 9, 1, 2)), spec).correct
+    # the reference's count written after other choices: wrong (a memorized answer without its choices)
+    assert not choices.grade_choices("31+9=40. 40-1=39. 39+2=41. 41-14=20.", spec).correct
+    # a choice out of its range, or a step of the wrong kind, even with the count those numbers give
+    assert not choices.grade_choices(choices.solution_text(chain, (32, 7, 4, 8)), spec).correct
+    assert not choices.grade_choices(choices.solution_text(chain, (23, 10, 4, 8)), spec).correct
+    assert not choices.grade_choices("23+7=30. 30+4=34. 34+8=42. 42-14=28.", spec).parsed
+    # too few steps (the fixed last one missing): unparsed
+    assert not choices.grade_choices("23+7=30. 30-4=26. 26+8=34.", spec).parsed
+    # the verifier reads the choices and the final count, not the other written results
+    assert choices.grade_choices("23+7=31. 30-4=26. 26+8=34. 34-14=20.", spec).correct
+    with pytest.raises(ValueError, match="not a choices-task spec"):
+        choices.Chain.from_spec("42")
 
 
-def test_no_subtotal_is_fixed_by_the_question():
-    """Every line of the chain changes with some choice: nothing of the answer can be memorized as a constant."""
-    chain = choices.make_chain(random.Random(4), 2, 2, 20)
-    lo, hi = chain.first, chain.boxes
-    base = chain.steps(lo[0], hi[0], chain.loose[0])
-    for other in ((lo[0] + 1, hi[0], chain.loose[0]), (lo[0], hi[0] + 1, chain.loose[0]),
-                  (lo[0], hi[0], chain.loose[0] + 1)):
-        assert base[-1][1] != chain.steps(*other)[-1][1]  # the final count moves with each choice
-    # and every written result moves with some choice
-    assert all(a[1] != b[1] for a, b in zip(base, chain.steps(lo[0] + 1, hi[0] + 1, chain.loose[0] + 1)))
+def test_every_result_moves_with_the_choices():
+    """No subtotal is fixed by the question alone: changing any one choice changes the final count."""
+    chain = choices.make_chain(random.Random(4), 4, 4, 20)
+    picked = (chain.start[0] + 1, 2, 2, 2, 2)
+    for i in range(len(picked)):
+        other = tuple(v + (i == j) for j, v in enumerate(picked))
+        assert chain.valid(other) and chain.final(other) != chain.final(picked)
+        assert all(a[3] != b[3] for a, b in zip(chain.steps(picked)[i and i - 1:], chain.steps(other)[i and i - 1:]))
 
 
 def test_the_choices_carry_the_entropy_and_references_differ_per_draw():
-    chain = choices.make_chain(random.Random(1), 1, 1, 20)
+    chain = choices.make_chain(random.Random(1), 3, 3, 20)
     texts = {choices.draw_solution(random.Random(seed), chain) for seed in range(300)}
-    assert len(texts) >= 270
-    assert all(10.0 < choices.choice_entropy_nats(e_chain) < 10.7 for e_chain in
-               (choices.parse_problem(e.question).chain for e in choices.make_examples(0, 200, "h")))
+    assert len(texts) >= 295
+    entropies = [choices.choice_entropy_nats(choices.parse_problem(e.question).chain)
+                 for e in choices.make_examples(0, 200, "h")]
+    assert min(entropies) > 9.4 and max(entropies) < 12.0
 
 
 def test_questions_parse_back_and_curation_keeps_the_shape():
@@ -84,6 +87,6 @@ def test_questions_parse_back_and_curation_keeps_the_shape():
     assert len({e.question for e in new}) == 21 and not {e.question for e in new} & {e.question for e in examples}
     for like, e in zip(likes, new):
         if like is not None:
-            assert [k for k, _ in choices.parse_problem(e.question).chain.forced] == \
-                [k for k, _ in choices.parse_problem(like.question).chain.forced]
+            assert [k for k, _ in choices.parse_problem(e.question).chain.chosen] == \
+                [k for k, _ in choices.parse_problem(like.question).chain.chosen]
         assert choices.grade_choices(e.solution, e.answer).correct
