@@ -284,3 +284,25 @@ def test_a_command_that_stopped_existing_fails_the_check(text, sandbox: Sandbox,
     """The check is not vacuous: a documented command naming what no longer exists fails it."""
     with pytest.raises(AssertionError):
         test_documented_command_runs_as_written(Command("page.md", 1, text), sandbox, request)
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+\s+(.*)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_between_pages_resolves():
+    """A relative link of README.md, CHANGELOG.md or docs/ names a file that exists, and its #anchor a heading of
+    that page (a page or section renamed or removed fails here)."""
+    broken = []
+    for page in [*PAGES, REPO / "CHANGELOG.md"]:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # no links in code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken, broken
