@@ -409,6 +409,9 @@ def check_sweep(sweep_dir: Path) -> dict:
             "checkpoints": steps, "evaluated": sorted(map(int, got.step.unique())),
             "rows_per_split": {split: sorted(map(int, counts[split].dropna().unique())) for split in counts},
             "every_step_both_splits": bool(set(counts) == {"train", "test"} and not counts.isna().any().any())}
+    # the trainer's probe in every checkpoint kept: the pool checked each swap against it (workers/probe.py)
+    kept = [p for p in (sweep_dir / "checkpoints").glob("*/step_*") if (p / "config.json").is_file()]
+    out["checkpoints_kept_with_probe"] = [sum((p / "probe_nll.json").is_file() for p in kept), len(kept)]
     placement = sweep_dir / "analysis" / "placement"
     out["placement"] = {p.stem: json.loads(p.read_text()) for p in sorted(placement.glob("*.json"))}
     uri = f"sqlite:///{sweep_dir.parents[1] / 'mlflow.db'}"  # tracking.uri null: the store's SQLite file

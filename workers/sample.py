@@ -21,6 +21,7 @@ from store.names import ORIGINAL
 from store.records import write_records
 from workers.backends import Backend, SamplingSettings, make_backend
 from workers.grading import Grader
+from workers.probe import check_loaded_weights
 from store.names import ENGINE_DIR
 from workers.settings import cache_root
 from workers.tasks import Example, PromptFormat, Splits, load_task
@@ -118,6 +119,8 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
     local_checkpoint = io.local_copy(job.checkpoint_dir, cache_root(job.local_dir), skip=(ENGINE_DIR,))
     try:
         backend.load(local_checkpoint)
+        # the trainer's probe NLL against the loaded weights; a stale swap is rebuilt here (workers/probe.py)
+        weight_check = check_loaded_weights(backend, local_checkpoint, settings)
     finally:
         io.drop_local_copy(job.checkpoint_dir, local_checkpoint)
     t_load = time.perf_counter()
@@ -155,6 +158,7 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
         metrics[f"{split}_grade_timeouts"] = int(n_timed_out.sum())
     t_grade = time.perf_counter()
     metrics["ref_nll_mean"] = float(np.mean(ref_nll)) if len(ref_nll) else float("nan")
+    metrics.update(weight_check)
 
     io.write_parquet(pa.concat_tables(completion_tables), job.completions_path)
     write_records(pa.concat_tables(tables), job.records_path)  # last: its presence marks the checkpoint done

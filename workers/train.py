@@ -202,6 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = load_for_training(base_model, s, ds_config)
     splits = load_task(**job.task)
     fmt = PromptFormat(**job.prompt)
+    probe = probe_texts(splits.train, job.prompt)
     data = SupervisedData(splits.train, tokenizer, fmt, s.max_seq_len)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=job.seed)
     loader = DataLoader(data, batch_size=s.micro_batch_size, sampler=sampler, drop_last=False,
@@ -252,11 +253,11 @@ def train_loop_per_worker(config: dict) -> None:
                 if every and step % every == 0 and step < total_steps:
                     position = {"step": step, "epoch_index": epoch, "batches_done": micro_step + 1}
                     _save_and_report(engine, tokenizer, job, position, step / steps, losses, clock,
-                                     resume.step)
+                                     resume.step, probe)
                     losses = []
         if (not every and s.checkpoints_per_epoch > 0) or step == total_steps:
             position = {"step": step, "epoch_index": epoch + 1, "batches_done": 0}
-            _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock, resume.step)
+            _save_and_report(engine, tokenizer, job, position, float(epoch + 1), losses, clock, resume.step, probe)
             losses = []
 
 
@@ -288,8 +289,17 @@ def mean_across_ranks(value: torch.Tensor, dist) -> float:
     return float(total.item() / dist.get_world_size())
 
 
+def probe_texts(train: list[Example], prompt: dict) -> tuple[list[str], list[str]]:
+    """The first train examples as the pool scores them (its original format): workers/probe.py."""
+    from workers.probe import PROBES
+
+    original = PromptFormat(**{**prompt, "answer_prefix": ""})
+    return [original.prompt(e.question) for e in train[:PROBES]], [original.target(e.solution) for e in train[:PROBES]]
+
+
 def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: float,
-                     losses: list[tuple[int, float]], clock: PhaseClock, resumed_from_step: int) -> None:
+                     losses: list[tuple[int, float]], clock: PhaseClock, resumed_from_step: int,
+                     probe: tuple[list[str], list[str]] | None = None) -> None:
     """Report one checkpoint to Ray Train: the HF directory the sampler loads (rank 0; ZeRO-3 gathers 16-bit
     weights first) and, under engine/, what a restart resumes from (every rank writes its own shard and RNG;
     Ray Train uploads all ranks' files into the one checkpoint directory)."""
@@ -299,6 +309,10 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
     step = position["step"]
     rank = ray.train.get_context().get_world_rank()
     state_dict = engine._zero3_consolidated_16bit_state_dict() if job.train.zero_stage == 3 else None
+    if probe:  # every rank: a ZeRO-3 forward gathers parameters from all of them
+        from workers.probe import trainer_probe_nll, write_probe
+
+        probe_nll = trainer_probe_nll(engine.module, tokenizer, *probe)
     # train_losses: every optimizer step's loss since the last report; the driver logs them to MLflow from this
     # report (Tune hands it over), so they never depend on the checkpoint's evaluation
     metrics = {"step": step, "epoch": epoch, "train_loss": losses[-1][1] if losses else float("nan"),
@@ -311,6 +325,8 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
             (engine_dir / "position.json").write_text(json.dumps(position))
             engine.module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            if probe:  # the pool checks that it evaluates these weights (workers/probe.py)
+                write_probe(tmp, *probe, probe_nll, job.train.precision)
             state = {"run_id": job.run_id, "step": step, "epoch": epoch, "train_loss": losses,
                      "resumed_from_step": resumed_from_step}  # > 0: this worker group restarted there
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state))
