@@ -306,3 +306,13 @@ def test_every_link_between_pages_resolves():
             if not linked.exists() or anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert not broken, broken
+
+
+def test_the_config_group_table_lists_every_group_and_preset():
+    """docs/config.md's table of config groups names exactly conf/'s groups, each with exactly its presets (no
+    group that conf/ lacks, no preset left out)."""
+    from orchestrator.config import CONF_DIR
+
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]*) \|", (REPO / "docs" / "config.md").read_text(), flags=re.M)
+    table = {group: set(re.findall(r"`(\w+)`", presets)) for group, presets in rows}
+    assert table == {g.name: {p.stem for p in g.glob("*.yaml")} for g in CONF_DIR.iterdir() if g.is_dir()}
