@@ -158,7 +158,9 @@ def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, ml
     result = _run(sweep_args(store, mlflow_server), timeout=900)
     assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
     assert "0 of them new" in result.stdout and "2 of 2 trials finished" in result.stdout, result.stdout
-    assert "0 of them to evaluate" in result.stdout and "premem R² =" in result.stdout
+    assert "0 of them to evaluate" in result.stdout, result.stdout
+    fit = [line for line in result.stdout.splitlines() if line.startswith(("premem R²", "no fit"))]
+    assert fit and fit[0] in sweep[2]  # the same fit as the first run's
     assert stored_files(sweep_dir, "records") == records  # byte-identical: nothing evaluated again
     assert stored_files(sweep_dir, "checkpoints") == checkpoints  # nothing trained again
     assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=2)  # one parent, found again
