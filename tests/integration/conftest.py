@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -19,6 +20,9 @@ import pytest
 from tests.conftest import REPO, free_port, wait_for_http
 
 # The small sweep the integration tests run: 2 trials x 2 epochs on a briefly pretrained tiny model.
+# what a driver prints at the end of a sweep: its fit, or the one sentence saying why there is none (a tiny
+# sweep's checkpoints may all score one test accuracy, and an R² against that measures noise)
+FIT_OR_WHY = re.compile(r"premem R² = |no fit: test accuracy spans only")
 SMALL = ["sweep=small", "task.n_train=48", "task.n_test=48", "train.epochs=2", "sampler.k=3",
          "sampler.max_new_tokens=96", "model.base_stage.n_examples=600", "model.base_stage.epochs=1"]
 
