@@ -4,6 +4,7 @@ The sweep stage's CPU run takes minutes and is left to `python -m bench.gpu_smok
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def smoke(*args: str) -> subprocess.CompletedProcess:
+def smoke(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench.gpu_smoke", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
 
 
 def test_dry_run_stages_pass_and_report_their_figures(tmp_path):
@@ -51,11 +52,18 @@ def test_a_stage_past_its_timeout_is_killed_and_still_reported(tmp_path):
 
 
 def test_without_a_gpu_it_refuses_in_one_line_after_writing_its_json(tmp_path):
-    done = smoke("--stages", "installed", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "store"))
+    site = tmp_path / "site"  # stands for the unpacked bundle on PYTHONPATH: byte-compiled before the stages
+    (site / "pkg").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}"}
+    done = smoke("--stages", "installed", "--out", str(tmp_path / "out"), "--store", str(tmp_path / "store"),
+                 env=env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "needs a GPU" in done.stderr
     report = json.loads((tmp_path / "out" / "gpu_smoke.json").read_text())
     assert report["ok"] is False and report["stages"]["installed"]["gpus"] == []
+    assert report["precompile"]["folders"] == [str(site)] and report["precompile"]["exit_code"] == 0
+    assert list((site / "pkg" / "__pycache__").glob("__init__.*.pyc"))
 
 
 def test_bad_arguments_exit_2():
