@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / ".device-bundle" / "wheels"  # downloads kept between runs (ignored by git)
+# downloads kept between runs (ignored by git); PREMEM_DEVICE_WHEELS moves them (a CI clone can share one folder)
+CACHE = Path(os.environ.get("PREMEM_DEVICE_WHEELS") or REPO / ".device-bundle" / "wheels")
 PY312 = next(iter(sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))), None)
 
 pytestmark = [pytest.mark.slow,
