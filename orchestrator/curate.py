@@ -14,8 +14,11 @@ examples added per strategy (mean and spread over seeds) as a PNG and as the par
 efficiency ratio (how many i.i.d. examples reach what premem curation reaches with B, over B), and curation.json
 ($CURATION_OUT, default <store>/curations/<id>/curation.json). Example:
     python -m orchestrator.curate runs/sweeps/default-20261130-120000 curation.seeds=[0,1,2]
-A curation whose driver died goes on where it stopped (finished follow-up runs are not run again, a round that
-was training continues from its checkpoints, the rounds not started run):
+A curation is addressed by what it computes: <curation.name>-<8 hex of the source sweep's id and the follow-up
+runs' config (trial, curation.*, train/sampler overrides; tracking, cluster and other runtime fields left out)>.
+Running the same command again continues it where it stopped (finished follow-up runs are not run again, a
+round that was training continues from its checkpoints, the rounds not started run); --new starts a fresh one
+(dated id). A curation's directory can also be named:
     python -m orchestrator.curate --resume runs/curations/<curation_id> [tracking.* cluster.*]
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from store import io
 from orchestrator.config import ConfigError, similar_source, to_yaml, tracking_uri, validate, validate_curation
 from orchestrator.plan import TrialSpec, typed_config
+from orchestrator.rerun import RUNTIME_FIELDS, _hash, _without
 from store.layout import SweepPaths, sweep_paths, write_text_atomic
 from workers.tasks import GENERATED, Example, load_task, task_args
 
@@ -386,8 +390,31 @@ def publish(report: dict, curves: pd.DataFrame, curation_dir: str, out_json: str
     return plot
 
 
-# ------------------------------------------------------------------------------------------ main
+# ------------------------------------------------------------------------------------------ address
 INVOCATION = "invocation.json"  # in the curation's directory: what --resume needs to go on
+# where and how the follow-up runs run (rerun.RUNTIME_FIELDS), and how long a user command may take: not in the
+# curation's address. The rest of `curation.*` (strategies, budgets, seeds, rounds, ...) is.
+CURATION_RUNTIME_FIELDS = (*(f for f in RUNTIME_FIELDS if f != "curation"), "curation.command_timeout_s")
+
+
+def curation_key(source_sweep_id: str, base: DictConfig) -> str:
+    """8 hex digits of the source sweep's id and the follow-up runs' resolved config without runtime fields."""
+    tree = _without(OmegaConf.to_container(base, resolve=True), CURATION_RUNTIME_FIELDS)
+    return _hash({"source_sweep": source_sweep_id, "follow_up": tree})
+
+
+def curation_id_for(source_sweep_id: str, base: DictConfig, fresh: bool = False) -> str:
+    """The curation's id: its content address, or (`fresh`, --new) a dated one no later command finds."""
+    if fresh:
+        return f"{base.curation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{base.curation.name}-{curation_key(source_sweep_id, base)}"
+
+
+def curation_location(paths: SweepPaths, curation_id: str) -> str:
+    return io.join(paths.root, "curations", curation_id)
+
+
+# ------------------------------------------------------------------------------------------ main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,16 +423,35 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--resume"]:
         return resume(argv[1:])
+    fresh = "--new" in argv
+    argv = [a for a in argv if a != "--new"]
     opened = open_sweep_from_argv(argv, load_curation_config, __doc__)
     if opened is None:
         return 2
     paths, cfg = opened
     try:
-        prepared = prepare_curation(paths, cfg, argv[1:])
+        trial, base, splits, curation_id, first = prepare_curation(paths, cfg, argv[1:], fresh=fresh)
     except (ConfigError, ValueError, io.StorageError) as exc:  # nothing written yet
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_curation(paths, cfg, *prepared, overrides=argv[1:])
+    return under_lease(cfg, curation_location(paths, curation_id), lambda: run_curation(
+        paths, cfg, trial, base, splits, curation_id, first, overrides=argv[1:],
+        # the same command again: this curation is stored (its invocation is written before round 1 runs)
+        resumed=io.is_file(io.join(curation_location(paths, curation_id), INVOCATION))))
+
+
+def under_lease(cfg: DictConfig, directory: str, run) -> int:
+    """run() while holding the curation's lease (a second driver of it waits, as for a sweep); its exit code,
+    or 1 with one line naming the holder when it did not end within sweep.lease_wait_s."""
+    from orchestrator.lease import Lease, LeaseHeld
+
+    with Lease(directory, cfg.sweep.lease_stale_s) as lease:
+        try:
+            lease.acquire(cfg.sweep.lease_wait_s, say=lambda line: print(line.replace("the sweep", "the curation")))
+        except LeaseHeld as exc:
+            print(f"error: {str(exc).replace('the sweep', 'the curation')}", file=sys.stderr)
+            return 1
+        return run()
 
 
 def resume(argv: list[str]) -> int:
@@ -437,14 +483,15 @@ def resume(argv: list[str]) -> int:
     except (ConfigError, ValueError, io.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run_curation(paths, cfg, trial, base, splits, stored["curation_id"], first,
-                        overrides=stored["overrides"], resumed=True)
+    return under_lease(cfg, curation_dir, lambda: run_curation(
+        paths, cfg, trial, base, splits, stored["curation_id"], first, overrides=stored["overrides"], resumed=True))
 
 
 def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str], curation_id: str | None = None,
-                     trial_run_id: str | None = None):
+                     trial_run_id: str | None = None, fresh: bool = False):
     """Everything round 1 needs, checked and obtained before anything is written (a resumed curation names its
-    id and trial; its round 1, when planned, is read from the store instead)."""
+    id and trial; otherwise the id is the curation's content address, or a dated one when `fresh`; a round 1
+    already planned under that id is read from the store instead)."""
     from analysis.premem import checkpoint_table, prepare
     from store.names import ORIGINAL
     from store.records import load_records
@@ -459,7 +506,7 @@ def prepare_curation(paths: SweepPaths, cfg: DictConfig, overrides: list[str], c
         raise ConfigError(f"{INVOCATION}: trial {trial_run_id} is not a trial of {paths.sweep}")
     base = follow_up_config(cfg, trial, overrides)
     splits = load_task(**task_args(base.task))
-    curation_id = curation_id or f"{cfg.curation.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    curation_id = curation_id or curation_id_for(paths.sweep_id, base, fresh)
     if io.is_file(sweep_paths(paths.root, f"{curation_id}-r1").file("plan.json")):
         return trial, base, splits, curation_id, []  # planned by the driver that died: run_rounds reads it
     sources = {(s, seed): Source(record_files) for s in cfg.curation.strategies for seed in cfg.curation.seeds}
@@ -472,7 +519,7 @@ def run_curation(paths: SweepPaths, cfg: DictConfig, trial: TrialSpec, base: Dic
     from orchestrator.tracking import Heartbeat, Outbox, Tracker, end_abandoned_runs
 
     c = cfg.curation
-    curation_dir = io.join(paths.root, "curations", curation_id)
+    curation_dir = curation_location(paths, curation_id)
     out_json = os.environ.get("CURATION_OUT") or io.join(curation_dir, "curation.json")
     config_yaml = write_text_atomic(io.join(curation_dir, "config.yaml"), to_yaml(base))
     # what --resume repeats: tracking and cluster come from the resuming command (a URI may hold credentials)

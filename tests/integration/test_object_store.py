@@ -107,7 +107,8 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
     """Two rounds of premem and i.i.d. curation: follow-up runs train on the sweep's data plus new generated
     problems (a JSONL file in the bucket), are evaluated like any trial, and give the curves, the efficiency
     ratio and MLflow runs nested curation -> round -> trial. Its driver is SIGKILLed once round 2 is planned;
-    `curate --resume` finishes it without training round 1's runs again."""
+    the same command again finds the curation by its address and finishes it without training round 1's runs
+    again (`curate --resume DIR` shares that path: tests/unit/test_curation.py)."""
     from mlflow import MlflowClient
 
     from tests.integration.conftest import Driver, wait_until
@@ -116,10 +117,10 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
     store = io.parent(io.parent(sweep))
     out = tmp_path / "curation.json"
     os.environ["CURATION_OUT"] = str(out)  # the drivers' (Driver inherits this process's environment)
+    command = ["-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]", "curation.seeds=[0]",
+               f"tracking.uri={s3_mlflow}", "tracking.experiment=s3", f"cluster.address={ray_cluster}"]
     try:
-        driver = Driver(["-m", "orchestrator.curate", sweep, "curation=small", "curation.budgets=[6]",
-                         "curation.seeds=[0]", f"tracking.uri={s3_mlflow}", "tracking.experiment=s3",
-                         f"cluster.address={ray_cluster}"], tmp_path / "curate.log")
+        driver = Driver(command, tmp_path / "curate.log")
 
         def round_two_planned() -> bool:
             return any(r.endswith("-r2") and io.is_file(f"{r}/plan.json") for r in io.list_dirs(f"{store}/sweeps"))
@@ -130,8 +131,8 @@ def test_curation_rounds_from_the_s3_sweep(s3_sweep, ray_cluster, s3_mlflow, tmp
         driver.proc.kill()
         driver.wait()
         (curation,) = io.list_dirs(f"{store}/curations")
-        resumed = run_python(["-m", "orchestrator.curate", "--resume", curation, f"tracking.uri={s3_mlflow}",
-                              f"cluster.address={ray_cluster}"], timeout=1500)
+        resumed = run_python(command, timeout=1500)  # the same command: no new curation
+        assert io.list_dirs(f"{store}/curations") == [curation]
     finally:
         del os.environ["CURATION_OUT"]
     assert "(resumed)" in resumed.stdout

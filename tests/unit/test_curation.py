@@ -494,3 +494,71 @@ def test_scatter_colours_by_a_grid_value_and_leaves_runs_without_one_plain(tmp_p
         assert bar.get_ylabel() == "curation.strategy" and set(at_label) == set(labels.values())
         assert run_colour == {"a": at_label[labels["a"]], "b": at_label[labels["b"]], "c": to_rgba("tab:blue")}
         assert len(set(run_colour.values())) == 3, color.to_dict()
+
+
+# ------------------------------------------------------------------------------ rerun is resume (issue 35)
+def _follow_up(sweep_dir, overrides):
+    from orchestrator.curate import follow_up_config, load_curation_config
+    from orchestrator.sweep import stored_specs
+    from store.layout import open_sweep
+
+    paths = open_sweep(str(sweep_dir))
+    cfg = load_curation_config(paths, overrides)
+    return follow_up_config(cfg, stored_specs(paths)[0], overrides)
+
+
+def test_a_curation_is_addressed_by_its_sweep_and_its_config(finished_sweep):
+    """The same sweep and curation config give the same id whatever the runtime fields; anything that changes
+    what the follow-up runs compute, or another source sweep, gives another; --new a dated one."""
+    import re
+
+    from orchestrator.curate import curation_id_for
+
+    sweep_dir, _ = finished_sweep
+    same = curation_id_for("small-1", _follow_up(sweep_dir, ["curation=small"]))
+    assert re.fullmatch(r"curation-small-[0-9a-f]{8}", same)
+    for runtime in (["tracking.uri=sqlite:////tmp/elsewhere.db"], ["cluster.num_cpus=7"],
+                    ["curation.command_timeout_s=5"], ["sweep.max_concurrent_trials=3"], ["train.cpus_per_worker=3"]):
+        assert curation_id_for("small-1", _follow_up(sweep_dir, ["curation=small", *runtime])) == same, runtime
+    others = [curation_id_for("small-2", _follow_up(sweep_dir, ["curation=small"]))]
+    for changed in (["curation.budgets=[4]"], ["curation.seeds=[1]"], ["curation.rounds=3"], ["train.lr=5e-3"],
+                    ["sampler.k=3"], []):  # [] : curation=default
+        others.append(curation_id_for("small-1", _follow_up(sweep_dir, ["curation=small", *changed]
+                                                              if changed else [])))
+    assert same not in others and len(set(others)) == len(others)
+    assert re.fullmatch(r"curation-small-\d{8}-\d{6}",
+                        curation_id_for("small-1", _follow_up(sweep_dir, ["curation=small"]), fresh=True))
+
+
+def test_the_same_curate_command_finds_its_curation(finished_sweep, monkeypatch):
+    """`curate SWEEP ...` twice: the second names the first's curation and continues it (round 1, once planned,
+    is read from the store, not planned again); --new is another curation; each runs under the curation's
+    lease, which it leaves behind it."""
+    from pathlib import Path
+
+    import orchestrator.curate as curate
+    from store.layout import sweep_paths
+
+    sweep_dir, store = finished_sweep
+    calls = []
+
+    def fake_run(paths, cfg, trial, base, splits, curation_id, follow_ups, overrides=(), resumed=False):
+        where = store / "curations" / curation_id
+        calls.append((curation_id, len(follow_ups), resumed, (where / "lease.json").is_file()))
+        (where / curate.INVOCATION).write_text("{}")  # what run_curation writes first
+        return 0
+
+    monkeypatch.setattr(curate, "run_curation", fake_run)
+    command = [str(sweep_dir), "curation=small", "curation.budgets=[4]", "curation.seeds=[0]"]
+    assert curate.main(command) == 0
+    first_id, planned, resumed, leased = calls[-1]
+    assert planned == 2 and not resumed and leased  # premem and iid at +4
+    # round 1 planned (plan.json is written last), as a driver that died leaves it
+    plan = sweep_paths(str(store), f"{first_id}-r1").file("plan.json")
+    Path(plan).parent.mkdir(parents=True)
+    Path(plan).write_text("[]")
+    assert curate.main([*command, "cluster.num_cpus=3"]) == 0
+    assert calls[-1] == (first_id, 0, True, True)
+    assert curate.main([*command, "--new"]) == 0
+    assert calls[-1][0] != first_id and calls[-1][1:] == (2, False, True)
+    assert not list(store.glob("curations/*/lease.json"))
