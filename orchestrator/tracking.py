@@ -27,7 +27,8 @@ CURATION_TAG = "premem.curation"
 HEARTBEAT_TAG = "premem.heartbeat"
 ABANDONED_TAG = "premem.abandoned"
 CHECKPOINT_METRICS = ("train_acc", "test_acc", "ref_nll_mean", "train_unparsed_frac", "test_unparsed_frac",
-                      "train_grade_timeouts", "test_grade_timeouts")
+                      "train_grade_timeouts", "test_grade_timeouts",
+                      "probe_nll_max_abs_diff", "weight_check_rebuilds")  # the weight-swap check (workers/probe.py)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 PARENT_METRICS = ("premem_r2_identity", "premem_r2", "premem_slope", "premem_intercept", "premem_n_points",

@@ -96,6 +96,8 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "test_acc"))
         assert len(steps) == 2 and steps[0] < steps[1]
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == max(steps)
+        # the pool checked that it evaluated the weights the trainer saved (workers/probe.py), and nothing was rebuilt
+        assert child.data.metrics["weight_check_rebuilds"] == 0 and child.data.metrics["probe_nll_max_abs_diff"] < 1e-3
         records = [a.path for a in client.list_artifacts(child.info.run_id, "records")]
         assert sorted(p.rsplit(".", 2)[1] for p in records) == ["original", "original", "prefixed"]
         assert "test_acc_prefixed" in child.data.metrics
