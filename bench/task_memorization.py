@@ -14,8 +14,9 @@ raise its accuracy (τ_low) must lie below τ, and a never-seen reference's per-
   on n_half unseen ones: reference NLL per token, split into choice, forced and wording tokens (choices task) or
   digit and other tokens; the share below τ; k samples per question, graded. The gap: each seen example's
   accuracy at the last scored checkpoint where its reference is still above τ, minus the unseen accuracy there
-  (target <= 0.05). τ_low: the median seen NLL at the first checkpoint where seen accuracy exceeds unseen by
-  more than 0.1 (none: memorizing never paid); τ_high: the lowest 5th percentile of unseen NLL over checkpoints.
+  (target <= 0.05). τ_low: seen (example, checkpoint) pairs binned by their reference's NLL, the highest NLL
+  below which having seen the example adds more than 0.1 accuracy (none: memorizing never paid); τ_high: the
+  lowest 5th percentile of unseen NLL over checkpoints; the best finetuned unseen accuracy must reach 0.2.
 - E2 (choices task, in E1): seen and unseen questions answered with a forced first choice other than the
   reference's ("Take X,"): if seen accuracy stays above unseen, the task has a shortcut past the choices.
 - E3: E1 on `skills`, the control (expected: the gap above 0.05).
@@ -34,6 +35,7 @@ import torch
 
 MARGIN = 1.5
 PAID = 0.1  # seen accuracy above unseen by more than this: memorizing pays
+MIN_PAIRS = 16  # a bin of fewer seen (example, checkpoint) pairs says nothing about τ_low
 LEARNED = 0.2  # the best unseen accuracy must reach this: a task the model cannot solve shows nothing
 
 
@@ -227,8 +229,25 @@ def e1(task: str, store: str, epochs: int, every: int, n_half: int, lr: float, b
             "k": k, "checkpoints": rows, **verdict(per_example, rows, tau)}
 
 
+NLL_BINS = (0.0, 0.033, 0.067, 0.1, 0.15, 0.2, 0.3, np.inf)
+
+
+def excess_by_nll(nll_seen: np.ndarray, acc_seen: np.ndarray, acc_unseen: np.ndarray) -> list[dict]:
+    """Seen (example, checkpoint) pairs after finetuning, binned by the reference's NLL: each bin's mean seen
+    accuracy above the unseen accuracy of the same checkpoint (what having seen the example adds)."""
+    nll, excess = nll_seen[1:].ravel(), (acc_seen[1:] - acc_unseen[1:, None]).ravel()
+    rows = []
+    for lo, hi in zip(NLL_BINS, NLL_BINS[1:]):
+        inside = (nll >= lo) & (nll < hi)
+        rows.append({"nll_from": lo, "nll_to": float(hi), "pairs": int(inside.sum()),
+                     "excess_acc": float(excess[inside].mean()) if inside.any() else None})
+    return rows
+
+
 def verdict(per_example: dict[str, list[np.ndarray]], rows: list[dict], tau: float) -> dict:
-    """The gap, τ_low, τ_high and go / no-go from E1's per-example NLL and accuracy at each scored checkpoint."""
+    """The gap, τ_low, τ_high and go / no-go from E1's per-example NLL and accuracy at each scored checkpoint.
+    τ_low: the upper edge of the highest-NLL bin (of at least MIN_PAIRS seen pairs) where having seen the example
+    adds more than PAID accuracy: below it memorizing pays."""
     nll_seen, acc_seen = np.array(per_example["nll_seen"]), np.array(per_example["acc_seen"])
     acc_unseen = np.array(per_example["acc_unseen"]).mean(1)
     gaps = []
@@ -237,16 +256,22 @@ def verdict(per_example: dict[str, list[np.ndarray]], rows: list[dict], tau: flo
         if len(above):
             c = above[-1]
             gaps.append(acc_seen[c, i] - acc_unseen[c])
-    paid = [r for r in rows if r["acc_seen"] - r["acc_unseen"] > PAID]
-    tau_low = paid[0]["nll_seen"] if paid else None
+    bins = excess_by_nll(nll_seen, acc_seen, acc_unseen)
+    paying = [b for b in bins if b["pairs"] >= MIN_PAIRS and b["excess_acc"] > PAID]
+    tau_low = max(b["nll_to"] for b in paying) if paying else None
+    paid = [r for r in rows[1:] if r["acc_seen"] - r["acc_unseen"] > PAID]
     tau_high = float(min(np.percentile(n, 5) for n in per_example["nll_unseen"]))
     best_unseen = float(acc_unseen[1:].max())  # after finetuning: the base model alone shows nothing
     go = (tau_low is None or tau_low <= tau / MARGIN) and tau_high >= tau * MARGIN and best_unseen >= LEARNED
-    out = {"gap": float(np.mean(gaps)) if gaps else None, "tau_low": tau_low, "tau_high": tau_high,
-           "best_unseen_acc": best_unseen, "go": bool(go)}
-    print(f"   gap (seen above τ − unseen) {out['gap']}; τ_low {tau_low} (go needs <= {tau / MARGIN:.3f}); "
-          f"τ_high {tau_high:.3f} (go needs >= {tau * MARGIN:.3f}); best unseen accuracy {best_unseen:.3f} (go needs "
-          f">= {LEARNED}): {'GO' if go else 'NO-GO'}", flush=True)
+    out = {"gap": float(np.mean(gaps)) if gaps else None, "tau_low": tau_low,
+           "tau_low_median_rule": paid[0]["nll_seen"] if paid else None, "tau_high": tau_high,
+           "best_unseen_acc": best_unseen, "excess_by_nll": bins, "go": bool(go),
+           "per_example": {k: np.array(v).round(4).tolist() for k, v in per_example.items()}}
+    print("   seen accuracy above unseen, by reference NLL: " + ", ".join(
+        f"[{b['nll_from']:g}, {b['nll_to']:g}) {b['excess_acc']:+.3f} ({b['pairs']})" for b in bins if b["pairs"]))
+    print(f"   gap (seen above τ − unseen) {out['gap']:.3f}; τ_low {tau_low} (go needs <= {tau / MARGIN:.3f}; the "
+          f"median rule gives {out['tau_low_median_rule']}); τ_high {tau_high:.3f} (go needs >= {tau * MARGIN:.3f}); "
+          f"best unseen accuracy {best_unseen:.3f} (go needs >= {LEARNED}): {'GO' if go else 'NO-GO'}", flush=True)
     return out
 
 
