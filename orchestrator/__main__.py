@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             from orchestrator.cost import plan_text
 
             print(plan_text(specs))
-            print(rerun.status_text(sweep_id, paths, specs, rerun.stored_trials(paths)))
+            stored = rerun.stored_trials(paths)
+            print(rerun.status_text(sweep_id, paths, specs, stored))
+            if not stored and "--new" not in argv:
+                for other in rerun.other_evaluations(cfg, specs, sweep_id):
+                    print("\n".join(other.lines(cfg, sweep_id)))
             return 0
         io.check_writable(io.normalize(cfg.store.root))  # before the lease file goes there
         check_tracking(tracking_uri(cfg))
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if stored:
             return rerun.continue_sweep(cfg, paths, specs, stored)
+        if "--new" not in argv:
+            for other in rerun.other_evaluations(cfg, specs, sweep_id):
+                print("\n".join(other.lines(cfg, sweep_id)))
         return sweep.launch(cfg, sweep_id, specs)
 
 

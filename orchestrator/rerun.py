@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -116,6 +116,83 @@ def write_plan(paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec
     plan = write_text_atomic(paths.file("plan.json"), json.dumps([asdict(s) for s in specs], indent=1))
     write_text_atomic(paths.file(TRIALS_FILE), json.dumps([asdict(s) for s in trials], indent=1))
     return plan, paths.file(TRIALS_FILE)
+
+
+# ------------------------------------------------------------------------------ evaluation settings
+# Sampler settings that change the samples, and so the records, but not the weights: what addresses an
+# evaluation (issue 35, item 5). They are still part of the sweep's address (sweep_key, trial_key): a command
+# that changes only these finds the sweep that trained its trials (other_evaluations) and says so, and how to
+# evaluate its stored checkpoints without training (orchestrator.reeval into a records set of their own).
+EVAL_FIELDS = ("sampler.k", "sampler.temperature", "sampler.top_p", "sampler.max_new_tokens", "sampler.seed",
+               "sampler.answer_prefix", "sampler.train_subset", "sampler.backend", "sampler.dtype",
+               "sampler.grade_timeout_s", "sampler.variant")
+GRADER_VERSION = 1  # bump when a grader's verdicts change: another records set
+
+
+def eval_variant(sampler: dict) -> str:
+    """The records set these evaluation settings get: `eval-` and 8 hex of them and the grader version."""
+    settings = {field: sampler.get(field.split(".", 1)[1]) for field in EVAL_FIELDS if field != "sampler.variant"}
+    return f"eval-{_hash({'grader_version': GRADER_VERSION, **settings})}"
+
+
+def _training_key(tree: dict, swept: set[str]) -> str:
+    return _hash(_without(tree, (*RUNTIME_FIELDS, *EVAL_FIELDS, *sorted(swept))))
+
+
+def _trial_training_key(spec: TrialSpec) -> str:
+    return _hash(_without(asdict(spec.config), (*RUNTIME_FIELDS, *EVAL_FIELDS)))
+
+
+@dataclass(frozen=True)
+class OtherEvaluation:
+    """A stored sweep that trained this command's trials (some of them) under other evaluation settings."""
+
+    paths: SweepPaths
+    changed: tuple[tuple[str, object, object], ...]  # (field, stored value, this command's)
+    checkpoints: int  # of the matching trials, with weights
+    evicted: int  # of the matching trials, weights deleted by store.keep
+
+    def lines(self, cfg: DictConfig, new_id: str) -> list[str]:
+        changes = ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in self.changed)
+        variant = eval_variant(OmegaConf.to_container(cfg.sampler, resolve=True))
+        gone = f"; {self.evicted} evicted by store.keep cannot be" if self.evicted else ""
+        overrides = " ".join(f"{f}={b}" for f, _, b in self.changed)
+        return [f"new evaluation settings ({changes}): {self.paths.sweep_id} has trained these trials; "
+                f"would re-evaluate {self.checkpoints} stored checkpoints{gone}",
+                f"  not done by this command yet (it trains sweep {new_id}); to evaluate without training: "
+                f"python -m orchestrator.reeval {self.paths.sweep} sampler.variant={variant} {overrides}"]
+
+
+def other_evaluations(cfg: DictConfig, specs: list[TrialSpec], sweep_id: str) -> list[OtherEvaluation]:
+    """Stored sweeps named like this one whose config differs from this command's only in EVAL_FIELDS."""
+    from orchestrator.config import Config
+    from orchestrator.retention import evicted
+
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    wanted = _training_key(tree, swept_fields(specs))
+    planned = {_trial_training_key(s) for s in specs}
+    found = []
+    sweeps = io.join(io.normalize(cfg.store.root), "sweeps")
+    for location in (io.list_dirs(sweeps) if io.exists(sweeps) else []):
+        other_id = io.name(location)
+        if other_id == sweep_id or not other_id.startswith(f"{cfg.sweep.name}-"):
+            continue
+        paths = sweep_paths(cfg.store.root, other_id)
+        try:
+            stored_cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(io.read_text(paths.file("config.yaml"))))
+            stored = stored_trials(paths)
+        except Exception:  # a sweep directory this version cannot read is not one to offer
+            continue
+        other = OmegaConf.to_container(stored_cfg, resolve=True)
+        if not stored or _training_key(other, swept_fields(stored)) != wanted:
+            continue
+        changed = tuple((f, OmegaConf.select(stored_cfg, f), OmegaConf.select(cfg, f)) for f in EVAL_FIELDS
+                        if f != "sampler.variant" and OmegaConf.select(stored_cfg, f) != OmegaConf.select(cfg, f))
+        checkpoints = [c for s in stored if _trial_training_key(s) in planned for c in paths.trial_checkpoints(s.run_id)]
+        if changed and checkpoints:
+            gone = sum(evicted(c) for c in checkpoints)
+            found.append(OtherEvaluation(paths, changed, len(checkpoints) - gone, gone))
+    return found
 
 
 # ------------------------------------------------------------------------------------------- --plan

@@ -106,6 +106,54 @@ def test_plan_says_per_trial_what_a_rerun_does(tmp_path, capsys):
     assert not (sweep_dir / "lease.json").exists()  # --plan writes nothing
 
 
+# ------------------------------------------------------------------------------ evaluation settings
+def test_evaluation_settings_name_their_records_set():
+    """The records set's name follows what changes samples (and the grader version), not where they run."""
+    from orchestrator.config import compose_config
+    from omegaconf import OmegaConf
+
+    def variant(*overrides):
+        return rerun.eval_variant(OmegaConf.to_container(compose_config([*SMALL, *overrides]).sampler))
+
+    base = variant()
+    assert base.startswith("eval-") and len(base) == len("eval-") + 8
+    assert variant("sampler.batch_tokens=4096") == variant("sampler.num_actors=2") == base
+    changed = [variant(o) for o in ("sampler.k=3", "sampler.temperature=0.5", "sampler.max_new_tokens=64",
+                                    "sampler.seed=1", "sampler.answer_prefix=First")]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_a_new_sweep_that_differs_in_evaluation_settings_only_names_the_stored_one(tmp_path, capsys):
+    """`sampler.k` changed: --plan (and the run) name the sweep that trained these trials, how many of its
+    checkpoints could be evaluated again (those retention evicted counted apart), and the reeval command that
+    does it without training; a command that trains differently does not."""
+    from orchestrator.__main__ import main
+    from orchestrator.config import to_yaml
+    from orchestrator.retention import EVICTED
+
+    grid = ["sweep.grid.train.lr=[1e-3,3e-3]"]
+    cfg, planned_id, planned = sweep.plan([*SMALL, *grid, f"store.root={tmp_path}"])
+    sweep_id, specs, _ = rerun.address(cfg, planned_id, planned)
+    store_plan(tmp_path, sweep_id, specs)
+    sweep_dir = tmp_path / "sweeps" / sweep_id
+    (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
+    for run_id, step in ((specs[0].run_id, 16), (specs[0].run_id, 32), (specs[1].run_id, 16)):
+        (sweep_dir / "checkpoints" / run_id / f"step_{step:06d}").mkdir(parents=True)
+        (sweep_dir / "checkpoints" / run_id / f"step_{step:06d}" / "config.json").write_text("{}")
+    (sweep_dir / "checkpoints" / specs[0].run_id / "step_000016" / EVICTED).write_text('{"reason": "keep=final"}')
+
+    assert main([*SMALL, *grid, "sampler.k=3", f"store.root={tmp_path}", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert f"new evaluation settings (sampler.k 5 -> 3): {sweep_id} has trained these trials; would re-evaluate 2 " \
+           "stored checkpoints; 1 evicted by store.keep cannot be" in out, out
+    assert f"python -m orchestrator.reeval {sweep_dir} sampler.variant=eval-" in out and "sampler.k=3" in out
+    assert main([*SMALL, *grid, f"store.root={tmp_path}", "--plan"]) == 0  # the same settings: its own sweep
+    assert "new evaluation settings" not in capsys.readouterr().out
+    for other in (["sampler.k=3", "train.epochs=3"], ["sampler.k=3", "--new"]):
+        assert main([*SMALL, *grid, *other, f"store.root={tmp_path}", "--plan"]) == 0
+        assert "new evaluation settings" not in capsys.readouterr().out, other
+
+
 # ------------------------------------------------------------------------------------------- lease
 ME = Holder("here", 100, 0.0, 0.0)
 
