@@ -536,6 +536,10 @@ def run_curation(paths: SweepPaths, cfg: DictConfig, trial: TrialSpec, base: Dic
         try:
             parent = tracker.find_curation(curation_id)
             tracker.reopen(parent)
+            # a finished curation run again publishes its curve again: each (metric, step) stays written once
+            tracker.load_logged(parent, ("efficiency_ratio", "efficiency_ratio_std", *(
+                f"{key}_{strategy}" for strategy in c.strategies
+                for key in ("test_acc", "test_acc_std", "efficiency_ratio"))))
         except LookupError:  # the driver died before it made the curation's run
             parent = None
     parent = parent or tracker.start_curation(curation_id, paths.sweep_id, config_yaml)
