@@ -22,6 +22,8 @@ DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 CRDS = json.loads((Path(__file__).parent / "kuberay_crds.json").read_text())
 CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY|USERNAME")
+# what the GPU clusters' commands choose beside cluster= (the cluster presets say where, not what)
+GPU_GRID = ["train=gpu", "sampler=vllm_gpu", "sweep=gpu"]
 ENV_VAR = re.compile(r"\$\{oc\.env:([A-Z0-9_]+)")
 
 
@@ -33,7 +35,7 @@ def cluster_group(name: str, monkeypatch) -> tuple:
         names |= set(ENV_VAR.findall((REPO / "conf/cluster" / f"{parent}.yaml").read_text()))
     for var in names:
         monkeypatch.setenv(var, f"from-env-{var}")
-    return compose_config([f"cluster={name}"]), names
+    return compose_config([f"cluster={name}", *GPU_GRID]), names
 
 
 def dockerfile_stages() -> set[str]:
@@ -181,7 +183,7 @@ def test_the_schema_check_catches_unknown_fields_and_wrong_types():
 def test_rayjob_runs_the_sweep_on_the_rayclusters_spec():
     job, cluster = manifest("rayjob.yaml"), manifest("raycluster.yaml")
     assert job["spec"]["rayClusterSpec"] == cluster["spec"]
-    assert job["spec"]["entrypoint"].split()[:4] == ["python", "-m", "orchestrator", "cluster=kuberay"]
+    assert job["spec"]["entrypoint"].split() == ["python", "-m", "orchestrator", "cluster=kuberay", *GPU_GRID]
     assert job["spec"]["shutdownAfterJobFinishes"] is True
 
 

@@ -26,8 +26,9 @@ from tests.integration.conftest import FIT_OR_WHY, SMALL, mlflow_server_at, ray_
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-# what the entrypoint adds on this CPU machine: the RayJob asks for train=gpu and sampler=vllm_gpu. One trial: what
-# is under test is the deployment (token auth, S3, basic-auth MLflow, no leaked credential), not the grid.
+# what the entrypoint adds on this CPU machine: the RayJob names the GPU grid (train=gpu sampler=vllm_gpu sweep=gpu)
+# and later choices on the command line win. One trial: what is under test is the deployment (token auth, S3,
+# basic-auth MLflow, no leaked credential), not the grid.
 CPU = ["train=cpu", "sampler=hf", *SMALL, "sweep.grid.train.lr=[1e-3]"]
 
 

@@ -38,13 +38,14 @@ def nodes_by_resource(address: str) -> dict[str, str]:
 def compose_driver(cluster, store: Path, *overrides: str, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PREMEM_STORE_ROOT": str(store),
            "MLFLOW_TRACKING_URI": f"sqlite:///{store.parent / 'mlflow.db'}"}
-    return subprocess.run([sys.executable, "-m", "orchestrator", "cluster=compose", f"cluster.address={cluster.address}",
+    return subprocess.run([sys.executable, "-m", "orchestrator", "cluster=compose", "train=gpu", "sampler=vllm_gpu",
+                           "sweep=gpu", f"cluster.address={cluster.address}",
                            *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_a_trial_the_cluster_cannot_hold_is_refused_in_one_line(gpu_cluster, tmp_path):
-    """The compose group asks 8 training GPUs of a cluster with 6 (a silent hang before): exit 2, one line
-    naming the field and what the cluster has, nothing written."""
+    """docs/cluster.md's compose command asks 8 training GPUs of a cluster with 6 (a silent hang before): exit 2,
+    one line naming the field and what the cluster has, nothing written."""
     store = tmp_path / "store"
     result = compose_driver(gpu_cluster, store, timeout=180)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -168,17 +168,25 @@ def test_credentials_in_store_root_are_refused_and_not_echoed(capsys, tmp_path):
     assert "store.root=" in err and "AWS_ACCESS_KEY_ID" in err and "aws-secret-value" not in err
 
 
+GPU_GRID = ["train=gpu", "sampler=vllm_gpu", "sweep=gpu"]  # what the GPU clusters' documented commands choose
+
+
 @pytest.mark.parametrize("group", ["ray", "compose", "kuberay"])
 def test_cluster_groups_take_store_and_tracking_from_the_environment(group, monkeypatch):
     monkeypatch.setenv("PREMEM_STORE_ROOT", "s3://premem/runs")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     cfg = compose_config([f"cluster={group}"])
     assert (cfg.cluster.address, cfg.store.root, cfg.tracking.uri) == ("auto", "s3://premem/runs", "http://mlflow:5000")
-    if group != "ray":  # the GPU presets, workers placed by the node groups' Ray resources
-        assert cfg.train.use_gpu and cfg.sampler.backend == "vllm"
-        assert dict(cfg.train.resources_per_worker) == {"trainer": 1} and dict(cfg.sampler.resources_per_actor) == {"sampler": 1}
+    # where it runs is not what runs: the cluster alone keeps the default groups
+    assert (cfg.train.use_gpu, cfg.sampler.backend, cfg.sweep.name) == (False, "hf", "default")
+    if group != "ray":  # the node groups' Ray resources place the workers, whatever the grid
+        gpu = compose_config([f"cluster={group}", *GPU_GRID])
+        assert gpu.train.use_gpu and gpu.sampler.backend == "vllm" and gpu.sweep.name == "gpu"
+        for placed in (cfg, gpu):
+            assert dict(placed.train.resources_per_worker) == {"trainer": 1}
+            assert dict(placed.sampler.resources_per_actor) == {"sampler": 1}
         # later groups on the command line still win (the CPU run of the RayJob's entrypoint in the deploy test)
-        cpu = compose_config([f"cluster={group}", "train=cpu", "sampler=hf"])
+        cpu = compose_config([f"cluster={group}", *GPU_GRID, "train=cpu", "sampler=hf"])
         assert not cpu.train.use_gpu and dict(cpu.train.resources_per_worker) == {"trainer": 1}
 
 
@@ -257,14 +265,17 @@ def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
 
 
 def test_gpu_commands_run_the_gpu_grid_not_the_cpu_demo(monkeypatch):
-    """train=gpu with the default group (the CPU demo: lr 1e-3/3e-3, 24-epoch arms) is refused in one line;
-    the cluster groups and sweep=gpu give the paper's settings, which train=gpu's lr does not contradict."""
+    """train=gpu with the default group (the CPU demo: lr 1e-3/3e-3, 24-epoch arms) is refused in one line, on a
+    GPU cluster too; the GPU clusters' commands name sweep=gpu, the paper's settings, which train=gpu's lr does
+    not contradict."""
     with pytest.raises(ConfigError, match=r"^sweep='default': the CPU demo's grid .* use sweep=gpu"):
         plan_sweep(["train=gpu", "sampler=vllm_gpu"])
     monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     for cluster in ("compose", "kuberay"):
-        cfg = compose_config([f"cluster={cluster}"])
+        with pytest.raises(ConfigError, match=r"^sweep='default': the CPU demo's grid .* use sweep=gpu"):
+            plan_sweep([f"cluster={cluster}", "train=gpu", "sampler=vllm_gpu"])
+        cfg = compose_config([f"cluster={cluster}", *GPU_GRID])
         validate(cfg)
         specs = expand_grid(cfg, "x")
         assert cfg.sweep.name == "gpu" and cfg.train.use_gpu and cfg.sampler.backend == "vllm"
@@ -334,6 +345,98 @@ def test_every_yaml_under_conf_composes_and_validates(group, option, monkeypatch
         return  # they need an HF model directory and dataset files; test_bad_config covers those checks
     validate(cfg)
     expand_grid(cfg, "x")
+
+
+# conf/'s package convention. A preset holds its own group's fields (no `# @package` line), except in the groups
+# below, whose presets are `# @package _global_` with their own fields under the group's key and, beside them,
+# only these fields of other groups (docs/config.md lists them; a field under a listed one is covered by it):
+GLOBAL_GROUPS = {
+    "sweep": {
+        "train.checkpoints_per_epoch": "a trial's evaluated points, part of the sweep's design",
+        "store.keep": "sweep=gpu: an 8B grid keeps only each trial's last and best weights",
+        "hydra.sweeper.params": "a grid in Hydra's spelling (sweep=lr_seeds), read by the premem sweeper",
+    },
+    "cluster": {  # where the sweep runs: every field here is a runtime field of orchestrator/rerun.py
+        "store.root": "the cluster's shared store (PREMEM_STORE_ROOT)",
+        "tracking.uri": "the cluster's tracking server (MLFLOW_TRACKING_URI)",
+        "train.resources_per_worker": "the Ray resource that marks the training nodes",
+        "sampler.resources_per_actor": "the Ray resource that marks the sampling nodes",
+    },
+}
+
+
+def _preset_fields(path) -> tuple:
+    """(the `# @package` line's package or None, the dotted fields the preset sets, its defaults list)."""
+    text = path.read_text()
+    package = next((line.split()[2] for line in text.splitlines() if line.startswith("# @package")), None)
+    tree = OmegaConf.to_container(OmegaConf.load(path))
+    defaults = tree.pop("defaults", [])
+
+    def leaves(node, prefix):
+        if isinstance(node, dict) and node:
+            return [leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}{key}.")]
+        return [prefix[:-1]]
+
+    own = "" if package == "_global_" else f"{path.parent.name}."
+    return package, leaves(tree, own) if tree else [], defaults
+
+
+def _covered(field: str, allowed) -> bool:
+    return any(field == a or field.startswith(a + ".") for a in allowed)
+
+
+@pytest.mark.parametrize("group,option", _every_group_option())
+def test_every_preset_keeps_its_groups_package_and_sets_only_its_own_fields(group, option):
+    """One package per group; a preset sets its own group's fields plus, in the _global_ groups, only the
+    listed ones; a preset's defaults list names presets of its own group only (a cluster that picked train=gpu
+    would change what runs); τ is the task's, set by no other preset."""
+    from orchestrator.config import CONF_DIR
+
+    package, fields, defaults = _preset_fields(CONF_DIR / group / f"{option}.yaml")
+    assert package == ("_global_" if group in GLOBAL_GROUPS else None), (group, option, package)
+    allowed = [group, *GLOBAL_GROUPS.get(group, {})]
+    assert [f for f in fields if not _covered(f, allowed)] == [], f"{group}/{option} sets fields of other groups"
+    assert all(isinstance(entry, str) and "/" not in entry and "override" not in entry
+               for entry in defaults), (group, option, defaults)
+    assert group == "task" or not any(f.endswith("nll_threshold") for f in fields), "τ is set in task presets only"
+
+
+def test_the_fields_a_preset_sets_beside_its_group_are_listed_in_the_docs_and_a_clusters_are_runtime_fields():
+    """The allow-list above is the documented one (docs/config.md names each field), every entry is used by some
+    preset (a stale entry fails), and a cluster preset reaches nothing that changes what a trial computes."""
+    from orchestrator.config import CONF_DIR
+    from orchestrator.rerun import RUNTIME_FIELDS
+
+    docs = (CONF_DIR.parent / "docs" / "config.md").read_text()
+    for group, allowed in GLOBAL_GROUPS.items():
+        used = {f for preset in (CONF_DIR / group).glob("*.yaml") for f in _preset_fields(preset)[1]}
+        for field in allowed:
+            assert f"`{field}`" in docs, f"docs/config.md does not name {field}, which {group} presets set"
+            assert any(_covered(f, [field]) for f in used), f"no {group} preset sets {field}"
+    assert all(_covered(field, RUNTIME_FIELDS) for field in GLOBAL_GROUPS["cluster"])
+
+
+@pytest.mark.parametrize("cluster", ["local", "ray", "compose", "kuberay"])
+def test_where_it_runs_never_changes_what_runs(cluster, monkeypatch):
+    """Composed, cluster=X differs from the default config only in cluster.*, the store and tracking locations
+    and the node groups' Ray resources: no train, sampler, sweep, task or model field (a `defaults: override
+    /sweep: gpu` in a cluster preset fails here)."""
+    monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/premem-store")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    def flat(cfg):
+        return {k: v for k, v in _flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+
+    base, placed = flat(compose_config([])), flat(compose_config([f"cluster={cluster}"]))
+    changed = {k for k in base.keys() | placed.keys() if base.get(k, "<unset>") != placed.get(k, "<unset>")}
+    assert {k for k in changed if not _covered(k, ["cluster", *GLOBAL_GROUPS["cluster"]])} == set()
+    assert (cluster in ("compose", "kuberay")) == bool({k for k in changed if k.startswith(("train.", "sampler."))})
+
+
+def _flatten(node, prefix=""):
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
 
 
 def test_the_eta_follows_the_recent_pace_of_evaluation():

@@ -267,7 +267,8 @@ def test_the_docs_show_commands_and_the_check_finds_them():
     line format that hid them all would pass every parametrized case vacuously)."""
     readme = [c.text for c in COMMANDS if c.page == "README.md"]
     assert any(t.startswith("python -m orchestrator") for t in readme) and any(t.startswith("make") for t in readme)
-    assert any(python_module(shlex.split(c.text)) == ("orchestrator", ["cluster=compose"]) for c in COMMANDS
+    compose_gpu = ("orchestrator", ["cluster=compose", "train=gpu", "sampler=vllm_gpu", "sweep=gpu"])
+    assert any(python_module(shlex.split(c.text)) == compose_gpu for c in COMMANDS
                if c.text.startswith("docker"))
 
 

@@ -22,6 +22,9 @@ def ray_node(node_id: str, cpus: float, gpus: float = 0, alive: bool = True, hea
 COMPOSE = [ray_node("1", 16, head=True), ray_node("2", 48, gpus=6, trainer=6), ray_node("3", 16, gpus=2, sampler=2)]
 
 
+COMPOSE_GPU = ["cluster=compose", "train=gpu", "sampler=vllm_gpu", "sweep=gpu"]  # docs/cluster.md's command
+
+
 def section(overrides: list[str], name: str) -> dict:
     from omegaconf import OmegaConf
 
@@ -31,7 +34,7 @@ def section(overrides: list[str], name: str) -> dict:
 def test_compose_group_on_six_trainer_gpus_is_refused_naming_workers_and_what_exists(monkeypatch):
     monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    train, sampler = section(["cluster=compose"], "train"), section(["cluster=compose"], "sampler")
+    train, sampler = section(COMPOSE_GPU, "train"), section(COMPOSE_GPU, "sampler")
     with pytest.raises(PlacementError) as refused:
         plan_placement(nodes_from_ray(COMPOSE), sampler, train)
     line = str(refused.value)
@@ -43,7 +46,7 @@ def test_compose_group_on_six_trainer_gpus_is_refused_naming_workers_and_what_ex
 def test_a_feasible_plan_places_trainers_and_samplers_on_their_own_nodes(monkeypatch):
     monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    overrides = ["cluster=compose", "train.num_workers=6"]
+    overrides = [*COMPOSE_GPU, "train.num_workers=6"]
     plan = plan_placement(nodes_from_ray(COMPOSE), section(overrides, "sampler"), section(overrides, "train"))
     assert plan.workers == ["10.0.0.2"] * 6 and plan.samplers == ["10.0.0.3"] * 2
 
