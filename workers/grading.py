@@ -11,6 +11,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -280,12 +281,26 @@ def _serve_math_verify() -> None:
             out.flush()
 
 
+# Graders that a task module defines for its own answer format (name -> grade(completion, gold) -> Grade), each
+# registered when its task module is imported (loading the task does that), so grading imports no task.
+TASK_GRADERS: dict[str, Callable[[str, str], Grade]] = {}
+
+
+def register_grader(name: str):
+    """Decorator: `grade(completion, gold) -> Grade` as the grader of splits whose `grader` is `name`."""
+    def register(grade: Callable[[str, str], Grade]) -> Callable[[str, str], Grade]:
+        TASK_GRADERS[name] = grade
+        return grade
+
+    return register
+
+
 class Grader:
     """Grades a task's samples: GSM8k in place; MATH by the cheap check, then math-verify with a time limit
     in `workers` child processes side by side (sympy is single-threaded; a GPU node's sampler has cores)."""
 
     def __init__(self, task: str, timeout_s: float = 5.0, workers: int = 1):
-        if task not in ("gsm8k", "math", "choices"):
+        if task not in ("gsm8k", "math", *TASK_GRADERS):
             raise ValueError(f"no grader for task {task!r}")
         self.task = task
         self.verifiers = [MathVerifier(timeout_s) for _ in range(workers)] if task == "math" else []
@@ -295,10 +310,8 @@ class Grader:
     def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
         if self.task == "gsm8k":
             return [grade_gsm8k(c, g) for c, g in zip(completions, golds)]
-        if self.task == "choices":  # a verifier: the gold is the question's chain, not a number
-            from workers.tasks.choices import grade_choices
-
-            return [grade_choices(c, g) for c, g in zip(completions, golds)]
+        if self.task in TASK_GRADERS:
+            return [TASK_GRADERS[self.task](c, g) for c, g in zip(completions, golds)]
         extracted = [last_boxed(c) for c in completions]
         # k samples of a question often box the same answer: each distinct (answer, gold) is decided once,
         # by the cheap check where it can, else by math-verify

@@ -27,6 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from workers.grading import Grade, register_grader
 from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
 from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN
 
@@ -105,11 +106,10 @@ def read_choices(completion: str, chain: Chain) -> tuple[int, ...] | None:
     return (int(lines[0][0]), *(int(amount) for _, _, amount, _ in lines[:len(chain.chosen)]))
 
 
-def grade_choices(completion: str, spec: str):
+@register_grader(GRADER)
+def grade_choices(completion: str, spec: str) -> Grade:
     """Grade: correct when the choices the completion wrote are in the chain's ranges and its last step's result
     is the count those choices give. Unparsed when it wrote fewer steps than the chain has."""
-    from workers.grading import Grade
-
     chain, lines = Chain.from_spec(spec), _LINE.findall(completion)
     chosen = read_choices(completion, chain)
     if chosen is None or len(lines) < len(chain.chosen) + 1:
