@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -433,6 +434,9 @@ def stage_sweep(facts: Facts, store: Path, dry: bool, extra: list[str]) -> bool:
     import torch
 
     gpus = torch.cuda.device_count()
+    # a machine kept warm between calls still has the last call's store: the same command would continue that
+    # sweep (rerun is resume) and this stage would check the old one's records and MLflow runs
+    shutil.rmtree(store / "sweep", ignore_errors=True)
     args = [sys.executable, "-m", "orchestrator", *sweep_overrides(gpus, dry, store, extra)]
     facts["command"] = " ".join(args[1:])
     started = time.perf_counter()
@@ -451,8 +455,9 @@ def stage_sweep(facts: Facts, store: Path, dry: bool, extra: list[str]) -> bool:
     want = "cpu" if dry else "cuda"
     facts["placement_ok"] = bool(workers and samplers) and all(
         str(p.get("device", "")).startswith(want) and (dry or p.get("gpu_ids")) for p in [*workers, *samplers])
+    with_probe, kept = checks["checkpoints_kept_with_probe"]
     return (checks["every_checkpoint_evaluated"] and checks["records_exactly_once"] and checks["mlflow_ok"]
-            and facts["placement_ok"])
+            and facts["placement_ok"] and with_probe == kept > 0)
 
 
 # ------------------------------------------------------------------------------------------------ vllm

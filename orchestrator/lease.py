@@ -83,13 +83,16 @@ class Lease:
             io.write_text(self.location, text)
             return self.holder() == self.me
         Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a name of our own, then linked into place: the lease file never exists half-written
+        mine = f"{self.location}.{self.me.host}-{self.me.pid}"
+        Path(mine).write_text(text)
         try:
-            fd = os.open(self.location, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(mine, self.location)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
+        finally:
+            os.unlink(mine)
 
     def _remove_stale(self, stale: Holder) -> None:
         """Move the stale lease aside (one taker wins the rename; the others find it gone and try again)."""
@@ -97,11 +100,18 @@ class Lease:
             if self.holder() == stale:
                 io.delete_file(self.location)
             return
+        aside = f"{self.location}.stale-{os.getpid()}"
         try:
-            os.replace(self.location, f"{self.location}.stale-{os.getpid()}")
-            os.unlink(f"{self.location}.stale-{os.getpid()}")
+            os.replace(self.location, aside)
         except FileNotFoundError:
+            return
+        # another driver may have taken it over between our read and the rename: put its fresh lease back
+        try:
+            if Holder(**json.loads(Path(aside).read_text())) != stale:
+                os.link(aside, self.location)
+        except (OSError, ValueError, TypeError):
             pass
+        os.unlink(aside)
 
     def acquire(self, wait_s: float, say=print, poll_s: float = 2.0) -> None:
         """Take the lease, waiting up to `wait_s` for a live holder (LeaseHeld after that)."""
@@ -111,9 +121,17 @@ class Lease:
             if self._create():
                 break
             holder = self.holder()
-            if holder is None:
-                continue  # released (or moved aside) meanwhile
             now = self.clock()
+            if holder is None:  # released or moved aside meanwhile (try again), or unreadable
+                if self._unreadable_for() > self.stale_s:
+                    say(f"lease: {self.location} is unreadable and older than sweep.lease_stale_s="
+                        f"{self.stale_s:g}s; taking the sweep over")
+                    io.delete_file(self.location)
+                elif now >= deadline:
+                    raise LeaseHeld(f"{self.location} stayed unreadable for sweep.lease_wait_s={wait_s:g}s")
+                else:
+                    time.sleep(min(poll_s, 0.2))
+                continue
             alive = _pid_alive(holder.pid) if holder.host == self.me.host else None
             action = decide(holder, self.me, now, self.stale_s, alive)
             if action == "take":
@@ -134,12 +152,28 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="premem-lease", daemon=True)
         self._thread.start()
 
+    def _unreadable_for(self) -> float:
+        """Seconds since an unreadable lease file was last written (0 when there is none or it reads)."""
+        if io.is_uri(self.location) or self.holder() is not None:
+            return 0.0
+        try:
+            return time.time() - os.path.getmtime(self.location)
+        except OSError:
+            return 0.0
+
     def _beat(self) -> None:
         while not self._stop.wait(max(1.0, self.stale_s / 4)):
             holder = self.holder()
-            if holder is None or (holder.host, holder.pid) != (self.me.host, self.me.pid):
-                return  # taken over (this driver was stale): the new holder's now
-            io.write_text(self.location, json.dumps(asdict(replace_heartbeat(holder, self.clock()))))
+            if holder is None:
+                continue  # a read that failed (an object store's hiccup): the next beat tries again
+            if (holder.host, holder.pid) != (self.me.host, self.me.pid):
+                print(f"lease: this driver's sweep was taken over by {holder.line(self.clock())} (no heartbeat "
+                      f"for sweep.lease_stale_s={self.stale_s:g}s); it now continues the sweep", flush=True)
+                return
+            try:
+                io.write_text(self.location, json.dumps(asdict(replace_heartbeat(holder, self.clock()))))
+            except Exception as exc:  # noqa: BLE001 -- a failed refresh is retried at the next beat
+                print(f"lease: refreshing the heartbeat failed ({exc}); trying again", flush=True)
 
     def release(self) -> None:
         self._stop.set()

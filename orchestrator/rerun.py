@@ -26,7 +26,7 @@ from store.names import ORIGINAL
 RUNTIME_FIELDS = (
     "tracking", "cluster", "store", "curation",
     "sweep.name", "sweep.grid", "sweep.max_concurrent_trials", "sweep.color_by", "sweep.nll_threshold",
-    "sweep.robustness_variant", "sweep.robustness_prefix", "sweep.lease_stale_s", "sweep.lease_wait_s",
+    "sweep.robustness_variant", "sweep.lease_stale_s", "sweep.lease_wait_s",
     "task.nll_threshold",  # the analysis' τ: every rerun fits again
     "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker", "train.resources_per_worker",
     "train.keep_engine_states", "train.max_failures", "train.placement_strategy", "train.dist_backend", "train.env",
@@ -95,11 +95,15 @@ def address(cfg: DictConfig, planned_id: str, specs: list[TrialSpec],
         return planned_id, specs, []
     sweep_id = content_sweep_id(cfg, specs)
     stored = stored_trials(sweep_paths(cfg.store.root, sweep_id))
-    known = {trial_key(s): s for s in stored}
+    known: dict[str, list[TrialSpec]] = {}
+    for s in sorted(stored, key=lambda s: s.index):
+        known.setdefault(trial_key(s), []).append(s)
     next_index = max((s.index for s in stored), default=-1) + 1
     renamed = []
     for spec in specs:
-        match = known.get(trial_key(spec))
+        # each stored trial is matched once: two points that differ only in a runtime field keep two run_ids
+        candidates = known.get(trial_key(spec))
+        match = candidates.pop(0) if candidates else None
         if match is not None:
             renamed.append(replace(spec, run_id=match.run_id, index=match.index))
             continue
@@ -120,7 +124,7 @@ def write_plan(paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec
 
 # ------------------------------------------------------------------------------ evaluation settings
 # Sampler settings that change the samples, and so the records, but not the weights: what addresses an
-# evaluation (issue 35, item 5). They are still part of the sweep's address (sweep_key, trial_key): a command
+# evaluation. They are still part of the sweep's address (sweep_key, trial_key): a command
 # that changes only these finds the sweep that trained its trials (other_evaluations) and says so, and how to
 # evaluate its stored checkpoints without training (orchestrator.reeval into a records set of their own).
 EVAL_FIELDS = ("sampler.k", "sampler.temperature", "sampler.top_p", "sampler.max_new_tokens", "sampler.seed",

@@ -47,7 +47,8 @@ def test_the_verifier_accepts_any_valid_choices_and_nothing_else():
     # a choice out of its range, or a step of the wrong kind, even with the count those numbers give
     assert not choices.grade_choices(choices.solution_text(chain, (32, 7, 4, 8)), spec).correct
     assert not choices.grade_choices(choices.solution_text(chain, (23, 10, 4, 8)), spec).correct
-    assert not choices.grade_choices("23+7=30. 30+4=34. 34+8=42. 42-14=28.", spec).parsed
+    wrong_kind = choices.grade_choices("23+7=30. 30+4=34. 34+8=42. 42-14=28.", spec)
+    assert wrong_kind.parsed and not wrong_kind.correct
     # too few steps (the fixed last one missing): unparsed
     assert not choices.grade_choices("23+7=30. 30-4=26. 26+8=34.", spec).parsed
     # the verifier reads the choices and the final count, not the other written results

@@ -195,3 +195,47 @@ def test_a_held_lease_names_its_holder_and_a_dead_or_stale_one_is_taken_over(tmp
     with Lease(str(tmp_path / "c"), stale_s=120) as lease:
         lease.acquire(wait_s=0, say=said.append)
         assert "no heartbeat for sweep.lease_stale_s=120s" in said[0]
+
+
+def test_two_points_that_differ_only_in_a_runtime_field_keep_two_run_ids(tmp_path):
+    """Each stored trial is matched once: a rerun never gives two planned trials one run_id (one directory)."""
+    sweep_id, first = addressed(["-m", *SMALL, "sweep.grid.train.lr=[1e-3]", "sampler.num_actors=1,2"], tmp_path)
+    assert len({s.run_id for s in first}) == 2
+    store_plan(tmp_path, sweep_id, first)
+    _, again = addressed(["-m", *SMALL, "sweep.grid.train.lr=[1e-3]", "sampler.num_actors=1,2"], tmp_path)
+    assert sorted(s.run_id for s in again) == sorted(s.run_id for s in first)
+
+
+def test_the_robustness_prefix_is_part_of_the_address(tmp_path):
+    """Its records are named by the variant only: another prefix under the same address would reuse them."""
+    assert addressed(["sweep.robustness_prefix=Then"], tmp_path)[0] != addressed([], tmp_path)[0]
+
+
+def test_an_empty_lease_file_is_waited_on_then_taken_over_when_old(tmp_path):
+    """A driver killed while creating its lease leaves an empty file: a later driver neither spins nor waits
+    forever on it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lease.json").write_text("")
+    started = time.time()
+    with pytest.raises(LeaseHeld, match="stayed unreadable"):
+        Lease(str(tmp_path / "a"), stale_s=120).acquire(wait_s=0.5, poll_s=0.1)
+    assert time.time() - started < 5
+    old = time.time() - 500
+    os.utime(tmp_path / "a" / "lease.json", (old, old))
+    said = []
+    with Lease(str(tmp_path / "a"), stale_s=120) as lease:
+        lease.acquire(wait_s=0, say=said.append)
+        assert "unreadable and older than sweep.lease_stale_s=120s" in said[0]
+        assert json.loads((tmp_path / "a" / "lease.json").read_text())["pid"] == os.getpid()
+
+
+def test_moving_a_stale_lease_aside_puts_back_a_fresh_one_taken_meanwhile(tmp_path):
+    """Two drivers take over one stale lease: the second to rename must not remove the first one's new lease."""
+    stale = Holder("another-host", 1, 0.0, time.time() - 500)
+    fresh = Holder("another-host", 2, time.time(), time.time())
+    write_holder(tmp_path / "a", fresh)  # the first taker's lease, already in place
+    Lease(str(tmp_path / "a"), stale_s=120)._remove_stale(stale)
+    assert Holder(**json.loads((tmp_path / "a" / "lease.json").read_text())) == fresh
+    write_holder(tmp_path / "b", stale)
+    Lease(str(tmp_path / "b"), stale_s=120)._remove_stale(stale)
+    assert not (tmp_path / "b" / "lease.json").exists() and os.listdir(tmp_path / "b") == []

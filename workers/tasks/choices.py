@@ -97,13 +97,16 @@ _LINE = re.compile(r"(\d+)([-+])(\d+)=(-?\d+)\.")
 
 def read_choices(completion: str, chain: Chain) -> tuple[int, ...] | None:
     """The choices a completion wrote: the first line's start and the amounts of its chosen steps, or None when
-    it wrote fewer lines than the chain has chosen steps or a step of the wrong kind."""
+    it wrote fewer lines than the chain has chosen steps."""
     lines = _LINE.findall(completion)
     if len(lines) < len(chain.chosen):
         return None
-    if any(sign != SIGN[kind] for (_, sign, _, _), (kind, _) in zip(lines, chain.chosen)):
-        return None
     return (int(lines[0][0]), *(int(amount) for _, _, amount, _ in lines[:len(chain.chosen)]))
+
+
+def kinds_match(completion: str, chain: Chain) -> bool:
+    """Whether each chosen step the completion wrote adds or subtracts as the question says."""
+    return all(sign == SIGN[kind] for (_, sign, _, _), (kind, _) in zip(_LINE.findall(completion), chain.chosen))
 
 
 @register_grader(GRADER)
@@ -115,7 +118,8 @@ def grade_choices(completion: str, spec: str) -> Grade:
     if chosen is None or len(lines) < len(chain.chosen) + 1:
         return Grade(False, False, lines[-1][3] if lines else None)
     final = lines[-1][3]
-    return Grade(chain.valid(chosen) and chain.final(chosen) == int(final), True, final)
+    right = kinds_match(completion, chain) and chain.valid(chosen) and chain.final(chosen) == int(final)
+    return Grade(right, True, final)
 
 
 # ----------------------------------------------------------------------------------------------- generation
