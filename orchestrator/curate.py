@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from store import io
 from orchestrator.config import ConfigError, similar_source, to_yaml, tracking_uri, validate, validate_curation
 from orchestrator.plan import TrialSpec, typed_config
-from orchestrator.rerun import RUNTIME_FIELDS, _hash, _without
+from orchestrator.rerun import RUNTIME_FIELDS, config_hash, without_fields
 from store.layout import SweepPaths, sweep_paths, write_text_atomic
 from workers.tasks import GENERATED, Example, load_task, task_args
 
@@ -399,8 +399,8 @@ CURATION_RUNTIME_FIELDS = (*(f for f in RUNTIME_FIELDS if f != "curation"), "cur
 
 def curation_key(source_sweep_id: str, base: DictConfig) -> str:
     """8 hex digits of the source sweep's id and the follow-up runs' resolved config without runtime fields."""
-    tree = _without(OmegaConf.to_container(base, resolve=True), CURATION_RUNTIME_FIELDS)
-    return _hash({"source_sweep": source_sweep_id, "follow_up": tree})
+    tree = without_fields(OmegaConf.to_container(base, resolve=True), CURATION_RUNTIME_FIELDS)
+    return config_hash({"source_sweep": source_sweep_id, "follow_up": tree})
 
 
 def curation_id_for(source_sweep_id: str, base: DictConfig, fresh: bool = False) -> str:

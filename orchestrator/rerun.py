@@ -38,7 +38,7 @@ RUNTIME_FIELDS = (
 TRIALS_FILE = "trials.json"  # every trial the sweep ever planned (plan.json: the latest command's)
 
 
-def _without(tree: dict, fields) -> dict:
+def without_fields(tree: dict, fields) -> dict:
     """A copy of a config tree with the dotted `fields` (and everything under them) removed."""
     tree = json.loads(json.dumps(tree, default=str))
     for field in fields:
@@ -53,7 +53,7 @@ def _without(tree: dict, fields) -> dict:
     return tree
 
 
-def _hash(tree: dict) -> str:
+def config_hash(tree: dict) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -65,12 +65,12 @@ def swept_fields(specs: list[TrialSpec]) -> set[str]:
 def sweep_key(cfg: DictConfig, specs: list[TrialSpec]) -> str:
     """8 hex digits of the resolved config without the swept fields and without the runtime fields."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    return _hash(_without(tree, (*RUNTIME_FIELDS, *sorted(swept_fields(specs)))))
+    return config_hash(without_fields(tree, (*RUNTIME_FIELDS, *sorted(swept_fields(specs)))))
 
 
 def trial_key(spec: TrialSpec) -> str:
     """8 hex digits of a trial's own resolved config without the runtime fields: its address in its sweep."""
-    return _hash(_without(asdict(spec.config), RUNTIME_FIELDS))
+    return config_hash(without_fields(asdict(spec.config), RUNTIME_FIELDS))
 
 
 def content_sweep_id(cfg: DictConfig, specs: list[TrialSpec]) -> str:
@@ -136,15 +136,15 @@ GRADER_VERSION = 1  # bump when a grader's verdicts change: another records set
 def eval_variant(sampler: dict) -> str:
     """The records set these evaluation settings get: `eval-` and 8 hex of them and the grader version."""
     settings = {field: sampler.get(field.split(".", 1)[1]) for field in EVAL_FIELDS if field != "sampler.variant"}
-    return f"eval-{_hash({'grader_version': GRADER_VERSION, **settings})}"
+    return f"eval-{config_hash({'grader_version': GRADER_VERSION, **settings})}"
 
 
 def _training_key(tree: dict, swept: set[str]) -> str:
-    return _hash(_without(tree, (*RUNTIME_FIELDS, *EVAL_FIELDS, *sorted(swept))))
+    return config_hash(without_fields(tree, (*RUNTIME_FIELDS, *EVAL_FIELDS, *sorted(swept))))
 
 
 def _trial_training_key(spec: TrialSpec) -> str:
-    return _hash(_without(asdict(spec.config), (*RUNTIME_FIELDS, *EVAL_FIELDS)))
+    return config_hash(without_fields(asdict(spec.config), (*RUNTIME_FIELDS, *EVAL_FIELDS)))
 
 
 @dataclass(frozen=True)
