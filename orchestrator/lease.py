@@ -183,10 +183,12 @@ class Lease:
         if holder is not None and (holder.host, holder.pid) == (self.me.host, self.me.pid):
             io.delete_file(self.location)
         if not io.is_uri(self.location):  # a sweep refused before it wrote anything leaves no directory
-            try:
-                os.rmdir(Path(self.location).parent)
-            except OSError:
-                pass
+            sweep_dir = Path(self.location).parent
+            for empty in (sweep_dir, sweep_dir.parent):  # its own, and <store>/sweeps if it made that
+                try:
+                    empty.rmdir()
+                except OSError:
+                    break
 
     def __enter__(self) -> "Lease":
         return self

@@ -113,6 +113,8 @@ def _link_ray_logs(log_dir: Path) -> None:
     except AttributeError:  # a client connection (ray://) has no local session directory
         return
     link = log_dir / "ray"
+    if link.is_symlink():  # a rerun of the sweep (its address is the same): the newest session's logs
+        link.unlink()
     if not link.exists():
         link.symlink_to(session, target_is_directory=True)
 
