@@ -74,7 +74,10 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     # the parent run tells the story: baselines beside the fit, a description with the table and the plot
     assert {"train_acc_r2", "train_nll_r2"} <= set(parent.data.metrics)
     note = parent.data.tags["mlflow.note.content"]
-    assert "pre-memorization train accuracy" in note and "train accuracy |" in note and "train NLL" in note
+    if "no fit: test accuracy spans only" in note:  # the tiny sweep's checkpoints may all score one test accuracy
+        assert "R² against y = x |" not in note
+    else:
+        assert "pre-memorization train accuracy" in note and "train accuracy |" in note and "train NLL" in note
     assert "**Robustness**" in note and "| premem bin |" in note
     assert "analysis/robustness_prefixed.json" in {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
     image = re.search(r"!\[[^]]*\]\((get-artifact\?[^)]+)\)", note).group(1)
