@@ -99,10 +99,10 @@ def token_parts(task: str, tokenizer, target: str, solution: str) -> np.ndarray:
     offsets = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     parts = np.zeros(len(offsets), dtype=int)
     if task == "choices":
-        from workers.tasks.choices import _LINE
+        from workers.tasks.choices import STEP_LINE
 
         shift = target.index(solution)
-        lines = list(_LINE.finditer(solution))
+        lines = list(STEP_LINE.finditer(solution))
         n_chosen = len(lines) - 1  # every line but the fixed last step uses a choice
         chosen = [(shift + lines[0].start(1), shift + lines[0].end(1))] + \
             [(shift + m.start(3), shift + m.end(3)) for m in lines[:n_chosen]]
@@ -135,7 +135,7 @@ def forced_first_prefix(example, rng: random.Random) -> str | None:
     from workers.tasks import choices
 
     chain = choices.parse_problem(example.question).chain
-    start, sign = choices._LINE.search(example.solution).group(1, 2)
+    start, sign = choices.STEP_LINE.search(example.solution).group(1, 2)
     others = [x for x in range(chain.start[0], chain.start[1] + 1) if x != int(start)]
     return f"{rng.choice(others)}{sign}"
 

@@ -92,13 +92,13 @@ class Problem:
 
 
 # ----------------------------------------------------------------------------------------------- grading
-_LINE = re.compile(r"(\d+)([-+])(\d+)=(-?\d+)\.")
+STEP_LINE = re.compile(r"(\d+)([-+])(\d+)=(-?\d+)\.")
 
 
 def read_choices(completion: str, chain: Chain) -> tuple[int, ...] | None:
     """The choices a completion wrote: the first line's start and the amounts of its chosen steps, or None when
     it wrote fewer lines than the chain has chosen steps."""
-    lines = _LINE.findall(completion)
+    lines = STEP_LINE.findall(completion)
     if len(lines) < len(chain.chosen):
         return None
     return (int(lines[0][0]), *(int(amount) for _, _, amount, _ in lines[:len(chain.chosen)]))
@@ -106,14 +106,14 @@ def read_choices(completion: str, chain: Chain) -> tuple[int, ...] | None:
 
 def kinds_match(completion: str, chain: Chain) -> bool:
     """Whether each chosen step the completion wrote adds or subtracts as the question says."""
-    return all(sign == SIGN[kind] for (_, sign, _, _), (kind, _) in zip(_LINE.findall(completion), chain.chosen))
+    return all(sign == SIGN[kind] for (_, sign, _, _), (kind, _) in zip(STEP_LINE.findall(completion), chain.chosen))
 
 
 @register_grader(GRADER)
 def grade_choices(completion: str, spec: str) -> Grade:
     """Grade: correct when the choices the completion wrote are in the chain's ranges and its last step's result
     is the count those choices give. Unparsed when it wrote fewer steps than the chain has."""
-    chain, lines = Chain.from_spec(spec), _LINE.findall(completion)
+    chain, lines = Chain.from_spec(spec), STEP_LINE.findall(completion)
     chosen = read_choices(completion, chain)
     if chosen is None or len(lines) < len(chain.chosen) + 1:
         return Grade(False, False, lines[-1][3] if lines else None)
