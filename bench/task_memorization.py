@@ -167,8 +167,8 @@ def e1(task: str, store: str, epochs: int, every: int, n_half: int, lr: float, b
     from workers.grading import Grader
     from workers.models import load_model, load_tokenizer
     from workers.tasks import PromptFormat, load_task, task_args
-    from workers.tokens import collate
-    from workers.train import SupervisedData, linear_warmup_decay
+    from workers.settings import linear_warmup_decay
+    from workers.tokens import SupervisedData, collate
 
     cfg = compose_config([f"task={task}", f"store.root={store}", f"task.n_train={2 * n_half}", *overrides])
     base = ensure_base_model(cfg)

@@ -1,5 +1,6 @@
 """Settings of the training worker and of the base-model stage: plain dataclasses (no torch import), so
-the config schemas in orchestrator/config.py extend them instead of repeating their fields."""
+the config schemas in orchestrator/config.py extend them instead of repeating their fields; and the step
+arithmetic the trainer, the base stage and the planner share."""
 from __future__ import annotations
 
 import math
@@ -62,6 +63,19 @@ def steps_per_epoch(n_examples: int, micro_batch_size: int, world_size: int, acc
     and an epoch ends on an optimizer-step boundary. 0: the data do not fill one global batch."""
     micro_batches = math.ceil(math.ceil(n_examples / world_size) / micro_batch_size)
     return micro_batches // accumulation
+
+
+def linear_warmup_decay(total_steps: int, warmup_frac: float):
+    """The learning-rate factor of an optimizer step (LambdaLR's): linear warm-up, then linear decay to 0 at
+    total_steps (the trial's loop and the base stage both schedule with it)."""
+    warmup = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
 
 
 def cache_root(local_dir: str | None) -> str | None:

@@ -1,8 +1,15 @@
-"""A (prompt, solution) pair as tokens and labels: one definition for the train loss (workers/train.py) and the
-reference solution's NLL (the sampling backends), so the two can never disagree about which tokens count."""
+"""A (prompt, solution) pair as tokens and labels: one definition for the train loss (workers/train.py,
+workers/base_model.py) and the reference solution's NLL (the sampling backends), so the two can never disagree
+about which tokens count."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from workers.tasks import Example, PromptFormat
 
 IGNORE = -100  # label of a position that no loss or NLL counts (the prompt, the padding)
 
@@ -27,3 +34,17 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class SupervisedData(Dataset):
+    """Tokenized (prompt, target) pairs; labels are IGNORE on prompt tokens so loss is on the solution only."""
+
+    def __init__(self, examples: list[Example], tokenizer, fmt: PromptFormat, max_len: int):
+        self.items = [encode_pair(tokenizer, fmt.prompt(e.question), fmt.target(e.solution), max_len)
+                      for e in examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.items[i]

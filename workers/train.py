@@ -1,4 +1,4 @@
-"""The per-worker finetuning recipe (DeepSpeed engine, loop, HF checkpoints) and the base-model stage.
+"""The per-worker finetuning recipe: DeepSpeed engine, loop, HF checkpoints.
 
 A trial's workers each run `train_loop_per_worker`; it reads top to bottom: load model and data, build the
 engine, train with solution-only loss, save an HF checkpoint every epoch (or every N steps) and report it to
@@ -7,25 +7,27 @@ Ray Train, which routes it to the sampling pool.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from store import io
 from store.names import ENGINE_DIR
-from workers.settings import BaseStage, TrainSettings, cache_root, save_interval, steps_per_epoch
+from workers.settings import TrainSettings, cache_root, linear_warmup_decay, save_interval, steps_per_epoch
 from workers.tasks import Example, PromptFormat, load_task
-from workers.tokens import collate, encode_pair
+from workers.tokens import SupervisedData, collate
+
+# Moved out (the base model: workers/base_model.py; the driver's op build: workers/deepspeed_ops.py); importable
+# from here until orchestrator/sweep.py imports them from their modules.
+from workers.base_model import BaseStage, build_base_model_reproducibly  # noqa: F401,E402
+from workers.deepspeed_ops import prepare_deepspeed_ops  # noqa: F401,E402
 
 TRAINER_STATE = "trainer_state.json"
 
@@ -43,31 +45,6 @@ class TrainJob:
     threads_per_worker: int = 1
     local_dir: str | None = None  # node-local staging and download directory (store.local_dir)
     extra: dict = field(default_factory=dict)
-
-
-class SupervisedData(Dataset):
-    """Tokenized (prompt, target) pairs; labels are IGNORE on prompt tokens so loss is on the solution only."""
-
-    def __init__(self, examples: list[Example], tokenizer, fmt: PromptFormat, max_len: int):
-        self.items = [encode_pair(tokenizer, fmt.prompt(e.question), fmt.target(e.solution), max_len)
-                      for e in examples]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
-        return self.items[i]
-
-
-def linear_warmup_decay(total_steps: int, warmup_frac: float):
-    warmup = max(1, int(total_steps * warmup_frac))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
 
 
 def deepspeed_config(s: TrainSettings, world_size: int) -> dict:
@@ -333,111 +310,3 @@ def _save_and_report(engine, tokenizer, job: TrainJob, position: dict, epoch: fl
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"step_{step:06d}")
     clock.checkpoint_seconds += time.perf_counter() - started
-
-
-# ------------------------------------------------------------------------------------------ base stage
-# MKL's strict conditional numerical reproducibility: its matrix products give the same bits whatever the thread
-# count, on any x86 CPU with AVX2. Without it a base model pretrained on 2 threads differs from one pretrained on
-# 1 (the sweep uses cluster.num_cpus threads). MKL reads the setting once, as it starts: it goes in the
-# environment of a fresh process.
-REPRODUCIBLE_MKL = {"MKL_CBWR": "AVX2,STRICT"}
-
-
-def build_base_model_reproducibly(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
-                                  log=print) -> Path:
-    """`build_base_model` in a child process under REPRODUCIBLE_MKL: one seed gives the same weights bit for bit
-    on any thread count, so a fresh store rebuilds a cached base model exactly (and this process's torch
-    threads stay as they were). Its progress lines go to `log`."""
-    spec = {"out_dir": str(out_dir), "stage": asdict(stage), "task": task, "prompt": prompt, "threads": threads}
-    # The build runs on CPU; saving the model imports DeepSpeed, which would print a warning that it found no GPU.
-    env = {**os.environ, **REPRODUCIBLE_MKL, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
-    child = subprocess.Popen([sys.executable, "-u", "-m", "workers.train", json.dumps(spec)], stdout=subprocess.PIPE,
-                             text=True, env=env)
-    for line in child.stdout:
-        log(line.rstrip("\n"))
-    if child.wait() != 0:
-        raise RuntimeError(f"building the base model in {out_dir} failed (exit code {child.returncode}; "
-                           "its error is printed above)")
-    return Path(out_dir)
-
-
-def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
-                     log=print) -> Path:
-    """Build tokenizer and tiny model, pretrain on a base split of the task, save as an HF directory. Its
-    weights depend on the thread count unless MKL runs in strict mode: `build_base_model_reproducibly`."""
-    from workers.models import build_tiny_model, build_tokenizer, save_pretrained_atomic
-    from workers.tasks import generator
-
-    torch.set_num_threads(threads)
-    difficulty = {k: task[k] for k in ("min_steps", "max_steps", "max_number") if k in task}
-    make_examples = generator(task.get("name", "synthetic")).make_examples
-    examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty, final_answer=stage.final_answer)
-    fmt = PromptFormat(**prompt)
-    corpus = [fmt.prompt(e.question) + fmt.target(e.solution) for e in examples]
-    tokenizer = build_tokenizer(corpus, stage.vocab_size)
-    model = build_tiny_model(tokenizer, stage.hidden_size, stage.num_layers, stage.num_heads,
-                             stage.max_positions, stage.seed)
-    data = SupervisedData(examples, tokenizer, fmt, stage.max_positions)
-    generator = torch.Generator().manual_seed(stage.seed)
-    loader = DataLoader(data, batch_size=stage.batch_size, shuffle=True, generator=generator,
-                        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
-    total = len(loader) * stage.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(total, 0.05))
-    model.train()
-    step, started = 0, time.perf_counter()
-    for _ in range(stage.epochs):
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % 50 == 0 or step == total:
-                log(f"base model: step {step}/{total} loss {loss.item():.3f} "
-                    f"({time.perf_counter() - started:.0f}s)")
-    model.eval()
-    path = save_pretrained_atomic(model, tokenizer, out_dir)
-    (path / "base_stage.json").write_text(json.dumps({"stage": asdict(stage), "task": difficulty, "steps": total}))
-    return path
-
-
-# ------------------------------------------------------------------------------------ DeepSpeed ops
-def prepare_deepspeed_ops(log=print, stale_after_s: float = 600.0) -> None:
-    """Build (the first time) or load DeepSpeed's JIT-compiled CPU communication op in this process.
-
-    Run by the driver before any trial starts, so that trial workers find the op built instead of racing to
-    build it. torch's extension builder guards a build with a lock file that a killed build leaves behind,
-    and every later build then waits on it forever: a lock that outlives any real build is removed.
-    """
-    if not torch.cuda.is_available():  # this process only (Ray is up): DeepSpeed would warn it found no GPU
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.accelerator import get_accelerator
-    from deepspeed.ops import __compatible_ops__
-    from torch.utils.cpp_extension import _get_build_directory
-
-    try:
-        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    except (ValueError, AttributeError):  # accelerators without this op (CUDA uses NCCL)
-        return
-    if builder is None or not __compatible_ops__.get(builder.NAME, False):
-        return
-    lock = Path(_get_build_directory(builder.name, verbose=False)) / "lock"
-    if lock.exists():
-        log(f"DeepSpeed: waiting for another build of {builder.name} to finish ({lock})")
-    while lock.exists() and time.time() - lock.stat().st_mtime < stale_after_s:
-        time.sleep(5)
-    if lock.exists():
-        log(f"DeepSpeed: removing a stale build lock left by an interrupted build: {lock}")
-        lock.unlink(missing_ok=True)
-    started = time.perf_counter()
-    builder.load(verbose=False)
-    if time.perf_counter() - started > 10:
-        log(f"DeepSpeed: built {builder.name} in {time.perf_counter() - started:.0f}s (cached for later runs)")
-
-
-if __name__ == "__main__":  # the child process of build_base_model_reproducibly
-    _spec = json.loads(sys.argv[1])
-    build_base_model(_spec["out_dir"], BaseStage(**_spec["stage"]), _spec["task"], _spec["prompt"], _spec["threads"])

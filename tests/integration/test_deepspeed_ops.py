@@ -18,7 +18,7 @@ def test_stale_build_lock_is_removed_and_the_op_built(tmp_path):
     old = time.time() - 3600
     os.utime(lock, (old, old))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "py311_cpu")}
-    code = "from workers.train import prepare_deepspeed_ops; prepare_deepspeed_ops()"
+    code = "from workers.deepspeed_ops import prepare_deepspeed_ops; prepare_deepspeed_ops()"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

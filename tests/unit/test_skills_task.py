@@ -84,7 +84,7 @@ def test_the_tiny_base_model_is_pretrained_on_the_tasks_own_text(tmp_path):
     import json
 
     from workers.settings import BaseStage
-    from workers.train import build_base_model
+    from workers.base_model import build_base_model
 
     stage = BaseStage(n_examples=80, epochs=1, batch_size=40, vocab_size=600, hidden_size=32, num_layers=1,
                       num_heads=2, max_positions=256)
@@ -99,7 +99,7 @@ def test_the_tiny_base_model_is_pretrained_on_the_tasks_own_text(tmp_path):
 def _small_base(out, threads: int, seed: int = 0, log=lambda _: None):
     """The driver's way: a child process with MKL in strict mode."""
     from workers.settings import BaseStage
-    from workers.train import build_base_model_reproducibly
+    from workers.base_model import build_base_model_reproducibly
 
     stage = BaseStage(n_examples=64, epochs=1, batch_size=16, seed=seed)  # the default model's sizes
     return build_base_model_reproducibly(out, stage, {"name": "skills", "min_steps": 2, "max_steps": 4, "max_number": 12},
