@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from workers.settings import BaseStage, linear_warmup_decay
@@ -21,6 +21,24 @@ from workers.settings import BaseStage, linear_warmup_decay
 # 1 (the sweep uses cluster.num_cpus threads). MKL reads the setting once, as it starts: it goes in the
 # environment of a fresh process.
 REPRODUCIBLE_MKL = {"MKL_CBWR": "AVX2,STRICT"}
+KEY_VERSION = 2  # part of every cached base model's key: bumped when the build changes what a key gives
+DIFFICULTY = ("min_steps", "max_steps", "max_number")
+
+
+def base_model_key(model, task) -> dict:
+    """What the model every trial starts from depends on, from the `model` and `task` config groups (DictConfigs
+    or their dataclasses): `{"path": model.path}` for a given HF model; else the tiny model's base stage, the task
+    family's difficulty (its name too, but for synthetic, whose key predates the other tasks) and the prompt
+    format, `build_base_model`'s arguments. Equal keys give the same weights; the dict's hash names the cached
+    model's directory (store.layout.base_model_dir)."""
+    if model.path:
+        return {"path": model.path}
+    stage = BaseStage(**{f.name: getattr(model.base_stage, f.name) for f in fields(BaseStage)})
+    family = {k: getattr(task, k) for k in DIFFICULTY}
+    if task.name != "synthetic":
+        family["name"] = task.name
+    prompt = {"question_suffix": task.question_suffix, "stop": task.stop}
+    return {"stage": asdict(stage), "task": family, "prompt": prompt, "v": KEY_VERSION}
 
 
 def build_base_model_reproducibly(out_dir: str | Path, stage: BaseStage, task: dict, prompt: dict, threads: int = 2,
@@ -53,7 +71,7 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
     from workers.tokens import SupervisedData, collate
 
     torch.set_num_threads(threads)
-    difficulty = {k: task[k] for k in ("min_steps", "max_steps", "max_number") if k in task}
+    difficulty = {k: task[k] for k in DIFFICULTY if k in task}
     make_examples = generator(task.get("name", "synthetic")).make_examples
     examples = make_examples(stage.seed, stage.n_examples, "base", **difficulty, final_answer=stage.final_answer)
     fmt = PromptFormat(**prompt)
