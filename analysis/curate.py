@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.premem import PremState, example_premem, premem_at
-from store.names import CURATION_STRATEGIES, ORIGINAL
+from store.names import CURATION_STRATEGIES
 from store.records import RecordsError
 
 DEFAULT_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -131,9 +131,9 @@ def robustness(state: PremState, tau: float, bins: tuple[float, ...] = DEFAULT_B
     fragility from never having been solved.
     """
     rec = state.records
-    others = [(code, name) for code, name in enumerate(rec.variants) if name != ORIGINAL]
+    others = [(code, name) for code, name in enumerate(rec.variants) if name != state.variant]
     if not others:
-        raise RecordsError(f"{rec.sources[0]}: column 'variant': no rows other than '{ORIGINAL}' to compare")
+        raise RecordsError(f"{rec.sources[0]}: column 'variant': no rows other than '{state.variant}' to compare")
     step_min = int(rec.step.min())
     span = int(rec.step.max()) - step_min + 1
     n_examples = len(rec.examples)

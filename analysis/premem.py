@@ -49,6 +49,7 @@ class PremState:
     rank_values: np.ndarray  # acc value of each rank; rank 0 is 0.0
     group_offset: np.ndarray  # (run, example) group index * number of ranks
     ref_nll: np.ndarray  # sorted train rows' ref_nll
+    variant: str = ORIGINAL  # the records set these rows are of (others in `records` are perturbations of it)
 
 
 def _dense_codes(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +79,12 @@ def _accuracy_ranks(n_correct: np.ndarray, n_samples: np.ndarray) -> tuple[np.nd
     return rank_of_pair[1:][pair_code].astype(np.int64), values
 
 
-def prepare(records: Records) -> PremState:
-    """Index the `original` records by checkpoint and sort train rows for the running maximum."""
-    original = records.variant_code(ORIGINAL)
+def prepare(records: Records, variant: str = ORIGINAL) -> PremState:
+    """Index the records of `variant` (the sweep's first records set, `original`, by default) by checkpoint and
+    sort their train rows for the running maximum; rows of other variants are left out."""
+    original = records.variant_code(variant)
     if original < 0:
-        raise RecordsError(f"{records.sources[0]}: column 'variant': no rows with variant '{ORIGINAL}'")
+        raise RecordsError(f"{records.sources[0]}: column 'variant': no rows with variant '{variant}'")
     orig_rows = np.flatnonzero(records.variant == original)
     step_min = int(records.step.min())
     span = int(records.step.max()) - step_min + 1
@@ -124,6 +126,7 @@ def prepare(records: Records) -> PremState:
         rank_values=rank_values,
         group_offset=group_index.astype(np.int64) * len(rank_values),
         ref_nll=records.ref_nll[rows],
+        variant=variant,
     )
 
 
@@ -185,7 +188,7 @@ def premem_at(state: PremState, tau: float, step: int | None = None, run_id: str
     if run_id is not None:
         table = table[table["run_id"] == run_id]
         if table.empty:
-            raise RecordsError(f"run_id {run_id!r}: no train records with variant '{ORIGINAL}'")
+            raise RecordsError(f"run_id {run_id!r}: no train records with variant '{state.variant}'")
     if step is None:
         last = table.groupby("run_id", observed=True)["step"].transform("max")
         return table[table["step"] == last].reset_index(drop=True)

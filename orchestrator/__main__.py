@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plan_text(specs))
             stored = rerun.stored_trials(paths)
-            print(rerun.status_text(sweep_id, paths, specs, stored))
-            if not stored and "--new" not in argv:
-                for other in rerun.other_evaluations(cfg, specs, sweep_id):
-                    print("\n".join(other.lines(cfg, sweep_id)))
+            print(rerun.status_text(sweep_id, paths, specs, stored, rerun.evaluation_set(paths, cfg)))
             return 0
         io.check_writable(io.normalize(cfg.store.root))  # before the lease file goes there
         check_tracking(tracking_uri(cfg))
@@ -91,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, StorageError, TrackingError, PlacementError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        # the records set these evaluation settings address: `original` for a new sweep, else a stored one or new
+        records_set = rerun.evaluation_set(paths, cfg)
+        rerun.register_set(paths, records_set)
+        specs = rerun.with_set(cfg, specs, records_set.name)
         if stored:
-            return rerun.continue_sweep(cfg, paths, specs, stored)
-        if "--new" not in argv:
-            for other in rerun.other_evaluations(cfg, specs, sweep_id):
-                print("\n".join(other.lines(cfg, sweep_id)))
+            return rerun.continue_sweep(cfg, paths, specs, stored, records_set)
         return sweep.launch(cfg, sweep_id, specs)
 
 

@@ -18,7 +18,8 @@ from store.records import load_records
 from orchestrator.plan import TrialSpec
 from orchestrator.retention import bytes_text, store_bytes
 from store.layout import SweepPaths, write_text_atomic
-from orchestrator.tracking import NOTE_TAG, Tracker, redact
+from orchestrator.rerun import robustness_set
+from orchestrator.tracking import NOTE_TAG, Tracker, redact, variant_suffix
 from workers.sample import EvalResult
 
 
@@ -51,6 +52,8 @@ class Summary:
     baselines: dict[str, Fit] = field(default_factory=dict)  # what the paper compares premem with
     robustness: object = None  # DataFrame: accuracy under the sweep's perturbation, binned by premem
     store_bytes: dict = field(default_factory=dict)  # bytes written and kept, by kind (orchestrator.retention)
+    evicted: list[str] = field(default_factory=list)  # checkpoints without weights or records of this set
+    records_set: str = ORIGINAL  # whose records the fit is of
 
     def fit_lines(self) -> list[str]:
         """The fit, the baselines beside it, and the spread it was fit on (terminal and run description)."""
@@ -63,7 +66,8 @@ class Summary:
             return [self.no_spread_line()]
         lines = [f"premem R² = {self.fit.r2_identity:.3f} against y = x (test acc = premem train acc); fitted line "
                  f"R² = {self.fit.r2:.3f} (test acc = {self.fit.slope:.3f} x premem + {self.fit.intercept:.3f}); "
-                 f"{self.fit.n_points} checkpoints of {self.n_trials} trials, τ = {self.tau:g}"]
+                 f"{self.fit.n_points} checkpoints of {self.n_trials} trials, τ = {self.tau:g}"
+                 + ("" if self.records_set == ORIGINAL else f"; records set {self.records_set}")]
         if self.baselines:
             lines.append("baselines: " + ", ".join(f"{BASELINES[k]} R² = {_identity(f)}{f.r2:.3f} fitted"
                                                    for k, f in self.baselines.items()))
@@ -116,6 +120,11 @@ class Summary:
         if self.missing:
             lines.append(f"NOT IN THE FIT: {len(self.missing)} trained checkpoint(s) have no records: "
                          + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else ""))
+        if self.evicted:
+            lines.append(f"evicted: {len(self.evicted)} checkpoint(s) lost their weights to store.keep before records "
+                         f"set {self.records_set} was asked for, so are not in its fit: "
+                         + ", ".join(self.evicted[:6]) + (f" and {len(self.evicted) - 6} more" if len(self.evicted) > 6
+                                                          else ""))
         for run_id, error in self.failed.items():
             lines.append(f"FAILED trial {run_id}: {error}")
         if progress is not None:
@@ -159,28 +168,31 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     from analysis.plots import scatter_premem_vs_test
 
     tau = float(cfg.sweep.nll_threshold)
-    record_files = trial_record_files(paths, specs, ORIGINAL)  # a point dropped from the command is not fitted
-    missing = missing_checkpoints(paths, specs, record_files)
+    records_set = cfg.sampler.variant  # the records of this command's evaluation settings; never another set's
+    suffix = variant_suffix(records_set)
+    record_files = trial_record_files(paths, specs, records_set)  # a point dropped from the command is not fitted
+    missing, evicted = missing_checkpoints(paths, specs, record_files)
     if not record_files:
         for child in children.values():
             tracker.end_run(child, "FAILED")
         tracker.end_run(parent, "FAILED")
-        return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False, missing=missing)
+        return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False, missing=missing,
+                       evicted=evicted, records_set=records_set)
     records = load_records(record_files)
-    table = checkpoint_table(prepare(records), tau)
+    table = checkpoint_table(prepare(records, records_set), tau)
     for run_id, rows in table.groupby("run_id"):
         if run_id not in children:
             continue
         for row in rows.itertuples():
-            tracker.log_metrics(children[run_id], {"premem_train_acc": row.premem_train_acc,
-                                                   "memorized_frac": row.memorized_frac}, row.step)
+            tracker.log_metrics(children[run_id], {f"premem_train_acc{suffix}": row.premem_train_acc,
+                                                   f"memorized_frac{suffix}": row.memorized_frac}, row.step)
     for run_id, child in children.items():
         tracker.end_run(child, "FAILED" if run_id in failed else "FINISHED")
 
     points = fit_points(table)
     fits = fit_all(points)
     fit, baselines = fits["premem_train_acc"], {k: fits[k] for k in BASELINES}
-    points_file = write_text_atomic(paths.file("analysis", "points.csv"), points.to_csv(index=False))
+    points_file = write_text_atomic(analysis_file(paths, records_set, "points.csv"), points.to_csv(index=False))
     plot = None
     if fit.n_points >= 2:
         color_key = cfg.sweep.color_by or (next(iter(specs[0].grid_values), None) if specs else None)
@@ -194,37 +206,44 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
         with tempfile.TemporaryDirectory(prefix="premem-plot-") as tmp:  # matplotlib writes local files
             local_plot = scatter_premem_vs_test(points, fit, tau, Path(tmp) / "premem_vs_test.png", color,
                                                 color_key or "", {BASELINES[k]: f for k, f in baselines.items()})
-            plot = io.write_bytes(paths.file("analysis", "premem_vs_test.png"), local_plot.read_bytes())
-        tracker.log_metrics(parent, {"premem_r2_identity": fit.r2_identity, "premem_r2": fit.r2,
-                                     "premem_slope": fit.slope,
-                                     "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
-                                     "premem_n_missing": len(missing), "nll_threshold": tau,
-                                     "train_acc_r2_identity": baselines["train_acc"].r2_identity,
-                                     "train_acc_r2": baselines["train_acc"].r2,
-                                     "train_nll_r2": baselines["ref_nll_mean"].r2}, fit_step(paths, specs))
+            plot = io.write_bytes(analysis_file(paths, records_set, "premem_vs_test.png"), local_plot.read_bytes())
+        values = {"premem_r2_identity": fit.r2_identity, "premem_r2": fit.r2, "premem_slope": fit.slope,
+                  "premem_intercept": fit.intercept, "premem_n_points": fit.n_points,
+                  "premem_n_missing": len(missing), "nll_threshold": tau,
+                  "train_acc_r2_identity": baselines["train_acc"].r2_identity,
+                  "train_acc_r2": baselines["train_acc"].r2, "train_nll_r2": baselines["ref_nll_mean"].r2}
+        tracker.log_metrics(parent, {f"{k}{suffix}": v for k, v in values.items()},
+                            fit_step(paths, specs, records_set))
         if missing:
-            tracker.set_tags(parent, {"premem.missing_checkpoints": ", ".join(missing)[:4000]})
-        tracker.log_artifacts(parent, [plot, points_file], "analysis")
+            tracker.set_tags(parent, {f"premem.missing_checkpoints{suffix}": ", ".join(missing)[:4000]})
+        tracker.log_artifacts(parent, [plot, points_file], "analysis" if records_set == ORIGINAL
+                              else f"analysis/{records_set}")
     acc = points["test_acc"] if len(points) else table["test_acc"]
     summary = Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
-                      ok=not missing, missing=missing, baselines=baselines)
-    variant = cfg.sweep.robustness_variant
+                      ok=not missing, missing=missing, baselines=baselines, evicted=evicted, records_set=records_set)
+    variant = robustness_set(cfg.sweep.robustness_variant, records_set) if cfg.sweep.robustness_variant else ""
     if variant and trial_record_files(paths, specs, variant):
-        summary.robustness = robustness_table(paths, specs, tau, variant, tracker, parent)
+        summary.robustness = robustness_table(paths, specs, tau, variant, tracker, parent, records_set)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
-    image = f"get-artifact?path={PLOT_ARTIFACT.replace('/', '%2F')}&run_uuid={parent}" if plot else None
+    artifact = PLOT_ARTIFACT if records_set == ORIGINAL else PLOT_ARTIFACT.replace("/", f"/{records_set}/")
+    image = f"get-artifact?path={artifact.replace('/', '%2F')}&run_uuid={parent}" if plot else None
     summary.store_bytes = store_bytes(paths)  # measured: after the robustness pass and every eviction
-    tracker.log_metrics(parent, summary.store_bytes, fit_step(paths, specs))
+    tracker.log_metrics(parent, summary.store_bytes, fit_step(paths, specs, records_set))
     tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
     tracker.end_run(parent, "FAILED" if failed else "FINISHED")
     return summary
 
 
-def fit_step(paths: SweepPaths, specs: list[TrialSpec]) -> int:
+def analysis_file(paths: SweepPaths, records_set: str, name: str) -> str:
+    """Where a fit's file goes: <sweep>/analysis/ for the original records set, analysis/<set>/ for another."""
+    return paths.file("analysis", name) if records_set == ORIGINAL else paths.file("analysis", records_set, name)
+
+
+def fit_step(paths: SweepPaths, specs: list[TrialSpec], records_set: str = ORIGINAL) -> int:
     """The parent run's step for this fit's metrics: 0 for the sweep's first, one more each time a rerun fits
     another set of trials (a grown grid). MLflow shows a metric's newest step, and a step is written once, so
-    rerunning the same command logs nothing twice."""
-    location = paths.file("analysis", "fits.json")
+    rerunning the same command logs nothing twice. Each records set counts its own fits."""
+    location = analysis_file(paths, records_set, "fits.json")
     fits = json.loads(io.read_text(location)) if io.is_file(location) else []
     trials = sorted(spec.run_id for spec in specs)
     if not fits or fits[-1] != trials:
@@ -239,21 +258,28 @@ def trial_record_files(paths: SweepPaths, specs: list[TrialSpec], variant: str) 
     return [f for f in paths.record_files(variant) if io.name(io.parent(f)) in run_ids]
 
 
-def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, variant: str, tracker, parent: str):
-    """Accuracy under the variant binned by premem (original records), saved and logged on the parent run."""
+def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, variant: str, tracker, parent: str,
+                     records_set: str = ORIGINAL):
+    """Accuracy under the variant binned by premem (of `records_set`), saved and logged on the parent run."""
     from analysis.curate import robustness
 
-    files = trial_record_files(paths, specs, ORIGINAL) + trial_record_files(paths, specs, variant)
-    table = robustness(prepare(load_records(files)), tau)
+    files = trial_record_files(paths, specs, records_set) + trial_record_files(paths, specs, variant)
+    table = robustness(prepare(load_records(files), records_set), tau)
     out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
                             json.dumps(table.to_dict(orient="records"), indent=1))
     tracker.log_artifacts(parent, [out], "analysis")
     return table
 
 
-def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec], record_files: list[str]) -> list[str]:
-    """'run R step N' for each checkpoint Ray Train registered that has no records of the original prompt."""
+def missing_checkpoints(paths: SweepPaths, specs: list[TrialSpec],
+                        record_files: list[str]) -> tuple[list[str], list[str]]:
+    """'run R step N' for each checkpoint Ray Train registered that has no records in `record_files`: those
+    still with weights (missing: an evaluation that failed or never came back), and those store.keep evicted
+    before these records were asked for (another records set's retention: they cannot be evaluated)."""
+    from orchestrator.retention import evicted
+
     have = {(io.name(io.parent(f)), io.name(f).split(".")[0]) for f in record_files}
-    return [f"run {spec.run_id} step {int(io.name(c).removeprefix('step_'))}"
-            for spec in specs for c in paths.trial_checkpoints(spec.run_id)
-            if (spec.run_id, io.name(c)) not in have]
+    lacking = [(spec.run_id, c) for spec in specs for c in paths.trial_checkpoints(spec.run_id)
+               if (spec.run_id, io.name(c)) not in have]
+    name = lambda run_id, c: f"run {run_id} step {int(io.name(c).removeprefix('step_'))}"  # noqa: E731
+    return ([name(r, c) for r, c in lacking if not evicted(c)], [name(r, c) for r, c in lacking if evicted(c)])

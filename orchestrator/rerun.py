@@ -1,11 +1,14 @@
 """Rerun is resume: a sweep is addressed by what it computes, so the same command on the same store continues it.
 
 A sweep's id is its name plus a hash of its resolved config without the swept fields (each trial is addressed by
-its own config, below) and without where and how it runs (RUNTIME_FIELDS: cluster, tracking, store, concurrency,
-resources). A trial is addressed by a hash of its own resolved config without the runtime fields; a stored trial
-keeps its run_id (and so its checkpoints, records and MLflow child run) whenever a later command plans a trial of
-the same address. Running the same command again therefore continues the stored sweep through
-orchestrator.resume's machinery; a grid grown by one point trains that point only; `--new` starts a fresh sweep.
+its own config, below), without where and how it runs (RUNTIME_FIELDS: cluster, tracking, store, concurrency,
+resources) and without how it is evaluated (EVAL_FIELDS). A trial is addressed by a hash of its own resolved
+config without those; a stored trial keeps its run_id (and so its checkpoints, records and MLflow child run)
+whenever a later command plans a trial of the same address. An evaluation is addressed by its settings: each
+distinct set of them is a records set of the sweep (`original`, then `eval-<hash>`), and no fit mixes two.
+Running the same command again therefore continues the stored sweep through orchestrator.resume's machinery; a
+grid grown by one point trains that point only; other evaluation settings evaluate the stored checkpoints
+again; `--new` starts a fresh sweep.
 """
 from __future__ import annotations
 
@@ -63,14 +66,15 @@ def swept_fields(specs: list[TrialSpec]) -> set[str]:
 
 
 def sweep_key(cfg: DictConfig, specs: list[TrialSpec]) -> str:
-    """8 hex digits of the resolved config without the swept fields and without the runtime fields."""
+    """8 hex digits of the resolved config without the swept, runtime and evaluation fields."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    return config_hash(without_fields(tree, (*RUNTIME_FIELDS, *sorted(swept_fields(specs)))))
+    return config_hash(without_fields(tree, (*RUNTIME_FIELDS, *EVAL_FIELDS, *sorted(swept_fields(specs)))))
 
 
 def trial_key(spec: TrialSpec) -> str:
-    """8 hex digits of a trial's own resolved config without the runtime fields: its address in its sweep."""
-    return config_hash(without_fields(asdict(spec.config), RUNTIME_FIELDS))
+    """8 hex digits of a trial's own resolved config without the runtime and evaluation fields: its address in
+    its sweep (what it trains)."""
+    return config_hash(without_fields(asdict(spec.config), (*RUNTIME_FIELDS, *EVAL_FIELDS)))
 
 
 def content_sweep_id(cfg: DictConfig, specs: list[TrialSpec]) -> str:
@@ -124,113 +128,153 @@ def write_plan(paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec
 
 # ------------------------------------------------------------------------------ evaluation settings
 # Sampler settings that change the samples, and so the records, but not the weights: what addresses an
-# evaluation. They are still part of the sweep's address (sweep_key, trial_key): a command
-# that changes only these finds the sweep that trained its trials (other_evaluations) and says so, and how to
-# evaluate its stored checkpoints without training (orchestrator.reeval into a records set of their own).
+# evaluation, not a sweep or a trial. A command that changes only these continues the sweep that trained its
+# trials and evaluates the stored checkpoints into a records set of its own (EvaluationSet); nothing trains again.
 EVAL_FIELDS = ("sampler.k", "sampler.temperature", "sampler.top_p", "sampler.max_new_tokens", "sampler.seed",
                "sampler.answer_prefix", "sampler.train_subset", "sampler.backend", "sampler.dtype",
                "sampler.grade_timeout_s", "sampler.variant")
-GRADER_VERSION = 1  # bump when a grader's verdicts change: another records set
+GRADER_VERSION = 1  # bump when a grader's verdicts change: a new records set, re-graded from stored completions
+SETS_FILE = "evaluations.json"  # records set -> the settings that produced it; the sweep's first is `original`
+
+
+def eval_settings(sampler: dict) -> dict:
+    """What produced a records set: the sampler fields that change samples, and the grader version."""
+    return {"grader_version": GRADER_VERSION,
+            **{field: sampler.get(field.split(".", 1)[1]) for field in EVAL_FIELDS if field != "sampler.variant"}}
 
 
 def eval_variant(sampler: dict) -> str:
-    """The records set these evaluation settings get: `eval-` and 8 hex of them and the grader version."""
-    settings = {field: sampler.get(field.split(".", 1)[1]) for field in EVAL_FIELDS if field != "sampler.variant"}
-    return f"eval-{config_hash({'grader_version': GRADER_VERSION, **settings})}"
+    """The records set these evaluation settings get after the sweep's first: `eval-` and 8 hex of them."""
+    return f"eval-{config_hash(eval_settings(sampler))}"
 
 
-def _training_key(tree: dict, swept: set[str]) -> str:
-    return config_hash(without_fields(tree, (*RUNTIME_FIELDS, *EVAL_FIELDS, *sorted(swept))))
-
-
-def _trial_training_key(spec: TrialSpec) -> str:
-    return config_hash(without_fields(asdict(spec.config), (*RUNTIME_FIELDS, *EVAL_FIELDS)))
+def _sampling_only(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "grader_version"}
 
 
 @dataclass(frozen=True)
-class OtherEvaluation:
-    """A stored sweep that trained this command's trials (some of them) under other evaluation settings."""
+class EvaluationSet:
+    """The records set a command evaluates into: `original` (the sweep's first settings) or `eval-<hash>`."""
 
-    paths: SweepPaths
-    changed: tuple[tuple[str, object, object], ...]  # (field, stored value, this command's)
-    checkpoints: int  # of the matching trials, with weights
-    evicted: int  # of the matching trials, weights deleted by store.keep
+    name: str
+    settings: dict
+    new: bool  # not stored yet: every stored checkpoint is evaluated into it
+    changed: tuple[tuple[str, object, object], ...] = ()  # against the sweep's original set: (field, was, now)
+    regrade_from: str | None = None  # a stored set sampled the same way, graded by another grader version
 
-    def lines(self, cfg: DictConfig, new_id: str) -> list[str]:
-        changes = ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in self.changed)
-        variant = eval_variant(OmegaConf.to_container(cfg.sampler, resolve=True))
-        gone = f"; {self.evicted} evicted by store.keep cannot be" if self.evicted else ""
-        overrides = " ".join(f"{f}={b}" for f, _, b in self.changed)
-        return [f"new evaluation settings ({changes}): {self.paths.sweep_id} has trained these trials; "
-                f"would re-evaluate {self.checkpoints} stored checkpoints{gone}",
-                f"  not done by this command yet (it trains sweep {new_id}); to evaluate without training: "
-                f"python -m orchestrator.reeval {self.paths.sweep} sampler.variant={variant} {overrides}"]
+    def line(self) -> str:
+        if not self.new:
+            return f"records set {self.name}"
+        changes = ", ".join(f"{f} {a!r} -> {b!r}" for f, a, b in self.changed) or "none"
+        how = (f"re-graded from the completions of {self.regrade_from} (no sampling)" if self.regrade_from
+               else "stored checkpoints evaluated again, nothing trained")
+        return f"records set {self.name}: new evaluation settings ({changes}); {how}"
 
 
-def other_evaluations(cfg: DictConfig, specs: list[TrialSpec], sweep_id: str) -> list[OtherEvaluation]:
-    """Stored sweeps named like this one whose config differs from this command's only in EVAL_FIELDS."""
-    from orchestrator.config import Config
-    from orchestrator.retention import evicted
+def stored_sets(paths: SweepPaths) -> dict[str, dict]:
+    """The sweep's records sets and their settings; a sweep from before the file: its config's as `original`."""
+    if io.is_file(paths.file(SETS_FILE)):
+        return json.loads(io.read_text(paths.file(SETS_FILE)))
+    if io.is_file(paths.file("config.yaml")):
+        stored = OmegaConf.create(io.read_text(paths.file("config.yaml")))
+        return {ORIGINAL: eval_settings(OmegaConf.to_container(stored.sampler, resolve=True))}
+    return {}
 
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    wanted = _training_key(tree, swept_fields(specs))
-    planned = {_trial_training_key(s) for s in specs}
-    found = []
-    sweeps = io.join(io.normalize(cfg.store.root), "sweeps")
-    for location in (io.list_dirs(sweeps) if io.exists(sweeps) else []):
-        other_id = io.name(location)
-        if other_id == sweep_id or not other_id.startswith(f"{cfg.sweep.name}-"):
-            continue
-        paths = sweep_paths(cfg.store.root, other_id)
-        try:
-            stored_cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(io.read_text(paths.file("config.yaml"))))
-            stored = stored_trials(paths)
-        except Exception:  # a sweep directory this version cannot read is not one to offer
-            continue
-        other = OmegaConf.to_container(stored_cfg, resolve=True)
-        if not stored or _training_key(other, swept_fields(stored)) != wanted:
-            continue
-        changed = tuple((f, OmegaConf.select(stored_cfg, f), OmegaConf.select(cfg, f)) for f in EVAL_FIELDS
-                        if f != "sampler.variant" and OmegaConf.select(stored_cfg, f) != OmegaConf.select(cfg, f))
-        checkpoints = [c for s in stored if _trial_training_key(s) in planned for c in paths.trial_checkpoints(s.run_id)]
-        if changed and checkpoints:
-            gone = sum(evicted(c) for c in checkpoints)
-            found.append(OtherEvaluation(paths, changed, len(checkpoints) - gone, gone))
-    return found
+
+def evaluation_set(paths: SweepPaths, cfg: DictConfig) -> EvaluationSet:
+    """The records set this command's evaluation settings address in the sweep (new if none matches)."""
+    settings = eval_settings(OmegaConf.to_container(cfg.sampler, resolve=True))
+    sets = stored_sets(paths)
+    if not sets:
+        return EvaluationSet(ORIGINAL, settings, new=True)
+    for name, stored in sets.items():
+        if stored == settings:
+            return EvaluationSet(name, settings, new=False)
+    original = sets.get(ORIGINAL, {})
+    changed = tuple((k, original.get(k), v) for k, v in settings.items() if original.get(k) != v)
+    regrade_from = next((name for name, stored in sets.items()
+                         if _sampling_only(stored) == _sampling_only(settings)), None)
+    return EvaluationSet(eval_variant(OmegaConf.to_container(cfg.sampler, resolve=True)), settings, True, changed,
+                         regrade_from)
+
+
+def register_set(paths: SweepPaths, chosen: EvaluationSet) -> None:
+    """Write the set into the sweep's evaluations.json (with the sweep's original, for a sweep from before it)."""
+    sets = stored_sets(paths)
+    if sets.get(chosen.name) != chosen.settings:
+        write_text_atomic(paths.file(SETS_FILE), json.dumps({**sets, chosen.name: chosen.settings}, indent=1))
+
+
+def regrade_sources(paths: SweepPaths, name: str) -> list[str]:
+    """The stored sets sampled as records set `name` is but graded by another grader version: its checkpoints'
+    completions there are re-graded, not sampled again."""
+    sets = stored_sets(paths)
+    if name not in sets:
+        return []
+    return [other for other, settings in sets.items()
+            if other != name and _sampling_only(settings) == _sampling_only(sets[name])]
+
+
+def with_set(cfg: DictConfig, specs: list[TrialSpec], name: str) -> list[TrialSpec]:
+    """The config and specs set to evaluate into records set `name` (cfg in place; specs copied)."""
+    cfg.sampler.variant = name
+    return [replace(s, config=replace(s.config, sampler=replace(s.config.sampler, variant=name))) for s in specs]
+
+
+def robustness_set(variant: str, records_set: str) -> str:
+    """The perturbed records' set: the robustness variant's name, of this records set where it is not the first."""
+    return variant if records_set == ORIGINAL else f"{variant}-{records_set}"
 
 
 # ------------------------------------------------------------------------------------------- --plan
-def trial_status(new: bool, stored_checkpoints: int, expected: int, unevaluated: int) -> tuple[str, str]:
+def trial_status(new: bool, stored_checkpoints: int, expected: int, unevaluated: int,
+                 new_settings: bool = False) -> tuple[str, str]:
     """(run | continue | skip, why) of one trial of a rerun."""
     if new:
         return "run", "new point"
     if stored_checkpoints == 0:
         return "run", f"0 of {expected} checkpoints stored"
+    evaluate = f"{unevaluated} to evaluate" + (" (new evaluation settings)" if new_settings else "")
     if stored_checkpoints < expected:
         return "continue", f"{stored_checkpoints} of {expected} checkpoints stored" + (
-            f", {unevaluated} to evaluate" if unevaluated else "")
+            f", {evaluate}" if unevaluated else "")
     if unevaluated:
-        return "continue", f"trained ({expected} of {expected} checkpoints stored), {unevaluated} to evaluate"
+        return "continue", f"trained ({expected} of {expected} checkpoints stored), {evaluate}"
     return "skip", f"done ({expected} of {expected} checkpoints stored and evaluated)"
 
 
-def status_text(sweep_id: str, paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec]) -> str:
-    """What running the command would do, per trial, with the reason; reads the store, starts nothing."""
+def status_text(sweep_id: str, paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec],
+                chosen: EvaluationSet | None = None) -> str:
+    """What running the command would do, per trial and for its evaluation, with the reason; reads the store,
+    starts nothing."""
     from orchestrator.cost import trial_steps
+    from orchestrator.retention import evicted
 
     if not stored:
         return f"sweep {sweep_id}: new (nothing stored under {paths.sweep}); every trial runs"
+    chosen = chosen or EvaluationSet(ORIGINAL, {}, new=False)
     known = {s.run_id for s in stored}
-    lines = [f"sweep {sweep_id}: stored under {paths.sweep}; running this command again continues it"]
+    lines = [f"sweep {sweep_id}: stored under {paths.sweep}; running this command again continues it",
+             f"evaluation: {chosen.line()}"]
+    lost = []
     for spec in specs:
         checkpoints = paths.trial_checkpoints(spec.run_id) if spec.run_id in known else []
-        unevaluated = sum(not io.is_file(paths.records_file(spec.run_id, _step(c), ORIGINAL)) for c in checkpoints)
-        action, why = trial_status(spec.run_id not in known, len(checkpoints), trial_steps(spec)[1], unevaluated)
+        todo = [c for c in checkpoints if not io.is_file(paths.records_file(spec.run_id, _step(c), chosen.name))]
+        if not chosen.regrade_from:  # re-grading needs the completions, not the weights
+            lost += [c for c in todo if evicted(c)]
+            todo = [c for c in todo if not evicted(c)]
+        action, why = trial_status(spec.run_id not in known, len(checkpoints), trial_steps(spec)[1], len(todo),
+                                   chosen.new)
         lines.append(f"  t{spec.index:02d} {action:<9} {spec.label[:45]:<46} {why}")
     planned = {s.run_id for s in specs}
     for spec in stored:
         if spec.run_id not in planned:
             lines.append(f"  t{spec.index:02d} {'keep':<9} {spec.label[:45]:<46} not in this command: stored, not fitted")
+    if lost:
+        lines.append(f"evicted: {len(lost)} checkpoint(s) have no weights any more (store.keep), so are not "
+                     f"evaluated into {chosen.name}: " + ", ".join(f"{io.name(io.parent(c))}/{io.name(c)}"
+                                                                   for c in lost[:6])
+                     + (f" and {len(lost) - 6} more" if len(lost) > 6 else ""))
     return "\n".join(lines)
 
 
@@ -239,7 +283,8 @@ def _step(checkpoint: str) -> int:
 
 
 # --------------------------------------------------------------------------------------- continuing
-def continue_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec]) -> int:
+def continue_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], stored: list[TrialSpec],
+                   records_set: EvaluationSet | None = None) -> int:
     """Run this command's trials in their stored sweep: finished trials are not trained again, unfinished ones go
     on from their last checkpoints, new points train, stored records are not redone, the sweep's MLflow runs are
     found again by their tags; the exit code."""
@@ -256,6 +301,8 @@ def continue_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], s
     new = [s for s in specs if s.run_id not in {t.run_id for t in stored}]
     print(f"sweep {paths.sweep_id}: {len(specs)} trials, {len(new)} of them new -> {paths.sweep} (stored: "
           "running the same command continues it; --new starts a fresh sweep)")
+    if records_set is not None and records_set.new:
+        print(records_set.line())
     tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, paths.mlflow_artifacts())
     end_abandoned_runs(tracker, cfg.tracking.abandoned_after_s)
     return resume_sweep(cfg, paths, specs, base_models(specs), tracker)

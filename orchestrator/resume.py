@@ -24,20 +24,39 @@ DONE_MARKER = "test_acc"  # logged last for a checkpoint (Tracker.log_checkpoint
 
 def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker,
                         children: dict[str, str]):
-    """What the interrupted sweep has: registered checkpoints, and those whose evaluation is not in MLflow."""
+    """What the interrupted (or continued) sweep has: registered checkpoints, and those whose evaluation into
+    the command's records set is not in MLflow. A checkpoint store.keep evicted before this set was asked for
+    is left out (the fit names it); one whose completions another set sampled the same way is re-graded."""
+    from dataclasses import replace
+
     from orchestrator import schedule
+    from orchestrator.rerun import regrade_sources
+    from orchestrator.retention import evicted
+    from orchestrator.tracking import variant_suffix
 
     pending, trained, evaluated, train_losses = [], 0, 0, {}
     for spec in specs:
         _, template = schedule.trial_jobs(spec, paths, base_model)
+        done_marker = DONE_MARKER + variant_suffix(template.variant)
+        sources = regrade_sources(paths, template.variant)
         for checkpoint in paths.trial_checkpoints(spec.run_id):
             state = json.loads(io.read_text(io.join(checkpoint, "trainer_state.json")))
-            trained += 1
+            step = int(state["step"])
             train_losses.setdefault(spec.run_id, []).extend(state["train_loss"])
-            if tracker.has_step(children[spec.run_id], DONE_MARKER, int(state["step"])):
+            if tracker.has_step(children[spec.run_id], done_marker, step):
+                trained += 1
                 evaluated += 1
-            else:
-                pending.append(template.job(int(state["step"]), float(state["epoch"]), checkpoint))
+                continue
+            job = template.job(step, float(state["epoch"]), checkpoint)
+            source = next((s for s in sources if io.is_file(paths.completions_file(spec.run_id, step, s))
+                           and io.is_file(paths.records_file(spec.run_id, step, s))), None)
+            if source is not None:
+                job = replace(job, regrade_records=paths.records_file(spec.run_id, step, source),
+                              regrade_completions=paths.completions_file(spec.run_id, step, source))
+            elif evicted(checkpoint):
+                continue  # no weights to sample: not counted as trained for this set
+            trained += 1
+            pending.append(job)
     return schedule.Resumed(pending, train_losses, trained, evaluated, schedule.finished_trials(paths))
 
 
@@ -70,7 +89,7 @@ def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str
     under `parent_id` for a curation's round): finished trials stay finished, the others go on from their last
     checkpoints, unevaluated checkpoints are evaluated; the exit code."""
     from orchestrator.sweep import execute, trial_params
-    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS
+    from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, variant_suffix
 
     try:
         parent, children = tracker.find_sweep(paths.sweep_id)
@@ -83,9 +102,11 @@ def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str
     children = {spec.run_id: children[spec.run_id] for spec in specs}  # points dropped from the command stay as they are
     for run in [parent, *children.values()]:
         tracker.reopen(run)
+    suffix = variant_suffix(cfg.sampler.variant)  # this command's records set: its own metric names
     for child in children.values():
-        tracker.load_logged(child, ("train_loss", "premem_train_acc", "memorized_frac", *CHECKPOINT_METRICS))
-    tracker.load_logged(parent, PARENT_METRICS)
+        tracker.load_logged(child, ("train_loss", *(f"{k}{suffix}" for k in ("premem_train_acc", "memorized_frac",
+                                                                              *CHECKPOINT_METRICS))))
+    tracker.load_logged(parent, tuple({*PARENT_METRICS, *(f"{k}{suffix}" for k in PARENT_METRICS)}))
     resumed = pending_evaluations(paths, specs, base_model, tracker, children)
     print(f"resuming {paths.sweep_id}: {len(resumed.finished_trials)} of {len(specs)} trials finished, "
           f"{resumed.trained} checkpoints trained, {len(resumed.pending)} of them to evaluate")

@@ -144,14 +144,11 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
     """The model every trial starts from: model.path, or the cached tiny base model (built once)."""
     if cfg.model.path:
         return cfg.model.path
-    from workers.train import BaseStage, build_base_model_reproducibly
+    from workers.base_model import BaseStage, base_model_key, build_base_model_reproducibly
 
-    stage = BaseStage(**OmegaConf.to_container(cfg.model.base_stage))
-    task = {k: cfg.task[k] for k in ("min_steps", "max_steps", "max_number")}
-    if cfg.task.name != "synthetic":  # (the synthetic task's key carries no name)
-        task["name"] = cfg.task.name
-    prompt = {"question_suffix": cfg.task.question_suffix, "stop": cfg.task.stop}
-    location = base_model_dir(cfg.store.root, {"stage": asdict(stage), "task": task, "prompt": prompt, "v": 2})
+    key = base_model_key(cfg.model, cfg.task)
+    stage, task, prompt = BaseStage(**key["stage"]), key["task"], key["prompt"]
+    location = base_model_dir(cfg.store.root, key)
     if io.is_file(io.join(location, "config.json")):
         log(f"base model: reusing {location}")
         return location
@@ -208,12 +205,12 @@ def trial_params(spec: TrialSpec) -> dict:
 # ------------------------------------------------------------------------------------ launch and run
 def base_models(specs: list[TrialSpec]) -> dict[str, str]:
     """Each trial's starting model (built once per distinct model: a sweep may vary the model group)."""
+    from workers.base_model import base_model_key
+
     built: dict[str, str] = {}
     by_trial = {}
     for spec in specs:
-        task = spec.config.task
-        key = json.dumps([asdict(spec.config.model), [task.name, task.min_steps, task.max_steps, task.max_number,
-                                                      task.question_suffix, task.stop]], sort_keys=True)
+        key = json.dumps(base_model_key(spec.config.model, spec.config.task), sort_keys=True)
         if key not in built:
             built[key] = ensure_base_model(OmegaConf.structured(spec.config))
         by_trial[spec.run_id] = built[key]
@@ -275,14 +272,14 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
     sampling `pool` is reused (curation rounds), else one is started."""
     from orchestrator import schedule
     from orchestrator.finish import finish_sweep, log_failure, log_result
+    from orchestrator.rerun import robustness_set
     from orchestrator.tracking import Heartbeat, Outbox, quiet_client_retries
-    from workers.train import prepare_deepspeed_ops
+    from workers.deepspeed_ops import prepare_deepspeed_ops
 
     quiet_client_retries()
     outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
     heartbeat = Heartbeat(outbox, [parent])  # runs of a driver that dies without ending them get ended later
 
-    from store.names import ORIGINAL
     from orchestrator.cost import trial_steps
     from orchestrator.retention import Retention
 
@@ -291,7 +288,7 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
 
     def on_result(result) -> None:
         log_result(outbox, children[result.run_id], result)
-        if result.variant == ORIGINAL:  # its records and completions are written: the weights may go
+        if result.variant == cfg.sampler.variant:  # its records and completions are written: the weights may go
             retention.evaluated(result.run_id, result.step, result.metrics["test_acc"])
 
     def on_failure(job: dict, line: str, details: str) -> None:
@@ -315,8 +312,8 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
         print(schedule.record_placement(pool, paths))
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
-            perturbed = {**OmegaConf.to_container(cfg.sampler), "variant": cfg.sweep.robustness_variant,
-                         "answer_prefix": cfg.sweep.robustness_prefix}
+            perturbed = {**OmegaConf.to_container(cfg.sampler), "answer_prefix": cfg.sweep.robustness_prefix,
+                         "variant": robustness_set(cfg.sweep.robustness_variant, cfg.sampler.variant)}
             jobs = variant_jobs(paths, specs, perturbed, last_only=True)
             print(f"robustness: {len(jobs)} last checkpoints with the answer starting {cfg.sweep.robustness_prefix!r}")
             robustness_not_evaluated = evaluate(pool, jobs, on_result, on_failure)

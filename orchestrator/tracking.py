@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from store import io
+from store.names import ORIGINAL
 from analysis.sources import RUN_ID_TAG
 from orchestrator.config import redact
 
@@ -257,7 +258,7 @@ class Tracker:
         of it there (what a resumed sweep checks)."""
         for location in artifacts:  # <sweep>/records/<run_id>/x.parquet -> artifact records/x.parquet
             self.log_artifacts(mlflow_run_id, [location], io.name(io.parent(io.parent(location))))
-        suffix = "" if variant == "original" else f"_{variant}"
+        suffix = variant_suffix(variant)
         self.log_metrics(mlflow_run_id, {f"{k}{suffix}": metrics[k] for k in CHECKPOINT_METRICS if k in metrics},
                          step)
 
@@ -274,6 +275,12 @@ class Tracker:
 
     def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(mlflow_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def variant_suffix(variant: str) -> str:
+    """What a records set's metric names end with: nothing for `original`, `_<set>` for the others (one value
+    per step and name: two sets never share a metric)."""
+    return "" if variant == ORIGINAL else f"_{variant}"
 
 
 def _now() -> str:

@@ -50,6 +50,10 @@ class EvalJob:
     train_subset: int = 0  # train questions evaluated (0: all); the same ones for every run and checkpoint
     subset_seed: int = 0
     local_dir: str | None = None  # node-local directory for the checkpoint's copy (store.local_dir)
+    # another records set's files of this checkpoint, sampled the same way: re-graded instead of sampled again
+    # (a new grader version); no weights are loaded
+    regrade_records: str = ""
+    regrade_completions: str = ""
 
 
 class EvaluationError(RuntimeError):
@@ -169,6 +173,43 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
                       metrics)
 
 
+def regrade_checkpoint(job: EvalJob, grader: Grader) -> EvalResult:
+    """The records of `job.variant` from another set's stored completions of the same checkpoint, sampled with
+    the same settings: every completion graded again by `grader`, reference NLLs and sample counts kept."""
+    t0 = time.perf_counter()
+    records = io.read_parquet(job.regrade_records)
+    completions = io.read_parquet(job.regrade_completions).to_pylist()
+    answers = {}  # (split, example_id) -> the reference answer the grader compares with
+    splits = load_task(**job.task)
+    for split, examples in (("train", splits.train), ("test", splits.test)):
+        answers.update({(split, e.example_id): e.answer for e in examples})
+    # stored completions carry the answer prefix already (_grade_all grades and stores the prefixed text)
+    grades = grader.grade([c["completion"] for c in completions],
+                          [answers[(c["split"], c["example_id"])] for c in completions])
+    correct: dict[tuple, int] = {}
+    for c, g in zip(completions, grades):
+        key = (c["split"], c["example_id"])
+        correct[key] = correct.get(key, 0) + int(g.correct)
+        c.update(variant=job.variant, extracted=g.extracted, correct=g.correct, parsed=g.parsed)
+    rows = records.to_pylist()
+    metrics = {}
+    for split in ("train", "test"):
+        mine = [r for r in rows if r["split"] == split]
+        for r in mine:
+            r.update(n_correct=correct.get((split, r["example_id"]), 0), variant=job.variant)
+        graded = [(c, g) for c, g in zip(completions, grades) if c["split"] == split]
+        n = max(1, sum(r["n_samples"] for r in mine))
+        metrics[f"{split}_acc"] = sum(r["n_correct"] for r in mine) / n
+        metrics[f"{split}_unparsed_frac"] = sum(not g.parsed for _, g in graded) / n
+        metrics[f"{split}_grade_timeouts"] = sum(g.timed_out for _, g in graded)
+    train_nll = [r["ref_nll"] for r in rows if r["split"] == "train"]
+    metrics["ref_nll_mean"] = float(np.mean(train_nll)) if train_nll else float("nan")
+    io.write_parquet(pa.Table.from_pylist(completions, schema=COMPLETIONS_SCHEMA), job.completions_path)
+    write_records(rows, job.records_path)  # last, as in a sampling: its presence marks the checkpoint done
+    metrics.update(eval_seconds=time.perf_counter() - t0, grade_seconds=time.perf_counter() - t0)
+    return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path, metrics)
+
+
 # ---------------------------------------------------------------------------------------- Ray edge
 class SamplerActor:
     """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
@@ -198,6 +239,8 @@ class SamplerActor:
         if grader_key not in self._graders:
             self._graders[grader_key] = Grader(*grader_key)
         try:
+            if job.regrade_records:
+                return regrade_checkpoint(job, self._graders[grader_key])
             return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
         except Exception as exc:
             # An engine that failed mid-request may be wedged: the next checkpoint builds a fresh one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 
 import pandas as pd
 import requests
@@ -198,3 +199,63 @@ def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_
     assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=3)
     points = pd.read_csv(sweep_dir / "analysis" / "points.csv")
     assert len(points) == 6 and points.run_id.nunique() == 3  # the fit covers every trial the command names
+
+
+def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of_their_own(sweep, mlflow_server):
+    """`sampler.k` changed on the first command: the same sweep, nothing trained, every checkpoint of the trials
+    it names evaluated again into records set `eval-<hash>` (the third trial, not named, is left alone); the fit
+    reads that set only, under its own names in MLflow; the original records are untouched. A grader change
+    re-grades those completions without sampling (workers.sample.regrade_checkpoint on the stored files)."""
+    from tests.integration.exactly_once import assert_mlflow_exactly_once
+    from mlflow import MlflowClient
+
+    store, sweep_dir, _ = sweep
+    records, checkpoints = stored_files(sweep_dir, "records"), stored_files(sweep_dir, "checkpoints")
+    result = _run(sweep_args(store, mlflow_server, "sampler.k=1"), timeout=900)
+    assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
+    records_set = json.loads((sweep_dir / "evaluations.json").read_text())
+    assert list(records_set)[0] == "original" and records_set["original"]["sampler.k"] == 3
+    name = list(records_set)[-1]
+    assert name.startswith("eval-") and records_set[name]["sampler.k"] == 1
+    assert f"records set {name}: new evaluation settings (sampler.k 3 -> 1)" in result.stdout, result.stdout
+    assert "0 of them new" in result.stdout and "4 of them to evaluate" in result.stdout, result.stdout
+    assert stored_files(sweep_dir, "checkpoints") == checkpoints  # nothing trained
+    assert {k: v for k, v in stored_files(sweep_dir, "records").items() if k in records} == records
+    new = sorted((sweep_dir / "records").rglob(f"*.{name}.parquet"))
+    assert len(new) == 4 and not any("-t02-" in str(f) for f in new)
+    frame = pd.concat(pd.read_parquet(f) for f in new)
+    assert (frame.variant == name).all() and (frame.n_samples == 1).all()
+    points = pd.read_csv(sweep_dir / "analysis" / name / "points.csv")
+    assert len(points) == 4 and points.run_id.nunique() == 2  # this set's fit: its own points, no other set's
+    assert FIT_OR_WHY.search(result.stdout)
+    curves = assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=3)
+    fitted = {run: c for run, c in curves.items() if run != "parent" and "-t02-" not in run}
+    assert all(len(c[f"test_acc_{name}"]) == 2 and len(c["test_acc"]) == 2 for c in fitted.values())
+    assert all(f"premem_train_acc_{name}" in c for c in fitted.values())
+
+    # the same command again: the set is found, nothing evaluated again
+    again = _run(sweep_args(store, mlflow_server, "sampler.k=1"), timeout=900)
+    assert "0 of them to evaluate" in again.stdout and "new evaluation settings" not in again.stdout, again.stdout
+    assert len(list((sweep_dir / "records").rglob(f"*.{name}.parquet"))) == 4
+
+    # a new grader version re-grades the stored completions: the same grader gives the same verdicts
+    from orchestrator.schedule import trial_jobs
+    from orchestrator.sweep import stored_specs
+    from store.layout import open_sweep
+    from workers.grading import Grader
+    from workers.sample import regrade_checkpoint
+    from workers.tasks import load_task
+
+    paths = open_sweep(str(sweep_dir))
+    spec = stored_specs(paths)[0]
+    _, template = trial_jobs(spec, paths, "unused")
+    template.variant = "regraded"
+    source = next(f for f in new if f.parent.name == spec.run_id)
+    step = int(source.name.split(".")[0].removeprefix("step_"))
+    job = replace(template.job(step, 1.0, "no weights: not loaded"), regrade_records=str(source),
+                  regrade_completions=paths.completions_file(spec.run_id, step, name))
+    evaluated = regrade_checkpoint(job, Grader(load_task(**job.task).grader, job.grade_timeout_s, 1))
+    regraded, sampled = pd.read_parquet(evaluated.records_path), pd.read_parquet(source)
+    pd.testing.assert_frame_equal(regraded.drop(columns="variant"), sampled.drop(columns="variant"))
+    assert (regraded.variant == "regraded").all() and evaluated.metrics["test_acc"] == pytest.approx(
+        sampled[sampled.split == "test"].n_correct.mean())

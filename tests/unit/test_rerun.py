@@ -30,13 +30,17 @@ def addressed(overrides: list[str], root) -> tuple[str, list]:
     ["tracking.experiment=other"], ["store.keep=final"], ["store.local_dir=/tmp/stage"],
     ["sweep.max_concurrent_trials=2"], ["train.cpus_per_worker=2"], ["+train.resources_per_worker.trainer=1"],
     ["sampler.num_actors=2"], ["sampler.batch_tokens=4096"], ["train.max_failures=5"], ["sweep.lease_stale_s=5"],
-    ["sweep.color_by=train.lr"], ["task.nll_threshold=0.2"]])
+    ["sweep.color_by=train.lr"], ["task.nll_threshold=0.2"],
+    # how it is evaluated: another records set of the same sweep and trials
+    ["sampler.k=3"], ["sampler.max_new_tokens=64"], ["sampler.temperature=0.5"], ["sampler.answer_prefix=First"]])
 def test_where_and_how_a_sweep_runs_does_not_change_its_address(runtime, tmp_path):
-    assert addressed([*SMALL, *runtime], tmp_path)[0] == addressed(SMALL, tmp_path)[0]
+    first, specs = addressed(SMALL, tmp_path)
+    again, respecs = addressed([*SMALL, *runtime], tmp_path)
+    assert again == first and [rerun.trial_key(s) for s in respecs] == [rerun.trial_key(s) for s in specs]
 
 
 @pytest.mark.parametrize("what", [["train.epochs=3"], ["task.n_train=64"], ["model.base_stage.epochs=1"],
-                                  ["seed=1"], ["sampler.k=3"], ["sampler.max_new_tokens=64"], ["train.num_workers=2",
+                                  ["seed=1"], ["train.num_workers=2",
                                   "train.global_batch_size=32"], ["task=skills"]])
 def test_what_a_sweep_computes_changes_its_address(what, tmp_path):
     assert addressed([*SMALL, *what], tmp_path)[0] != addressed(SMALL, tmp_path)[0]
@@ -123,35 +127,69 @@ def test_evaluation_settings_name_their_records_set():
     assert base not in changed and len(set(changed)) == len(changed)
 
 
-def test_a_new_sweep_that_differs_in_evaluation_settings_only_names_the_stored_one(tmp_path, capsys):
-    """`sampler.k` changed: --plan (and the run) name the sweep that trained these trials, how many of its
-    checkpoints could be evaluated again (those retention evicted counted apart), and the reeval command that
-    does it without training; a command that trains differently does not."""
+def test_other_evaluation_settings_address_a_new_records_set_of_the_same_sweep(tmp_path, capsys):
+    """`sampler.k` changed: the same sweep, the same trials, a records set of its own (`eval-<hash>`); --plan
+    says per trial how many stored checkpoints it evaluates (none trained) and names those store.keep evicted;
+    the sweep's first settings stay `original`, and the same settings again find their set."""
     from orchestrator.__main__ import main
     from orchestrator.config import to_yaml
     from orchestrator.retention import EVICTED
 
-    grid = ["sweep.grid.train.lr=[1e-3,3e-3]"]
+    grid = ["sweep.grid.train.lr=[1e-3,3e-3]", "train.epochs=1"]
     cfg, planned_id, planned = sweep.plan([*SMALL, *grid, f"store.root={tmp_path}"])
     sweep_id, specs, _ = rerun.address(cfg, planned_id, planned)
     store_plan(tmp_path, sweep_id, specs)
+    paths = sweep_paths(str(tmp_path), sweep_id)
     sweep_dir = tmp_path / "sweeps" / sweep_id
-    (sweep_dir / "config.yaml").write_text(to_yaml(cfg))
-    for run_id, step in ((specs[0].run_id, 16), (specs[0].run_id, 32), (specs[1].run_id, 16)):
-        (sweep_dir / "checkpoints" / run_id / f"step_{step:06d}").mkdir(parents=True)
-        (sweep_dir / "checkpoints" / run_id / f"step_{step:06d}" / "config.json").write_text("{}")
+    (sweep_dir / "config.yaml").write_text(to_yaml(cfg))  # a sweep from before evaluations.json
+    for run_id in (specs[0].run_id, specs[1].run_id):
+        (sweep_dir / "checkpoints" / run_id / "step_000016").mkdir(parents=True)
+        (sweep_dir / "checkpoints" / run_id / "step_000016" / "config.json").write_text("{}")
+        (sweep_dir / "records" / run_id).mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "records" / run_id / "step_000016.original.parquet").write_bytes(b"x")
     (sweep_dir / "checkpoints" / specs[0].run_id / "step_000016" / EVICTED).write_text('{"reason": "keep=final"}')
 
+    original = rerun.evaluation_set(paths, cfg)
+    assert (original.name, original.new) == ("original", False)
+    k3 = sweep.plan([*SMALL, *grid, "sampler.k=3", f"store.root={tmp_path}"])[0]
+    chosen = rerun.evaluation_set(paths, k3)
+    assert chosen.new and chosen.name.startswith("eval-") and chosen.changed == (("sampler.k", 5, 3),)
+    assert chosen.regrade_from is None
     assert main([*SMALL, *grid, "sampler.k=3", f"store.root={tmp_path}", "--plan"]) == 0
     out = capsys.readouterr().out
-    assert f"new evaluation settings (sampler.k 5 -> 3): {sweep_id} has trained these trials; would re-evaluate 2 " \
-           "stored checkpoints; 1 evicted by store.keep cannot be" in out, out
-    assert f"python -m orchestrator.reeval {sweep_dir} sampler.variant=eval-" in out and "sampler.k=3" in out
-    assert main([*SMALL, *grid, f"store.root={tmp_path}", "--plan"]) == 0  # the same settings: its own sweep
-    assert "new evaluation settings" not in capsys.readouterr().out
-    for other in (["sampler.k=3", "train.epochs=3"], ["sampler.k=3", "--new"]):
-        assert main([*SMALL, *grid, *other, f"store.root={tmp_path}", "--plan"]) == 0
-        assert "new evaluation settings" not in capsys.readouterr().out, other
+    assert f"sweep {sweep_id}: stored" in out
+    assert f"evaluation: records set {chosen.name}: new evaluation settings (sampler.k 5 -> 3); stored checkpoints " \
+           "evaluated again, nothing trained" in out, out
+    assert "t01 continue" in out and "trained (1 of 1 checkpoints stored), 1 to evaluate (new evaluation settings)" in out
+    assert "t00 skip" in out, out  # its one checkpoint was evicted: nothing it can evaluate
+    assert f"evicted: 1 checkpoint(s) have no weights any more (store.keep), so are not evaluated into {chosen.name}: " \
+           f"{specs[0].run_id}/step_000016" in out, out
+    assert not (sweep_dir / rerun.SETS_FILE).exists()  # --plan writes nothing
+
+    rerun.register_set(paths, chosen)
+    sets = json.loads((sweep_dir / rerun.SETS_FILE).read_text())
+    assert list(sets) == ["original", chosen.name] and sets["original"]["sampler.k"] == 5
+    again = rerun.evaluation_set(paths, k3)
+    assert (again.name, again.new) == (chosen.name, False)
+    assert rerun.evaluation_set(paths, cfg).name == "original"
+    renamed = rerun.with_set(k3, specs, chosen.name)
+    assert k3.sampler.variant == chosen.name and {s.config.sampler.variant for s in renamed} == {chosen.name}
+    assert [rerun.trial_key(s) for s in renamed] == [rerun.trial_key(s) for s in specs]
+
+
+def test_a_new_grader_version_regrades_the_stored_completions(tmp_path, monkeypatch):
+    """The same sampling settings under another grader version: a new set, re-graded from the completions of
+    the set that sampled them."""
+    cfg, planned_id, planned = sweep.plan([*SMALL, f"store.root={tmp_path}"])
+    sweep_id, specs, _ = rerun.address(cfg, planned_id, planned)
+    paths = sweep_paths(str(tmp_path), sweep_id)
+    rerun.register_set(paths, rerun.evaluation_set(paths, cfg))
+    monkeypatch.setattr(rerun, "GRADER_VERSION", rerun.GRADER_VERSION + 1)
+    chosen = rerun.evaluation_set(paths, cfg)
+    assert chosen.new and chosen.regrade_from == "original" and chosen.changed[0][0] == "grader_version"
+    rerun.register_set(paths, chosen)
+    assert rerun.regrade_sources(paths, chosen.name) == ["original"]
+    assert "re-graded from the completions of original (no sampling)" in chosen.line()
 
 
 # ------------------------------------------------------------------------------------------- lease

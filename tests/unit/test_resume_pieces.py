@@ -33,7 +33,7 @@ def test_missing_checkpoints_name_run_and_step(tmp_path):
         (run / name).mkdir(parents=True)
         (run / name / "config.json").write_text("{}")
     records = [str(tmp_path / "sweeps" / "s" / "records" / "r" / "step_000008.original.parquet")]
-    assert missing_checkpoints(paths, [TrialSpec("r", 0, {}, {})], records) == ["run r step 16"]
+    assert missing_checkpoints(paths, [TrialSpec("r", 0, {}, {})], records) == (["run r step 16"], [])
 
 
 def test_redact_hides_passwords_in_uris():
