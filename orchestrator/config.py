@@ -1,6 +1,7 @@
 """Structured configs (registered in Hydra's ConfigStore) and the range checks types cannot express.
 
-Hydra/OmegaConf reject unknown keys and wrong types while composing; `validate` checks values. Both end in
+Hydra/OmegaConf reject unknown keys and wrong types while composing; `validate` checks values, one config group
+after another, each group's checks beside its dataclass (`validate_train` after `TrainConfig`, ...). Both end in
 one `ConfigError` line naming the field and the value, raised before anything is written.
 """
 from __future__ import annotations
@@ -27,11 +28,33 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and the value."""
 
 
+def _check(ok: bool, field_name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(redact(f"{field_name}={value!r}: {rule}"))
+
+
+def _check_resources(field_name: str, resources, prefix: str) -> None:
+    for key, amount in resources.items():
+        _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{field_name}.{key}", amount,
+               "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny"
     path: Optional[str] = None  # an HF directory or hub name; None builds the tiny default model
     base_stage: BaseStage = field(default_factory=BaseStage)
+
+
+def validate_model(m: DictConfig, task: DictConfig, prefix: str = "") -> None:
+    _check(task.name in GENERATED or m.path is not None, f"{prefix}model.path", m.path,
+           f"the built-in tiny model is only built for the built-in tasks ({', '.join(GENERATED)}); give an HF "
+           "model path")
+    if m.path is not None:
+        from workers.models import model_exists
+
+        _check(model_exists(m.path), f"{prefix}model.path", m.path,
+               "not an HF model directory (no config.json) or hub name")
 
 
 @dataclass
@@ -57,6 +80,23 @@ class TaskConfig:
     nll_threshold: float = 0.1
 
 
+def validate_task(k: DictConfig, prefix: str = "") -> None:
+    _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
+    _check(k.name in (*GENERATED, "gsm8k", "math"), f"{prefix}task.name", k.name,
+           f"must be {', '.join(GENERATED)}, gsm8k or math")
+    _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
+    _check(1 <= k.min_steps <= k.max_steps, f"{prefix}task.min_steps", k.min_steps, "must be in [1, task.max_steps]")
+    _check(k.max_number >= 2, f"{prefix}task.max_number", k.max_number, "must be >= 2")
+    for name in ("path", "test_path"):
+        path = k[name]
+        _check(path is None or Path(path).is_file(), f"{prefix}task.{name}", path, "dataset file does not exist")
+    if k.added_path is not None:
+        from store import io
+
+        _check(io.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
+    _check(k.nll_threshold > 0, f"{prefix}task.nll_threshold", k.nll_threshold, "must be > 0")
+
+
 @dataclass
 class TrainConfig(TrainSettings):
     """The worker's TrainSettings plus how a trial is placed on the cluster."""
@@ -76,6 +116,41 @@ class TrainConfig(TrainSettings):
     dist_backend: str = "auto"  # torch.distributed: auto = nccl with use_gpu, else gloo
     # environment of the train workers, e.g. {NCCL_SOCKET_IFNAME: eth0, NCCL_IB_HCA: mlx5} for multi-node trials
     env: Dict[str, str] = field(default_factory=dict)
+
+
+def validate_train(t: DictConfig, prefix: str = "") -> None:
+    _check(t.lr > 0, f"{prefix}train.lr", t.lr, "must be > 0")
+    _check(t.epochs >= 1, f"{prefix}train.epochs", t.epochs, "must be >= 1")
+    _check(t.micro_batch_size >= 1, f"{prefix}train.micro_batch_size", t.micro_batch_size, "must be >= 1")
+    per_step = t.micro_batch_size * t.num_workers
+    _check(t.global_batch_size >= per_step and t.global_batch_size % per_step == 0,
+           f"{prefix}train.global_batch_size", t.global_batch_size,
+           f"must be a multiple of micro_batch_size x num_workers = {per_step}")
+    _check(t.zero_stage in (0, 1, 2, 3), f"{prefix}train.zero_stage", t.zero_stage, "must be 0, 1, 2 or 3")
+    _check(t.precision in ("fp32", "bf16", "fp16"), f"{prefix}train.precision", t.precision,
+           "must be fp32, bf16 or fp16")
+    _check(0 <= t.warmup_frac < 1, f"{prefix}train.warmup_frac", t.warmup_frac, "must be in [0, 1)")
+    _check(t.num_workers >= 1, f"{prefix}train.num_workers", t.num_workers, "must be >= 1")
+    _check(t.keep_engine_states >= 1, f"{prefix}train.keep_engine_states", t.keep_engine_states, "must be >= 1")
+    _check(t.max_failures >= 0, f"{prefix}train.max_failures", t.max_failures, "must be >= 0")
+    _check_resources("train.resources_per_worker", t.resources_per_worker, prefix)
+    _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"), f"{prefix}train.placement_strategy",
+           t.placement_strategy, "must be PACK, STRICT_PACK or SPREAD")
+    _check(t.dist_backend in ("auto", "nccl", "gloo"), f"{prefix}train.dist_backend", t.dist_backend,
+           "must be auto, nccl or gloo")
+    _check(t.dist_backend != "nccl" or t.use_gpu, f"{prefix}train.dist_backend", t.dist_backend,
+           "nccl needs train.use_gpu=true")
+    for name in ("offload_optimizer", "offload_param"):
+        _check(t[name] in ("none", "cpu"), f"{prefix}train.{name}", t[name], "must be none or cpu")
+    _check(t.offload_param == "none" or t.zero_stage == 3, f"{prefix}train.offload_param", t.offload_param,
+           f"parameters are offloaded by ZeRO-3 only (train.zero_stage={t.zero_stage})")
+    _check(t.offload_optimizer == "none" or t.zero_stage >= 1, f"{prefix}train.offload_optimizer",
+           t.offload_optimizer, "the optimizer is offloaded by ZeRO stages 1-3 (train.zero_stage=0)")
+    _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
+    _check(t.checkpoints_per_epoch >= 0, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch,
+           "must be >= 0 (0: the final checkpoint only)")
+    _check(0 < t.gpus_per_worker <= 1, f"{prefix}train.gpus_per_worker", t.gpus_per_worker,
+           "must be in (0, 1]: one GPU per worker, or a share of one")
 
 
 @dataclass
@@ -107,6 +182,32 @@ class SamplerConfig:
     train_subset: int = 0
 
 
+def validate_sampler(s: DictConfig, prefix: str = "") -> None:
+    _check_resources("sampler.resources_per_actor", s.resources_per_actor, prefix)
+    _check(s.k >= 1, f"{prefix}sampler.k", s.k, "samples per question must be >= 1")
+    _check(s.temperature >= 0, f"{prefix}sampler.temperature", s.temperature, "must be >= 0")
+    _check(0 < s.top_p <= 1, f"{prefix}sampler.top_p", s.top_p, "must be in (0, 1]")
+    _check(s.max_new_tokens >= 1, f"{prefix}sampler.max_new_tokens", s.max_new_tokens, "must be >= 1")
+    _check(s.batch_tokens >= 1, f"{prefix}sampler.batch_tokens", s.batch_tokens, "must be >= 1")
+    _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
+    _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
+    _check(s.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}sampler.dtype", s.dtype,
+           "must be auto, float32, bfloat16 or float16")
+    _check(s.tensor_parallel_size >= 1, f"{prefix}sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
+    shared_gpu = s.tensor_parallel_size == 1 and 0 < s.gpus_per_actor < 1
+    _check(s.gpus_per_actor == 0 or s.gpus_per_actor == s.tensor_parallel_size or shared_gpu,
+           f"{prefix}sampler.gpus_per_actor", s.gpus_per_actor,
+           f"must be 0 (CPU), sampler.tensor_parallel_size = {s.tensor_parallel_size} (one engine's GPUs per "
+           "sampler actor), or a share of one GPU below 1 with tensor_parallel_size 1")
+    _check(0 < s.gpu_memory_utilization <= 1, f"{prefix}sampler.gpu_memory_utilization", s.gpu_memory_utilization,
+           "must be in (0, 1]")
+    _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
+    _check(s.train_subset >= 0, f"{prefix}sampler.train_subset", s.train_subset, "must be >= 0 (0: every train question)")
+    _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
+    _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
+    _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
+
+
 @dataclass
 class SweepConfig:
     name: str = "default"
@@ -124,6 +225,27 @@ class SweepConfig:
     # (0: says who holds it and exits 1); a lease whose heartbeat is older than lease_stale_s is taken over
     lease_wait_s: float = 86400.0
     lease_stale_s: float = 120.0
+
+
+def validate_sweep(cfg: DictConfig, prefix: str = "") -> None:
+    """The sweep group's checks; with the whole config, whose fields color_by names."""
+    w = cfg.sweep
+    # keyed on the sweep's name: the demo's grid has no value of its own that tells it from a GPU user's grid
+    # (sweep=small has its learning rates), and a field to mark it would change every sweep's id
+    _check(not (cfg.train.use_gpu and w.name == "default"), f"{prefix}sweep", "default",
+           "the CPU demo's grid (lr 1e-3 and 3e-3, up to 24 epochs, 44 checkpoints) is not for train.use_gpu=true: "
+           "use sweep=gpu (the paper's settings), sweep=small, or a grid of your own")
+    _check(w.lease_wait_s >= 0, f"{prefix}sweep.lease_wait_s", w.lease_wait_s, "must be >= 0")
+    _check(w.lease_stale_s > 0, f"{prefix}sweep.lease_stale_s", w.lease_stale_s, "must be > 0")
+    _check(w.nll_threshold > 0, f"{prefix}sweep.nll_threshold", w.nll_threshold, "must be > 0")
+    _check(w.robustness_variant != "original", f"{prefix}sweep.robustness_variant", "original",
+           "names the perturbed records: any name but 'original' ('' turns the pass off)")
+    _check(not w.robustness_variant or bool(w.robustness_prefix.strip()),
+           f"{prefix}sweep.robustness_prefix", w.robustness_prefix, "the perturbation: must not be empty")
+    _check(w.color_by is None or OmegaConf.select(cfg, w.color_by, default="__missing__") != "__missing__",
+           f"{prefix}sweep.color_by", w.color_by, "must name a config field (e.g. task.train_fraction)")
+    _check(w.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials", w.max_concurrent_trials,
+           "must be >= 1")
 
 
 @dataclass
@@ -151,6 +273,44 @@ class CurationConfig:
     checkpoints_per_epoch: int = 0  # of the follow-up runs: 0 = the final checkpoint only (what the curve reads)
 
 
+SIMILAR = ("auto", "generator", "neighbors", "command")
+
+
+def validate_curation(cfg: DictConfig) -> None:
+    """Checks of the curation group against the sweep's task (before anything is written)."""
+    c, task = cfg.curation, cfg.task
+    for name in c.strategies:
+        _check(name in CURATION_STRATEGIES, "curation.strategies", name,
+               f"must be one of {', '.join(CURATION_STRATEGIES)}")
+    _check(len(c.strategies) > 0 and len(set(c.strategies)) == len(c.strategies), "curation.strategies",
+           list(c.strategies), "must be a non-empty list without repeats")
+    for name in ("budgets", "iid_budgets"):
+        values = list(c[name])
+        _check(all(b >= 1 for b in values) and len(set(values)) == len(values), f"curation.{name}", values,
+               "must be distinct example counts >= 1")
+    _check(len(c.budgets) > 0, "curation.budgets", list(c.budgets), "must name at least one budget")
+    _check(len(c.seeds) > 0 and len(set(c.seeds)) == len(c.seeds), "curation.seeds", list(c.seeds),
+           "must be a non-empty list of distinct seeds")
+    _check(c.rounds >= 1, "curation.rounds", c.rounds, "must be >= 1")
+    _check(0 < c.select_fraction <= 1, "curation.select_fraction", c.select_fraction, "must be in (0, 1]")
+    _check(c.premem_at_most is None or 0 <= c.premem_at_most <= 1, "curation.premem_at_most", c.premem_at_most,
+           "must be in [0, 1] or null")
+    _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
+    _check(c.similar not in ("generator",) or task.name in GENERATED, "curation.similar", c.similar,
+           f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")
+    _check(c.similar != "neighbors" or c.candidates is not None, "curation.candidates", c.candidates,
+           "neighbors needs a candidate pool: a JSONL file in the task's format")
+    _check(c.candidates is None or Path(c.candidates).is_file(), "curation.candidates", c.candidates,
+           "file does not exist")
+    _check(c.similar != "command" or bool((c.command or "").strip()), "curation.command", c.command,
+           "the command that writes new examples (argv with {selected} {out} {n} {seed})")
+    _check(c.similar != "auto" or task.name in GENERATED or c.candidates is not None or bool(c.command),
+           "curation.similar", c.similar, f"task.name={task.name}: give curation.candidates (a pool to pick "
+           "neighbours from) or curation.command")
+    _check(c.command_timeout_s > 0, "curation.command_timeout_s", c.command_timeout_s, "must be > 0")
+    _check(c.checkpoints_per_epoch >= 0, "curation.checkpoints_per_epoch", c.checkpoints_per_epoch, "must be >= 0")
+
+
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # default: sqlite:///<store.root>/mlflow.db
@@ -159,6 +319,18 @@ class TrackingConfig:
     # a RUNNING sweep whose driver has not refreshed its heartbeat for this long was left by a driver that died;
     # the next premem command on the experiment ends it (and its trials) KILLED
     abandoned_after_s: float = 600.0
+
+
+def validate_tracking(tracking: DictConfig, store_root: str, prefix: str = "") -> None:
+    """The tracking group's checks; an object store's root needs a tracking server."""
+    _check(tracking.outage_wait_s >= 0, "tracking.outage_wait_s", tracking.outage_wait_s, "must be >= 0")
+    _check(tracking.abandoned_after_s > 0, "tracking.abandoned_after_s", tracking.abandoned_after_s,
+           "must be > 0")
+    uri = tracking.uri
+    _check(uri is not None or "://" not in store_root or store_root.startswith("file://"), "tracking.uri",
+           uri, f"give an MLflow server (http://...) when store.root is an object store ({store_root})")
+    _check(uri is None or uri.startswith(("sqlite:///", "http://", "https://", "file:", "databricks")),
+           f"{prefix}tracking.uri", uri, "must be sqlite:///..., http(s)://... or file:...")
 
 
 @dataclass
@@ -182,6 +354,11 @@ class StoreConfig:
     local_dir: Optional[str] = None
 
 
+def validate_store(store: DictConfig) -> None:
+    _check(store.keep in ("all", "final", "final_and_best"), "store.keep", store.keep,
+           "must be all, final or final_and_best")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -194,6 +371,18 @@ class Config:
     curation: CurationConfig = field(default_factory=CurationConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     seed: int = 0
+
+
+def validate(cfg: DictConfig, prefix: str = "") -> None:
+    """Range and existence checks on a composed config (the base config or one trial's), group by group; the
+    first value refused raises ConfigError."""
+    validate_train(cfg.train, prefix)
+    validate_task(cfg.task, prefix)
+    validate_model(cfg.model, cfg.task, prefix)
+    validate_sampler(cfg.sampler, prefix)
+    validate_sweep(cfg, prefix)
+    validate_store(cfg.store)
+    validate_tracking(cfg.tracking, cfg.store.root, prefix)
 
 
 def register_configs() -> None:
@@ -313,159 +502,6 @@ def take_credentials(cfg: DictConfig) -> None:
     _check(not _USERINFO.match(cfg.store.root), "store.root", cfg.store.root,
            "credentials do not belong in the store's URI: give them in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
            "or AWS_SHARED_CREDENTIALS_FILE")
-
-
-# ------------------------------------------------------------------------------------------ checks
-def _check(ok: bool, field_name: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(redact(f"{field_name}={value!r}: {rule}"))
-
-
-def validate(cfg: DictConfig, prefix: str = "") -> None:
-    """Range and existence checks on a composed config (the base config or one trial's)."""
-    t, s, k, m = cfg.train, cfg.sampler, cfg.task, cfg.model
-    _check(t.lr > 0, f"{prefix}train.lr", t.lr, "must be > 0")
-    _check(t.epochs >= 1, f"{prefix}train.epochs", t.epochs, "must be >= 1")
-    _check(t.micro_batch_size >= 1, f"{prefix}train.micro_batch_size", t.micro_batch_size, "must be >= 1")
-    per_step = t.micro_batch_size * t.num_workers
-    _check(t.global_batch_size >= per_step and t.global_batch_size % per_step == 0,
-           f"{prefix}train.global_batch_size", t.global_batch_size,
-           f"must be a multiple of micro_batch_size x num_workers = {per_step}")
-    _check(t.zero_stage in (0, 1, 2, 3), f"{prefix}train.zero_stage", t.zero_stage, "must be 0, 1, 2 or 3")
-    _check(t.precision in ("fp32", "bf16", "fp16"), f"{prefix}train.precision", t.precision,
-           "must be fp32, bf16 or fp16")
-    _check(0 <= t.warmup_frac < 1, f"{prefix}train.warmup_frac", t.warmup_frac, "must be in [0, 1)")
-    _check(t.num_workers >= 1, f"{prefix}train.num_workers", t.num_workers, "must be >= 1")
-    _check(t.keep_engine_states >= 1, f"{prefix}train.keep_engine_states", t.keep_engine_states, "must be >= 1")
-    _check(t.max_failures >= 0, f"{prefix}train.max_failures", t.max_failures, "must be >= 0")
-    for name, resources in (("train.resources_per_worker", t.resources_per_worker),
-                            ("sampler.resources_per_actor", s.resources_per_actor)):
-        for key, amount in resources.items():
-            _check(amount > 0 and key.lower() not in ("cpu", "gpu", "memory"), f"{prefix}{name}.{key}", amount,
-                   "a custom resource with an amount > 0 (CPUs and GPUs have their own fields)")
-    _check(not (t.use_gpu and cfg.sweep.name == "default"), f"{prefix}sweep", "default",
-           "the CPU demo's grid (lr 1e-3 and 3e-3, up to 24 epochs, 44 checkpoints) is not for train.use_gpu=true: "
-           "use sweep=gpu (the paper's settings), sweep=small, or a grid of your own")
-    _check(cfg.sweep.lease_wait_s >= 0, f"{prefix}sweep.lease_wait_s", cfg.sweep.lease_wait_s, "must be >= 0")
-    _check(cfg.sweep.lease_stale_s > 0, f"{prefix}sweep.lease_stale_s", cfg.sweep.lease_stale_s, "must be > 0")
-    _check(t.placement_strategy in ("PACK", "STRICT_PACK", "SPREAD"), f"{prefix}train.placement_strategy",
-           t.placement_strategy, "must be PACK, STRICT_PACK or SPREAD")
-    _check(t.dist_backend in ("auto", "nccl", "gloo"), f"{prefix}train.dist_backend", t.dist_backend,
-           "must be auto, nccl or gloo")
-    _check(t.dist_backend != "nccl" or t.use_gpu, f"{prefix}train.dist_backend", t.dist_backend,
-           "nccl needs train.use_gpu=true")
-    for name in ("offload_optimizer", "offload_param"):
-        _check(t[name] in ("none", "cpu"), f"{prefix}train.{name}", t[name], "must be none or cpu")
-    _check(t.offload_param == "none" or t.zero_stage == 3, f"{prefix}train.offload_param", t.offload_param,
-           f"parameters are offloaded by ZeRO-3 only (train.zero_stage={t.zero_stage})")
-    _check(t.offload_optimizer == "none" or t.zero_stage >= 1, f"{prefix}train.offload_optimizer",
-           t.offload_optimizer, "the optimizer is offloaded by ZeRO stages 1-3 (train.zero_stage=0)")
-    _check(t.save_every_steps >= 0, f"{prefix}train.save_every_steps", t.save_every_steps, "must be >= 0")
-    _check(t.checkpoints_per_epoch >= 0, f"{prefix}train.checkpoints_per_epoch", t.checkpoints_per_epoch,
-           "must be >= 0 (0: the final checkpoint only)")
-    _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
-    _check(k.name in (*GENERATED, "gsm8k", "math"), f"{prefix}task.name", k.name,
-           f"must be {', '.join(GENERATED)}, gsm8k or math")
-    _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
-    _check(1 <= k.min_steps <= k.max_steps, f"{prefix}task.min_steps", k.min_steps, "must be in [1, task.max_steps]")
-    _check(k.max_number >= 2, f"{prefix}task.max_number", k.max_number, "must be >= 2")
-    for name in ("path", "test_path"):
-        path = k[name]
-        _check(path is None or Path(path).is_file(), f"{prefix}task.{name}", path, "dataset file does not exist")
-    if k.added_path is not None:
-        from store import io
-
-        _check(io.is_file(k.added_path), f"{prefix}task.added_path", k.added_path, "dataset file does not exist")
-    _check(k.name in GENERATED or m.path is not None, f"{prefix}model.path", m.path,
-           f"the built-in tiny model is only built for the built-in tasks ({', '.join(GENERATED)}); give an HF "
-           "model path")
-    if m.path is not None:
-        from workers.models import model_exists
-
-        _check(model_exists(m.path), f"{prefix}model.path", m.path,
-               "not an HF model directory (no config.json) or hub name")
-    _check(s.k >= 1, f"{prefix}sampler.k", s.k, "samples per question must be >= 1")
-    _check(s.temperature >= 0, f"{prefix}sampler.temperature", s.temperature, "must be >= 0")
-    _check(0 < s.top_p <= 1, f"{prefix}sampler.top_p", s.top_p, "must be in (0, 1]")
-    _check(s.max_new_tokens >= 1, f"{prefix}sampler.max_new_tokens", s.max_new_tokens, "must be >= 1")
-    _check(s.batch_tokens >= 1, f"{prefix}sampler.batch_tokens", s.batch_tokens, "must be >= 1")
-    _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
-    _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
-    _check(s.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}sampler.dtype", s.dtype,
-           "must be auto, float32, bfloat16 or float16")
-    _check(s.tensor_parallel_size >= 1, f"{prefix}sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
-    shared_gpu = s.tensor_parallel_size == 1 and 0 < s.gpus_per_actor < 1
-    _check(s.gpus_per_actor == 0 or s.gpus_per_actor == s.tensor_parallel_size or shared_gpu,
-           f"{prefix}sampler.gpus_per_actor", s.gpus_per_actor,
-           f"must be 0 (CPU), sampler.tensor_parallel_size = {s.tensor_parallel_size} (one engine's GPUs per "
-           "sampler actor), or a share of one GPU below 1 with tensor_parallel_size 1")
-    _check(0 < t.gpus_per_worker <= 1, f"{prefix}train.gpus_per_worker", t.gpus_per_worker,
-           "must be in (0, 1]: one GPU per worker, or a share of one")
-    _check(0 < s.gpu_memory_utilization <= 1, f"{prefix}sampler.gpu_memory_utilization", s.gpu_memory_utilization,
-           "must be in (0, 1]")
-    _check(s.num_actors >= 1, f"{prefix}sampler.num_actors", s.num_actors, "must be >= 1")
-    _check(s.train_subset >= 0, f"{prefix}sampler.train_subset", s.train_subset, "must be >= 0 (0: every train question)")
-    _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
-    _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
-    _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
-    _check(cfg.task.nll_threshold > 0, f"{prefix}task.nll_threshold", cfg.task.nll_threshold, "must be > 0")
-    _check(cfg.sweep.nll_threshold > 0, f"{prefix}sweep.nll_threshold", cfg.sweep.nll_threshold, "must be > 0")
-    _check(cfg.sweep.robustness_variant != "original", f"{prefix}sweep.robustness_variant", "original",
-           "names the perturbed records: any name but 'original' ('' turns the pass off)")
-    _check(not cfg.sweep.robustness_variant or bool(cfg.sweep.robustness_prefix.strip()),
-           f"{prefix}sweep.robustness_prefix", cfg.sweep.robustness_prefix, "the perturbation: must not be empty")
-    _check(cfg.sweep.color_by is None or OmegaConf.select(cfg, cfg.sweep.color_by, default="__missing__") != "__missing__",
-           f"{prefix}sweep.color_by", cfg.sweep.color_by, "must name a config field (e.g. task.train_fraction)")
-    _check(cfg.sweep.max_concurrent_trials >= 1, f"{prefix}sweep.max_concurrent_trials",
-           cfg.sweep.max_concurrent_trials, "must be >= 1")
-    _check(cfg.store.keep in ("all", "final", "final_and_best"), "store.keep", cfg.store.keep,
-           "must be all, final or final_and_best")
-    _check(cfg.tracking.outage_wait_s >= 0, "tracking.outage_wait_s", cfg.tracking.outage_wait_s, "must be >= 0")
-    _check(cfg.tracking.abandoned_after_s > 0, "tracking.abandoned_after_s", cfg.tracking.abandoned_after_s,
-           "must be > 0")
-    uri = cfg.tracking.uri
-    _check(uri is not None or "://" not in cfg.store.root or cfg.store.root.startswith("file://"), "tracking.uri",
-           uri, f"give an MLflow server (http://...) when store.root is an object store ({cfg.store.root})")
-    _check(uri is None or uri.startswith(("sqlite:///", "http://", "https://", "file:", "databricks")),
-           f"{prefix}tracking.uri", uri, "must be sqlite:///..., http(s)://... or file:...")
-
-
-SIMILAR = ("auto", "generator", "neighbors", "command")
-
-
-def validate_curation(cfg: DictConfig) -> None:
-    """Checks of the curation group against the sweep's task (before anything is written)."""
-    c, task = cfg.curation, cfg.task
-    for name in c.strategies:
-        _check(name in CURATION_STRATEGIES, "curation.strategies", name,
-               f"must be one of {', '.join(CURATION_STRATEGIES)}")
-    _check(len(c.strategies) > 0 and len(set(c.strategies)) == len(c.strategies), "curation.strategies",
-           list(c.strategies), "must be a non-empty list without repeats")
-    for name in ("budgets", "iid_budgets"):
-        values = list(c[name])
-        _check(all(b >= 1 for b in values) and len(set(values)) == len(values), f"curation.{name}", values,
-               "must be distinct example counts >= 1")
-    _check(len(c.budgets) > 0, "curation.budgets", list(c.budgets), "must name at least one budget")
-    _check(len(c.seeds) > 0 and len(set(c.seeds)) == len(c.seeds), "curation.seeds", list(c.seeds),
-           "must be a non-empty list of distinct seeds")
-    _check(c.rounds >= 1, "curation.rounds", c.rounds, "must be >= 1")
-    _check(0 < c.select_fraction <= 1, "curation.select_fraction", c.select_fraction, "must be in (0, 1]")
-    _check(c.premem_at_most is None or 0 <= c.premem_at_most <= 1, "curation.premem_at_most", c.premem_at_most,
-           "must be in [0, 1] or null")
-    _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
-    _check(c.similar not in ("generator",) or task.name in GENERATED, "curation.similar", c.similar,
-           f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")
-    _check(c.similar != "neighbors" or c.candidates is not None, "curation.candidates", c.candidates,
-           "neighbors needs a candidate pool: a JSONL file in the task's format")
-    _check(c.candidates is None or Path(c.candidates).is_file(), "curation.candidates", c.candidates,
-           "file does not exist")
-    _check(c.similar != "command" or bool((c.command or "").strip()), "curation.command", c.command,
-           "the command that writes new examples (argv with {selected} {out} {n} {seed})")
-    _check(c.similar != "auto" or task.name in GENERATED or c.candidates is not None or bool(c.command),
-           "curation.similar", c.similar, f"task.name={task.name}: give curation.candidates (a pool to pick "
-           "neighbours from) or curation.command")
-    _check(c.command_timeout_s > 0, "curation.command_timeout_s", c.command_timeout_s, "must be > 0")
-    _check(c.checkpoints_per_epoch >= 0, "curation.checkpoints_per_epoch", c.checkpoints_per_epoch, "must be >= 0")
 
 
 def similar_source(cfg: DictConfig) -> str:
