@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = "cfg" if "--cfg" in argv else "plan" if "--plan" in argv else "run"
     overrides = [a for a in argv if a not in ("--cfg", "--plan", "--new")]
-    from orchestrator import rerun
+    from orchestrator import evaluations, rerun
     from orchestrator.lease import Lease, LeaseHeld
     from store import io
     from store.layout import sweep_paths
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plan_text(specs))
             stored = rerun.stored_trials(paths)
-            print(rerun.status_text(sweep_id, paths, specs, stored, rerun.evaluation_set(paths, cfg)))
+            print(rerun.status_text(sweep_id, paths, specs, stored, evaluations.evaluation_set(paths, cfg)))
             return 0
         io.check_writable(io.normalize(cfg.store.root))  # before the lease file goes there
         check_tracking(tracking_uri(cfg))
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # the records set these evaluation settings address: `original` for a new sweep, else a stored one or new
-        records_set = rerun.evaluation_set(paths, cfg)
-        rerun.register_set(paths, records_set)
-        specs = rerun.with_set(cfg, specs, records_set.name)
+        records_set = evaluations.evaluation_set(paths, cfg)
+        evaluations.register_set(paths, records_set)
+        specs = evaluations.with_set(cfg, specs, records_set.name)
         if stored:
             return rerun.continue_sweep(cfg, paths, specs, stored, records_set)
         return sweep.launch(cfg, sweep_id, specs)

@@ -13,29 +13,28 @@ from omegaconf import DictConfig
 from store import io
 from analysis.fit import Fit, fit_all, fit_points
 from analysis.premem import checkpoint_table, prepare
-from store.names import ORIGINAL
+from store.names import ORIGINAL, robustness_set
 from store.records import load_records
 from orchestrator.plan import TrialSpec
 from orchestrator.retention import bytes_text, store_bytes
 from store.layout import SweepPaths, write_text_atomic
-from orchestrator.rerun import robustness_set
-from orchestrator.tracking import NOTE_TAG, Tracker, redact, variant_suffix
+from orchestrator.tracking import NOTE_TAG, Outbox, redact, variant_suffix
 from workers.sample import EvalResult
 
 
-def log_result(tracker: Tracker, mlflow_run_id: str, result: EvalResult) -> None:
+def log_result(outbox: Outbox, mlflow_run_id: str, result: EvalResult) -> None:
     """An evaluated checkpoint: accuracy metrics at its step, its two files."""
-    tracker.log_checkpoint(mlflow_run_id, result.step, result.metrics, [result.records_path, result.completions_path],
+    outbox.log_checkpoint(mlflow_run_id, result.step, result.metrics, [result.records_path, result.completions_path],
                            variant=result.variant)
 
 
-def log_failure(tracker: Tracker, mlflow_run_id: str, paths: SweepPaths, job: dict, line: str, details: str) -> str:
+def log_failure(outbox: Outbox, mlflow_run_id: str, paths: SweepPaths, job: dict, line: str, details: str) -> str:
     """A checkpoint whose evaluation failed: one line on the terminal, the traceback in the sweep's logs and
     as an artifact of the trial's MLflow run, the line as a tag. Returns the line."""
     print(f"evaluation FAILED: {line}", flush=True)
     trace = write_text_atomic(paths.error_file(job["run_id"], job["step"], job["variant"]), f"{line}\n\n{details}\n")
-    tracker.log_artifacts(mlflow_run_id, [trace], "errors")
-    tracker.set_tags(mlflow_run_id, {f"eval_error_step_{job['step']}": line[:4000]})
+    outbox.log_artifacts(mlflow_run_id, [trace], "errors")
+    outbox.set_tags(mlflow_run_id, {f"eval_error_step_{job['step']}": line[:4000]})
     return line
 
 
@@ -162,7 +161,7 @@ def _identity(fit: Fit) -> str:
 PLOT_ARTIFACT = "analysis/premem_vs_test.png"
 
 
-def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tracker: Tracker, parent: str,
+def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], outbox: Outbox, parent: str,
                  children: dict[str, str], failed: dict[str, str]) -> Summary:
     """Per-trial premem series on the child runs; R², slope, intercept and the scatter on the parent."""
     from analysis.plots import scatter_premem_vs_test
@@ -174,8 +173,8 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
     missing, evicted = missing_checkpoints(paths, specs, record_files)
     if not record_files:
         for child in children.values():
-            tracker.end_run(child, "FAILED")
-        tracker.end_run(parent, "FAILED")
+            outbox.end_run(child, "FAILED")
+        outbox.end_run(parent, "FAILED")
         return Summary(None, tau, len(specs), (np.nan, np.nan), None, failed, ok=False, missing=missing,
                        evicted=evicted, records_set=records_set)
     records = load_records(record_files)
@@ -184,10 +183,10 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
         if run_id not in children:
             continue
         for row in rows.itertuples():
-            tracker.log_metrics(children[run_id], {f"premem_train_acc{suffix}": row.premem_train_acc,
+            outbox.log_metrics(children[run_id], {f"premem_train_acc{suffix}": row.premem_train_acc,
                                                    f"memorized_frac{suffix}": row.memorized_frac}, row.step)
     for run_id, child in children.items():
-        tracker.end_run(child, "FAILED" if run_id in failed else "FINISHED")
+        outbox.end_run(child, "FAILED" if run_id in failed else "FINISHED")
 
     points = fit_points(table)
     fits = fit_all(points)
@@ -212,25 +211,25 @@ def finish_sweep(cfg: DictConfig, paths: SweepPaths, specs: list[TrialSpec], tra
                   "premem_n_missing": len(missing), "nll_threshold": tau,
                   "train_acc_r2_identity": baselines["train_acc"].r2_identity,
                   "train_acc_r2": baselines["train_acc"].r2, "train_nll_r2": baselines["ref_nll_mean"].r2}
-        tracker.log_metrics(parent, {f"{k}{suffix}": v for k, v in values.items()},
+        outbox.log_metrics(parent, {f"{k}{suffix}": v for k, v in values.items()},
                             fit_step(paths, specs, records_set))
         if missing:
-            tracker.set_tags(parent, {f"premem.missing_checkpoints{suffix}": ", ".join(missing)[:4000]})
-        tracker.log_artifacts(parent, [plot, points_file], "analysis" if records_set == ORIGINAL
+            outbox.set_tags(parent, {f"premem.missing_checkpoints{suffix}": ", ".join(missing)[:4000]})
+        outbox.log_artifacts(parent, [plot, points_file], "analysis" if records_set == ORIGINAL
                               else f"analysis/{records_set}")
     acc = points["test_acc"] if len(points) else table["test_acc"]
     summary = Summary(fit, tau, len(specs), (float(acc.min()), float(acc.max())), plot, failed,
                       ok=not missing, missing=missing, baselines=baselines, evicted=evicted, records_set=records_set)
     variant = robustness_set(cfg.sweep.robustness_variant, records_set) if cfg.sweep.robustness_variant else ""
     if variant and trial_record_files(paths, specs, variant):
-        summary.robustness = robustness_table(paths, specs, tau, variant, tracker, parent, records_set)
+        summary.robustness = robustness_table(paths, specs, tau, variant, outbox, parent, records_set)
     # the UI serves a run's artifacts at get-artifact, relative to its own address
     artifact = PLOT_ARTIFACT if records_set == ORIGINAL else PLOT_ARTIFACT.replace("/", f"/{records_set}/")
     image = f"get-artifact?path={artifact.replace('/', '%2F')}&run_uuid={parent}" if plot else None
     summary.store_bytes = store_bytes(paths)  # measured: after the robustness pass and every eviction
-    tracker.log_metrics(parent, summary.store_bytes, fit_step(paths, specs, records_set))
-    tracker.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
-    tracker.end_run(parent, "FAILED" if failed else "FINISHED")
+    outbox.log_metrics(parent, summary.store_bytes, fit_step(paths, specs, records_set))
+    outbox.set_tags(parent, {NOTE_TAG: summary.description(paths, image)})
+    outbox.end_run(parent, "FAILED" if failed else "FINISHED")
     return summary
 
 
@@ -258,8 +257,8 @@ def trial_record_files(paths: SweepPaths, specs: list[TrialSpec], variant: str) 
     return [f for f in paths.record_files(variant) if io.name(io.parent(f)) in run_ids]
 
 
-def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, variant: str, tracker, parent: str,
-                     records_set: str = ORIGINAL):
+def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, variant: str, outbox: Outbox,
+                     parent: str, records_set: str = ORIGINAL):
     """Accuracy under the variant binned by premem (of `records_set`), saved and logged on the parent run."""
     from analysis.curate import robustness
 
@@ -267,7 +266,7 @@ def robustness_table(paths: SweepPaths, specs: list[TrialSpec], tau: float, vari
     table = robustness(prepare(load_records(files), records_set), tau)
     out = write_text_atomic(paths.file("analysis", f"robustness_{variant}.json"),
                             json.dumps(table.to_dict(orient="records"), indent=1))
-    tracker.log_artifacts(parent, [out], "analysis")
+    outbox.log_artifacts(parent, [out], "analysis")
     return table
 
 

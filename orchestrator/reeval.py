@@ -14,8 +14,8 @@ import sys
 from omegaconf import OmegaConf
 
 from orchestrator.config import ConfigError, tracking_uri
-from orchestrator.sweep import (evaluate, evicted_line, load_stored_config, open_sweep_from_argv, stored_specs,
-                                variant_jobs)
+from orchestrator.jobs import evicted_line, jobs_for
+from orchestrator.sweep import Listener, evaluate, load_stored_config, open_sweep_from_argv, stored_specs
 from store.layout import SweepPaths
 
 ALLOWED = ("sampler.", "sweep.nll_threshold", "tracking.", "cluster.")  # what a re-evaluation may change
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths, cfg = opened
     from orchestrator import schedule
-    from orchestrator.finish import log_failure, log_result, robustness_table
+    from orchestrator.finish import robustness_table
     from orchestrator.tracking import Outbox, Tracker, end_abandoned_runs, quiet_client_retries
 
     specs = stored_specs(paths)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     done_marker = f"test_acc_{variant}"  # logged last for an evaluated checkpoint (Tracker.log_checkpoint)
     for child in children.values():
         tracker.load_logged(child, (done_marker,))
-    jobs = variant_jobs(paths, specs, OmegaConf.to_container(cfg.sampler),
+    jobs = jobs_for(paths, specs, OmegaConf.to_container(cfg.sampler),
                         logged=lambda run_id, step: tracker.has_step(children[run_id], done_marker, step))
     gone = evicted_line(paths, specs)
     if gone:
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     outbox = Outbox(tracker)  # as in a sweep: an MLflow outage delays the writes, never the evaluation
     schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
     pool = schedule.start_pool(cfg.sampler)
-    not_evaluated = evaluate(pool, jobs, lambda r: log_result(outbox, children[r.run_id], r),
-                             lambda job, line, details: log_failure(outbox, children[job["run_id"]], paths, job,
-                                                                    line, details))
+    not_evaluated = evaluate(pool, jobs, Listener(outbox, children, paths))
     table = robustness_table(paths, specs, float(cfg.sweep.nll_threshold), variant, outbox, parent)
     print(f"accuracy under variant '{variant}' by premem bin:\n{table.to_string(index=False)}")
     print(f"records: {paths.records}")

@@ -30,13 +30,14 @@ def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: s
     from dataclasses import replace
 
     from orchestrator import schedule
-    from orchestrator.rerun import regrade_sources
+    from orchestrator.jobs import trial_jobs
+    from orchestrator.evaluations import regrade_sources
     from orchestrator.retention import evicted
     from orchestrator.tracking import variant_suffix
 
     pending, trained, evaluated, train_losses = [], 0, 0, {}
     for spec in specs:
-        _, template = schedule.trial_jobs(spec, paths, base_model)
+        _, template = trial_jobs(spec, paths, base_model)
         done_marker = DONE_MARKER + variant_suffix(template.variant)
         sources = regrade_sources(paths, template.variant)
         for checkpoint in paths.trial_checkpoints(spec.run_id):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import sys
 import threading
@@ -27,10 +28,10 @@ from store import io
 from orchestrator import retention
 from orchestrator.plan import TrialSpec
 from store.layout import SweepPaths
-from workers.sample import EvalJob, SamplingPool
-from workers.tasks import task_args
+from workers.sample import EvalResult, SamplingPool
 from store.names import ENGINE_DIR
-from workers.train import TrainJob, TrainSettings, train_loop_per_worker
+from orchestrator.jobs import EvalTemplate, trial_jobs
+from workers.train import train_loop_per_worker
 
 NAMESPACE = "premem"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes; Tune needs a non-empty request and the driver takes no CPU
@@ -51,7 +52,14 @@ def job_env() -> dict[str, str]:
             "RAY_AIR_NEW_OUTPUT": "0",  # the driver's progress line replaces Tune's tables
             # The Train controller notices a finished worker group at its next poll; at the default 2 s that
             # added about 4 s to every trial (bench/evaluation.py's trial phases), at 0.2 s it is under 1 s.
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+            # Two of the helpers Train V2 starts with every trial's worker group, neither of which premem reads:
+            # the preemption watcher (an actor: one more process per trial; it only logs a node's preemption,
+            # the controller's health check restarts the group either way) and the controller's and workers'
+            # Prometheus metrics. Off, a trial starts fewer processes on CPUs its workers need
+            # (bench/trial_overhead.py).
+            **{name: os.environ.get(name, "0")
+               for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")}}
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, log_dir: Path | None = None) -> None:
@@ -176,30 +184,6 @@ def _trial_of(file_name: str) -> str:
 
 
 # ------------------------------------------------------------------------------- one trial (Tune)
-@dataclass
-class EvalTemplate:
-    """What the pool needs for a trial's checkpoints, apart from the checkpoint itself."""
-
-    run_id: str
-    paths: SweepPaths
-    task: dict
-    prompt: dict
-    sampling: dict
-    variant: str = "original"
-    grade_timeout_s: float = 5.0
-    grade_workers: int = 1
-    train_subset: int = 0  # train questions evaluated per checkpoint (0: all)
-    subset_seed: int = 0
-    local_dir: str | None = None  # store.local_dir
-
-    def job(self, step: int, epoch: float, checkpoint_dir: str) -> EvalJob:
-        return EvalJob(self.run_id, step, epoch, checkpoint_dir,
-                       self.paths.records_file(self.run_id, step, self.variant),
-                       self.paths.completions_file(self.run_id, step, self.variant),
-                       self.task, self.prompt, self.sampling, self.variant, self.grade_timeout_s,
-                       self.grade_workers, self.train_subset, self.subset_seed, self.local_dir)
-
-
 class RouteCheckpoints(UserCallback):
     """Runs in the Train controller: each persisted checkpoint goes to the sampling pool at once, and the
     DeepSpeed engine state (optimizer moments: twice the weights) is kept in the newest `keep_engine_states`
@@ -232,27 +216,6 @@ class RouteCheckpoints(UserCallback):
             self.placement = workers
             io.write_text(self.template.paths.file("analysis", "placement", f"{self.template.run_id}.json"),
                                json.dumps(workers, indent=1))
-
-
-def trial_jobs(spec: TrialSpec, paths: SweepPaths, base_model: str | dict[str, str]) -> tuple[TrainJob, EvalTemplate]:
-    """The training job and the evaluation template of one trial, from its resolved config (`base_model`: the
-    sweep's starting model, or one per run_id where the sweep varies the model)."""
-    if isinstance(base_model, dict):
-        base_model = base_model[spec.run_id]
-    c = spec.config
-    task = task_args(c.task)
-    prompt = {"question_suffix": c.task.question_suffix, "stop": c.task.stop}
-    train_fields = {k: getattr(c.train, k) for k in TrainSettings.__dataclass_fields__}
-    job = TrainJob(run_id=spec.run_id, base_model=base_model, task=task, prompt=prompt,
-                   train=TrainSettings(**train_fields), seed=c.seed,
-                   threads_per_worker=max(1, int(c.train.cpus_per_worker)), local_dir=c.store.local_dir)
-    s = c.sampler
-    sampling = {"k": s.k, "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-                "stop": c.task.stop, "seed": s.seed, "batch_tokens": s.batch_tokens,
-                "score_batch_tokens": s.score_batch_tokens}
-    template = EvalTemplate(spec.run_id, paths, task, {**prompt, "answer_prefix": s.answer_prefix}, sampling,
-                            s.variant, s.grade_timeout_s, s.grade_workers, s.train_subset, s.seed, c.store.local_dir)
-    return job, template
 
 
 def run_trial(config: dict) -> dict:
@@ -327,12 +290,14 @@ class Progress:
     # when the last evaluations of this driver came back (time.time()): the ETA's window and one before it
     came_back_at: collections.deque = field(default_factory=lambda: collections.deque(maxlen=ETA_WINDOW + 1))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # what Tune's callback reports for the driver (TrainLosses), in the order it came
+    reports: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state
-        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("lock", "reports")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, lock=threading.Lock())
+        self.__dict__.update(state, lock=threading.Lock(), reports=queue.SimpleQueue())
 
     def came_back(self, n: int, now: float | None = None) -> None:
         """`n` evaluations (finished or failed) came back from the pool; call with the lock held."""
@@ -363,15 +328,11 @@ class Progress:
 
 
 class ProgressCallback(ray.tune.Callback):
-    """Tune driver-side callback: trial state changes and trained checkpoints feed the progress line, and each
-    report's train losses go to `on_train_report(run_id, [[step, loss], ...])` (the driver logs them)."""
+    """Tune driver-side callback: trial state changes and trained checkpoints feed the progress, and each
+    report's train losses become a TrainLosses event for the driver (Trials.events hands them over)."""
 
-    def __init__(self, progress: Progress, on_train_report=None):
+    def __init__(self, progress: Progress):
         self.progress = progress
-        self.on_train_report = on_train_report
-
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment state: not the driver's logger
-        return {**self.__dict__, "on_train_report": None}
 
     def _run_id(self, trial) -> str:
         return trial.config["trial"]["job"].run_id
@@ -382,8 +343,8 @@ class ProgressCallback(ray.tune.Callback):
             self.progress.trial_started[self._run_id(trial)] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("train_losses") and self.on_train_report is not None:
-            self.on_train_report(self._run_id(trial), result["train_losses"])
+        if result.get("train_losses"):
+            self.progress.reports.put(TrainLosses(self._run_id(trial), result["train_losses"]))
         with self.progress.lock:
             if "checkpoint_path" in result:
                 self.progress.trained += 1
@@ -427,35 +388,138 @@ class Resumed:
     finished_trials: set  # run_ids Tune finished (it does not run them again)
 
 
-def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str], max_concurrent: int,
-              pool, on_result, on_failure, expected_checkpoints: int,
-              refresh_seconds: float = 2.0, resumed: Resumed | None = None, on_trial_done=None,
-              on_train_report=None) -> Progress:
-    """Run all trials on Tune while a monitor thread drains the pool into `on_result`; returns at the end.
+# ------------------------------------------------------------------------------------------- events
+# What the driver hears while a sweep runs, from one place (Trials.events / evaluation_events), in one thread.
+@dataclass
+class Evaluated:
+    result: EvalResult  # a checkpoint's records and completions are written
+
+
+@dataclass
+class EvaluationFailed:
+    job: dict
+    line: str  # one line: which checkpoint, and the cause
+    details: str  # the traceback
+
+
+@dataclass
+class TrainLosses:
+    run_id: str
+    losses: list  # [[step, loss], ...] of one report
+
+
+@dataclass
+class TrialFinished:
+    run_id: str  # Tune finished the trial: it trains no more
+
+
+class Trials:
+    """A sweep's trials running on Tune in a background thread (Tune's loop must run somewhere; the driver's
+    thread listens), and the sampling pool their checkpoints go to. `events()` is everything they report.
 
     With `resumed`, Tune's experiment in the store is restored (finished trials stay finished, the others
     continue from their last checkpoints) and the pending checkpoints go to the pool first."""
-    progress = Progress(len(specs), expected_checkpoints)
+
+    def __init__(self, specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str],
+                 max_concurrent: int, pool, expected_checkpoints: int, resumed: Resumed | None = None):
+        self.specs, self.paths, self.base_model, self.pool = specs, paths, base_model, pool
+        self.max_concurrent, self.resumed = max_concurrent, resumed
+        self.progress = Progress(len(specs), expected_checkpoints)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._fit, name="premem-tune", daemon=True)
+
+    def start(self) -> "Trials":
+        progress, resumed = self.progress, self.resumed
+        if resumed is not None:
+            progress.trained, progress.evaluated = resumed.trained, resumed.evaluated
+            progress.done = set(resumed.finished_trials)
+            for job in resumed.pending:
+                self.pool.submit.remote(job)
+            for run_id, losses in resumed.train_losses.items():  # the dead driver may not have logged them all
+                progress.reports.put(TrainLosses(run_id, losses))
+        _keep_credentials_out_of_runtime_envs()
+        self.thread.start()
+        return self
+
+    def _fit(self) -> None:
+        try:
+            fit_trials(self.specs, self.paths, self.base_model, self.max_concurrent, ProgressCallback(self.progress),
+                       self.resumed)
+        except BaseException as exc:  # raised again in the driver's thread, by events()
+            self.error = exc
+
+    def events(self, refresh_seconds: float = 2.0):
+        """Evaluated / EvaluationFailed / TrainLosses / TrialFinished, as they come, until every trial has ended
+        and every trained checkpoint is back from the pool; the progress line meanwhile."""
+        yield from stream_events(self.pool, self.progress, self.thread, refresh_seconds)
+        if self.error is not None:
+            raise self.error
+
+
+def evaluation_events(pool, jobs: list, progress: Progress):
+    """The pool's events for `jobs` (checkpoints sent to it now, no training) until all are back."""
+    for job in jobs:
+        pool.submit.remote(job)
+    yield from stream_events(pool, progress, None)
+
+
+def stream_events(pool, progress: Progress, training: threading.Thread | None, refresh_seconds: float = 2.0):
+    """The one loop that listens to a running sweep: drains the pool (finished, failed and retried
+    evaluations), Tune's reports and finished trials, and shows the progress line.
+
+    If the pool itself is lost, the error is kept on `progress` (the driver reports what never came back and
+    exits non-zero) and the loop waits for the trials only."""
+    last_shown = 0.0
+    announced: set[str] = set()  # finished trials already handed over
+    while True:
+        training_over = training is None or not training.is_alive()  # read first: nothing is reported after
+        while not progress.reports.empty():
+            yield progress.reports.get()
+        with progress.lock:
+            newly_done = sorted(progress.done - announced)
+        for run_id in newly_done:
+            announced.add(run_id)
+            yield TrialFinished(run_id)
+        finished, failed = [], []
+        if progress.monitor_error is None:
+            try:
+                finished, failed, retried = ray.get(pool.drain.remote())
+            except Exception as exc:
+                with progress.lock:
+                    progress.monitor_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+                retried = []
+            for job, line in retried:
+                print(f"evaluation RETRY: {line} (its sampler actor was lost; evaluating it again)", flush=True)
+        for result in finished:
+            yield Evaluated(result)
+        for job, line, details in failed:
+            yield EvaluationFailed(job, line, details)
+        with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
+            progress.evaluated += len(finished)
+            progress.eval_failed += len(failed)
+            progress.came_back(len(finished) + len(failed))
+            all_back = progress.evaluated + progress.eval_failed >= progress.trained
+        if training_over and (all_back or progress.monitor_error is not None) and progress.reports.empty():
+            if training is not None:
+                training.join()
+            show(progress, final=True)
+            return
+        interval = refresh_seconds if sys.stdout.isatty() else 30.0
+        if time.time() - last_shown >= interval:
+            show(progress)
+            last_shown = time.time()
+        time.sleep(0.5)
+
+
+def fit_trials(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[str, str], max_concurrent: int,
+               callback: ProgressCallback, resumed: Resumed | None = None) -> None:
+    """Run the trials not finished yet on Tune (blocking): a stored experiment of exactly these trials is
+    restored, else a Tune experiment of their own."""
     trials = []
     for spec in specs:
         job, template = trial_jobs(spec, paths, base_model)
         trials.append({"job": job, "template": template, "train_cfg": spec.config.train})
     max_failures = max(int(spec.config.train.max_failures) for spec in specs)
-    if resumed is not None:
-        progress.trained, progress.evaluated = resumed.trained, resumed.evaluated
-        progress.done = set(resumed.finished_trials)
-        for job in resumed.pending:
-            pool.submit.remote(job)
-        if on_train_report is not None:  # the dead driver may not have logged every report's losses
-            for run_id, losses in resumed.train_losses.items():
-                on_train_report(run_id, losses)
-
-    stop = threading.Event()
-    thread = threading.Thread(target=monitor_pool, args=(pool, progress, on_result, on_failure, stop, refresh_seconds,
-                                                         on_trial_done), name="premem-monitor", daemon=True)
-    thread.start()
-    callback = ProgressCallback(progress, on_train_report)
-    _keep_credentials_out_of_runtime_envs()
     finished = finished_trials(paths) if resumed is not None else set()
     to_run = [t for t in trials if t["job"].run_id not in finished]
     experiments = stored_experiments(paths)
@@ -464,8 +528,8 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
                  if set(ids) <= set(by_id) and set(ids) - finished == set(by_id) - finished
                  and ray.tune.Tuner.can_restore(tune_dir(paths, name))), None)
     if not to_run:
-        pass  # every trial of the command finished in an earlier pass: only evaluations and the fit are left
-    elif resumed is not None and same is not None:
+        return  # every trial of the command finished in an earlier pass: only evaluations and the fit are left
+    if resumed is not None and same is not None:
         # Tune stores a trial's objects (TrainJob, EvalTemplate) as placeholders and does not save the param
         # space; trials it had not created yet (max_concurrent_trials holds them back) resolve them from the one
         # given here, rebuilt from the same specs, in the order the experiment was given them
@@ -474,18 +538,14 @@ def run_sweep(specs: list[TrialSpec], paths: SweepPaths, base_model: str | dict[
         # the restored RunConfig carries the dead driver's callbacks; the progress is this driver's
         tuner._local_tuner.get_run_config().callbacks = [callback]
         tuner.fit()
-    else:
-        # a first pass, or another set of trials than any stored experiment's (a grid grown or cut, or trials
-        # that finished since): a Tune experiment of its own, named by its trials; each unfinished trial's
-        # TorchTrainer still resumes from its Ray Train checkpoint snapshot in the store
-        name = "tune" if not experiments and not io.exists(tune_dir(paths)) else \
-            "tune-" + hashlib.sha256(" ".join(sorted(t["job"].run_id for t in to_run)).encode()).hexdigest()[:8]
-        record_experiment(paths, name, [t["job"].run_id for t in to_run])
-        _tuner(to_run, paths, max_concurrent, callback, max_failures, name).fit()
-    stop.set()
-    thread.join()
-    show(progress, final=True)
-    return progress
+        return
+    # a first pass, or another set of trials than any stored experiment's (a grid grown or cut, or trials
+    # that finished since): a Tune experiment of its own, named by its trials; each unfinished trial's
+    # TorchTrainer still resumes from its Ray Train checkpoint snapshot in the store
+    name = "tune" if not experiments and not io.exists(tune_dir(paths)) else \
+        "tune-" + hashlib.sha256(" ".join(sorted(t["job"].run_id for t in to_run)).encode()).hexdigest()[:8]
+    record_experiment(paths, name, [t["job"].run_id for t in to_run])
+    _tuner(to_run, paths, max_concurrent, callback, max_failures, name).fit()
 
 
 EXPERIMENTS_FILE = "tune_experiments.json"  # Tune experiment name -> the run_ids it was given, in order
@@ -525,51 +585,6 @@ def finished_trials(paths: SweepPaths) -> set[str]:
             analysis = ray.tune.ExperimentAnalysis(tune_dir(paths, name))
             done |= {t.config["trial"]["job"].run_id for t in analysis.trials if t.status == "TERMINATED"}
     return done
-
-
-def monitor_pool(pool, progress: Progress, on_result, on_failure, stop: threading.Event,
-                 refresh_seconds: float = 2.0, on_trial_done=None) -> None:
-    """Hand finished evaluations to the driver's callbacks until `stop` is set and all are back.
-
-    If the pool itself is lost, the error is kept on `progress` (the driver reports what never came back and
-    exits non-zero) instead of dying with this thread unseen."""
-    try:
-        _monitor(pool, progress, on_result, on_failure, stop, refresh_seconds, on_trial_done)
-    except Exception as exc:
-        with progress.lock:
-            progress.monitor_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
-
-
-def _monitor(pool, progress: Progress, on_result, on_failure, stop: threading.Event, refresh_seconds: float,
-             on_trial_done=None) -> None:
-    last_shown = 0.0
-    handled: set[str] = set()  # finished trials already handed to on_trial_done
-    while True:
-        finished, failed, retried = ray.get(pool.drain.remote())
-        with progress.lock:
-            newly_done = progress.done - handled
-        for run_id in sorted(newly_done):
-            if on_trial_done is not None:
-                on_trial_done(run_id)
-            handled.add(run_id)
-        for job, line in retried:
-            print(f"evaluation RETRY: {line} (its sampler actor was lost; evaluating it again)", flush=True)
-        for result in finished:
-            on_result(result)
-        for job, line, details in failed:
-            on_failure(job, line, details)
-        with progress.lock:  # every checkpoint Tune saw trained must come back from the pool
-            progress.evaluated += len(finished)
-            progress.eval_failed += len(failed)
-            progress.came_back(len(finished) + len(failed))
-            all_back = progress.evaluated + progress.eval_failed >= progress.trained
-        if stop.is_set() and all_back:
-            return
-        interval = refresh_seconds if sys.stdout.isatty() else 30.0
-        if time.time() - last_shown >= interval:
-            show(progress)
-            last_shown = time.time()
-        time.sleep(0.5)
 
 
 def trainable(config: dict) -> dict:

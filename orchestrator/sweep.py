@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from orchestrator.config import (Config, ConfigError, SamplerConfig, compose_config, take_credentials, to_yaml,
+from orchestrator.config import (Config, ConfigError, compose_config, take_credentials, to_yaml,
                                  tracking_uri, validate)
 from orchestrator.plan import TrialSpec, expand_grid
-from orchestrator.retention import EVICTED, evicted
 from store import io
 from store.layout import SweepPaths, base_model_dir, open_sweep, sweep_paths, write_text_atomic
 from workers.tasks import GENERATED
@@ -126,13 +124,14 @@ def check(cfg: DictConfig, specs: list[TrialSpec]) -> None:
     connect_and_place(cfg, specs)
 
 
-def connect_and_place(cfg: DictConfig, specs: list[TrialSpec]):
-    """Start or join Ray and check that the cluster holds the sampling pool and each trial (PlacementError
-    naming the field and what the cluster has: Ray itself would wait for good); None when not checked."""
+def connect_and_place(cfg: DictConfig, specs: list[TrialSpec], log_dir: Path | None = None, check: bool = True):
+    """Start or join Ray (its logs to `log_dir`, once the sweep has one) and check that the cluster holds the
+    sampling pool and each trial (PlacementError naming the field and what the cluster has: Ray itself would
+    wait for good); None when not checked."""
     from orchestrator import schedule
 
-    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus)
-    if not cfg.cluster.check_placement:
+    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, log_dir)
+    if not (check and cfg.cluster.check_placement):
         return None
     planned = schedule.check_placement(specs, cfg.sampler)
     if planned.note:
@@ -269,54 +268,46 @@ def launch(cfg: DictConfig, sweep_id: str, specs: list[TrialSpec]) -> int:
 def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | dict[str, str], tracker, parent: str,
             children: dict[str, str], resumed=None, pool=None, placed: bool = False) -> int:
     """Train, evaluate and fit a planned sweep (or the rest of an interrupted one); the exit code. A running
-    sampling `pool` is reused (curation rounds), else one is started."""
+    sampling `pool` is reused (curation rounds), else one is started.
+
+    The sweep's story, top to bottom: Ray up and the cluster checked, the sampling pool started, the trials
+    started on Tune (each checkpoint goes to the pool as it is written: schedule.RouteCheckpoints), every
+    event they report handled as it comes (Listener.record: the one place), the robustness pass, the fit."""
     from orchestrator import schedule
-    from orchestrator.finish import finish_sweep, log_failure, log_result
-    from orchestrator.rerun import robustness_set
+    from orchestrator.cost import trial_steps
+    from orchestrator.finish import finish_sweep
+    from orchestrator.jobs import jobs_for
+    from orchestrator.retention import Retention
     from orchestrator.tracking import Heartbeat, Outbox, quiet_client_retries
+    from store.names import robustness_set
     from workers.deepspeed_ops import prepare_deepspeed_ops
 
     quiet_client_retries()
     outbox = Outbox(tracker)  # MLflow writes from here on: an outage delays them, never the sweep
     heartbeat = Heartbeat(outbox, [parent])  # runs of a driver that dies without ending them get ended later
-
-    from orchestrator.cost import trial_steps
-    from orchestrator.retention import Retention
-
     retention = Retention(cfg.store.keep, paths, {s.run_id: trial_steps(s)[0] * s.config.train.epochs
                                                   for s in specs})
-
-    def on_result(result) -> None:
-        log_result(outbox, children[result.run_id], result)
-        if result.variant == cfg.sampler.variant:  # its records and completions are written: the weights may go
-            retention.evaluated(result.run_id, result.step, result.metrics["test_acc"])
-
-    def on_failure(job: dict, line: str, details: str) -> None:
-        log_failure(outbox, children[job["run_id"]], paths, job, line, details)
-
-    def on_train_report(run_id: str, losses: list) -> None:  # from the trial's own report, not its evaluation
-        outbox.log_series(children[run_id], "train_loss", losses)
-
+    listener = Listener(outbox, children, paths, retention, cfg.sampler.variant)
     robustness_not_evaluated = 0
     try:
-        schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, paths.logs)
-        if not placed:  # resume and curate come here without main's check
-            connect_and_place(cfg, specs)
+        connect_and_place(cfg, specs, paths.logs, check=not placed)  # resume and curate come without main's check
         prepare_deepspeed_ops()
         pool = pool or schedule.start_pool(cfg.sampler)
-        progress = schedule.run_sweep(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
-                                      on_result, on_failure, expected_checkpoints(specs), resumed=resumed,
-                                      on_trial_done=retention.trial_finished, on_train_report=on_train_report)
-        for run_id in progress.done:  # a trial that ended as the monitor stopped; repeating a deletion is a no-op
+        trials = schedule.Trials(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
+                                 expected_checkpoints(specs), resumed).start()
+        for event in trials.events():
+            listener.record(event)
+        progress = trials.progress
+        for run_id in progress.done:  # a trial that ended as the events stopped; repeating a deletion is a no-op
             retention.trial_finished(run_id)
         print(schedule.record_placement(pool, paths))
         write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
         if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
             perturbed = {**OmegaConf.to_container(cfg.sampler), "answer_prefix": cfg.sweep.robustness_prefix,
                          "variant": robustness_set(cfg.sweep.robustness_variant, cfg.sampler.variant)}
-            jobs = variant_jobs(paths, specs, perturbed, last_only=True)
+            jobs = jobs_for(paths, specs, perturbed, last_only=True)
             print(f"robustness: {len(jobs)} last checkpoints with the answer starting {cfg.sweep.robustness_prefix!r}")
-            robustness_not_evaluated = evaluate(pool, jobs, on_result, on_failure)
+            robustness_not_evaluated = evaluate(pool, jobs, listener)
         summary = finish_sweep(cfg, paths, specs, outbox, parent, children, progress.failed)
     except BaseException as exc:  # Ctrl-C or a crash: no MLflow run is left RUNNING
         heartbeat.stop()
@@ -335,6 +326,37 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
               f"{cfg.tracking.outage_wait_s:g}s; once it is back, `python -m orchestrator.resume {paths.sweep}` "
               "writes them (the records are complete)")
     return 1 if unwritten or robustness_not_evaluated else exit_code(progress, summary)
+
+
+@dataclass
+class Listener:
+    """What the driver does with each event of a running sweep (schedule.Trials.events): the one place they
+    are handled. An evaluated checkpoint is logged (and, once its records set's records are written, its weights
+    may go under store.keep); a failed one is reported; train losses are logged; a finished trial's weights are
+    thinned under store.keep."""
+
+    outbox: object  # orchestrator.tracking.Outbox
+    children: dict  # run_id -> its MLflow run
+    paths: SweepPaths
+    retention: object = None  # orchestrator.retention.Retention; None: nothing is evicted (reeval)
+    records_set: str = "original"
+
+    def record(self, event) -> None:
+        from orchestrator import schedule
+        from orchestrator.finish import log_failure, log_result
+
+        match event:
+            case schedule.Evaluated(result):
+                log_result(self.outbox, self.children[result.run_id], result)
+                if self.retention is not None and result.variant == self.records_set:
+                    self.retention.evaluated(result.run_id, result.step, result.metrics["test_acc"])
+            case schedule.EvaluationFailed(job, line, details):
+                log_failure(self.outbox, self.children[job["run_id"]], self.paths, job, line, details)
+            case schedule.TrainLosses(run_id, losses):  # from the trial's own report, not its evaluation
+                self.outbox.log_series(self.children[run_id], "train_loss", losses)
+            case schedule.TrialFinished(run_id):
+                if self.retention is not None:
+                    self.retention.trial_finished(run_id)
 
 
 def exit_code(progress, summary) -> int:
@@ -385,56 +407,16 @@ def stored_specs(paths: SweepPaths) -> list[TrialSpec]:
     return [TrialSpec.from_dict(d) for d in json.loads(io.read_text(paths.file("plan.json")))]
 
 
-def variant_jobs(paths: SweepPaths, specs: list[TrialSpec], sampler: dict, last_only: bool = False,
-                 logged=None) -> list:
-    """Evaluation jobs of the trials' checkpoints (or each trial's last) with these sampler settings (whose
-    `variant` names the records); checkpoints that already have those records are left out, unless
-    `logged(run_id, step)` says their values are not in MLflow yet (then they are evaluated again)."""
-    from orchestrator import schedule
-
-    jobs = []
-    for spec in specs:
-        with_sampler = replace(spec, config=replace(spec.config, sampler=SamplerConfig(**sampler)))
-        _, template = schedule.trial_jobs(with_sampler, paths, "")
-        checkpoints = paths.trial_checkpoints(spec.run_id)
-        for ckpt in checkpoints[-1:] if last_only else checkpoints:
-            state = json.loads(io.read_text(io.join(ckpt, "trainer_state.json")))
-            if (io.is_file(paths.records_file(spec.run_id, state["step"], sampler["variant"]))
-                    and (logged is None or logged(spec.run_id, state["step"]))):
-                continue  # done by an earlier, interrupted pass
-            if evicted(ckpt):
-                continue  # its weights were deleted under store.keep; main says which
-            jobs.append(template.job(state["step"], state["epoch"], ckpt))
-    return jobs
-
-
-def evicted_line(paths: SweepPaths, specs: list[TrialSpec]) -> str | None:
-    """One line naming the checkpoints whose weights store.keep deleted (they cannot be evaluated again)."""
-    gone = [c for spec in specs for c in paths.trial_checkpoints(spec.run_id) if evicted(c)]
-    if not gone:
-        return None
-    reason = json.loads(io.read_text(io.join(gone[0], EVICTED)))["reason"]
-    names = [f"{io.name(io.parent(c))}/{io.name(c)}" for c in gone]
-    return (f"evicted: {len(gone)} checkpoint(s) have no weights any more ({reason}), so are not re-evaluated: "
-            + ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
-
-
-def evaluate(pool, jobs: list, on_result, on_failure) -> int:
-    """Send `jobs` to the sampling pool and hand the results over as they come; how many did not come back
+def evaluate(pool, jobs: list, listener: Listener) -> int:
+    """Send `jobs` to the sampling pool and hand each event to `listener` as it comes; how many did not come back
     evaluated (failed, or never came back)."""
     from orchestrator import schedule
 
     progress = schedule.Progress(len({j.run_id for j in jobs}), len(jobs), trained=len(jobs))
-    for job in jobs:
-        pool.submit.remote(job)
-    stop = threading.Event()
-    stop.set()
-    schedule.monitor_pool(pool, progress, on_result, on_failure, stop)
-    schedule.show(progress, final=True)
+    for event in schedule.evaluation_events(pool, jobs, progress):
+        listener.record(event)
     missing = len(jobs) - progress.evaluated - progress.eval_failed
     if missing:
         print(f"NOT EVALUATED: {missing} of {len(jobs)} checkpoints ({progress.monitor_error or 'no result'}); "
               "run the same command again to evaluate them")
     return missing + progress.eval_failed
-
-

@@ -315,10 +315,8 @@ def end_abandoned_runs(tracker: Tracker, stale_after_s: float) -> None:
 
 class Outbox:
     """The Tracker's writes, made in order on a thread of their own: a tracking server that is down or
-    restarting delays them and never stops training or loses a value. Same write methods as Tracker (they
-    return at once); `close` waits for the server to take everything."""
-
-    WRITES = ("log_checkpoint", "log_series", "log_metrics", "log_artifacts", "set_tags", "end_run")
+    restarting delays them and never stops training or loses a value. The write methods take the Tracker's
+    arguments and return at once; `close` waits for the server to take everything."""
 
     def __init__(self, tracker: Tracker, retry_max_s: float = 10.0, log=None):
         self.tracker = tracker
@@ -330,15 +328,30 @@ class Outbox:
         self.thread = threading.Thread(target=self._run, name="premem-mlflow-outbox", daemon=True)
         self.thread.start()
 
-    def __getattr__(self, name: str):
-        if name not in self.WRITES:
-            raise AttributeError(name)
+    # ------------------------------------------------------------------- writes (Tracker's, queued)
+    def log_checkpoint(self, mlflow_run_id: str, step: int, metrics: dict, artifacts: list[str],
+                       variant: str = ORIGINAL) -> None:
+        self._enqueue(Tracker.log_checkpoint, mlflow_run_id, step, metrics, artifacts, variant=variant)
 
-        def enqueue(*args, **kwargs) -> None:
-            with self.cond:
-                self.pending.append((name, args, kwargs))
-                self.cond.notify_all()
-        return enqueue
+    def log_series(self, mlflow_run_id: str, key: str, points: list) -> None:
+        self._enqueue(Tracker.log_series, mlflow_run_id, key, points)
+
+    def log_metrics(self, mlflow_run_id: str, values: dict[str, float], step: int) -> None:
+        self._enqueue(Tracker.log_metrics, mlflow_run_id, values, step)
+
+    def log_artifacts(self, mlflow_run_id: str, locations: list, artifact_path: str | None = None) -> None:
+        self._enqueue(Tracker.log_artifacts, mlflow_run_id, locations, artifact_path)
+
+    def set_tags(self, mlflow_run_id: str, tags: dict[str, str]) -> None:
+        self._enqueue(Tracker.set_tags, mlflow_run_id, tags)
+
+    def end_run(self, mlflow_run_id: str, status: str = "FINISHED") -> None:
+        self._enqueue(Tracker.end_run, mlflow_run_id, status)
+
+    def _enqueue(self, write, *args, **kwargs) -> None:
+        with self.cond:
+            self.pending.append((write, args, kwargs))
+            self.cond.notify_all()
 
     def _run(self) -> None:
         backoff = 1.0
@@ -346,9 +359,9 @@ class Outbox:
             with self.cond:
                 while not self.pending:
                     self.cond.wait()
-                name, args, kwargs = self.pending[0]
+                write, args, kwargs = self.pending[0]
             try:
-                getattr(self.tracker, name)(*args, **kwargs)
+                write(self.tracker, *args, **kwargs)
             except Exception as exc:
                 self.tracker.unsure.add(args[0])  # every write names its run first
                 if self.down_since is None:

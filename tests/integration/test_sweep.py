@@ -239,7 +239,7 @@ def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of
     assert len(list((sweep_dir / "records").rglob(f"*.{name}.parquet"))) == 4
 
     # a new grader version re-grades the stored completions: the same grader gives the same verdicts
-    from orchestrator.schedule import trial_jobs
+    from orchestrator.jobs import trial_jobs
     from orchestrator.sweep import stored_specs
     from store.layout import open_sweep
     from workers.grading import Grader
@@ -249,7 +249,7 @@ def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of
     paths = open_sweep(str(sweep_dir))
     spec = stored_specs(paths)[0]
     _, template = trial_jobs(spec, paths, "unused")
-    template.variant = "regraded"
+    template = replace(template, prototype=replace(template.prototype, variant="regraded"))
     source = next(f for f in new if f.parent.name == spec.run_id)
     step = int(source.name.split(".")[0].removeprefix("step_"))
     job = replace(template.job(step, 1.0, "no weights: not loaded"), regrade_records=str(source),

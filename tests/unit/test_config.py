@@ -125,9 +125,8 @@ def test_list_shows_every_preset_of_every_group_in_one_line_with_its_comment(cap
 
 
 def test_a_lost_sampling_pool_is_reported_not_swallowed():
-    """The monitor keeps the pool's error; the summary names what never came back."""
-    import threading
-
+    """The event loop keeps the pool's error (and ends: no training is left); the summary names what never
+    came back."""
     from orchestrator import schedule
 
     class DeadPool:
@@ -137,9 +136,7 @@ def test_a_lost_sampling_pool_is_reported_not_swallowed():
                 raise ConnectionError("actor unavailable")
 
     progress = schedule.Progress(total_trials=1, expected_checkpoints=2, trained=2)
-    stop = threading.Event()
-    stop.set()
-    schedule.monitor_pool(DeadPool(), progress, print, print, stop)
+    assert list(schedule.stream_events(DeadPool(), progress, None)) == []
     assert progress.monitor_error == "ConnectionError: actor unavailable"
     from orchestrator.finish import Summary
     from store.layout import sweep_paths

@@ -75,7 +75,7 @@ def _loop_saves(spec, base_model: str, monkeypatch) -> list[int]:
 
     import workers.placement
     import workers.train
-    from orchestrator.schedule import trial_jobs
+    from orchestrator.jobs import trial_jobs
     from store.layout import sweep_paths
 
     class Engine:

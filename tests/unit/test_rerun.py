@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import pytest
 
-from orchestrator import rerun, sweep
+from orchestrator import evaluations, rerun, sweep
 from orchestrator.lease import Holder, Lease, LeaseHeld, decide
 from store.layout import sweep_paths
 
@@ -117,7 +117,7 @@ def test_evaluation_settings_name_their_records_set():
     from omegaconf import OmegaConf
 
     def variant(*overrides):
-        return rerun.eval_variant(OmegaConf.to_container(compose_config([*SMALL, *overrides]).sampler))
+        return evaluations.eval_variant(OmegaConf.to_container(compose_config([*SMALL, *overrides]).sampler))
 
     base = variant()
     assert base.startswith("eval-") and len(base) == len("eval-") + 8
@@ -149,10 +149,10 @@ def test_other_evaluation_settings_address_a_new_records_set_of_the_same_sweep(t
         (sweep_dir / "records" / run_id / "step_000016.original.parquet").write_bytes(b"x")
     (sweep_dir / "checkpoints" / specs[0].run_id / "step_000016" / EVICTED).write_text('{"reason": "keep=final"}')
 
-    original = rerun.evaluation_set(paths, cfg)
+    original = evaluations.evaluation_set(paths, cfg)
     assert (original.name, original.new) == ("original", False)
     k3 = sweep.plan([*SMALL, *grid, "sampler.k=3", f"store.root={tmp_path}"])[0]
-    chosen = rerun.evaluation_set(paths, k3)
+    chosen = evaluations.evaluation_set(paths, k3)
     assert chosen.new and chosen.name.startswith("eval-") and chosen.changed == (("sampler.k", 5, 3),)
     assert chosen.regrade_from is None
     assert main([*SMALL, *grid, "sampler.k=3", f"store.root={tmp_path}", "--plan"]) == 0
@@ -164,15 +164,15 @@ def test_other_evaluation_settings_address_a_new_records_set_of_the_same_sweep(t
     assert "t00 skip" in out, out  # its one checkpoint was evicted: nothing it can evaluate
     assert f"evicted: 1 checkpoint(s) have no weights any more (store.keep), so are not evaluated into {chosen.name}: " \
            f"{specs[0].run_id}/step_000016" in out, out
-    assert not (sweep_dir / rerun.SETS_FILE).exists()  # --plan writes nothing
+    assert not (sweep_dir / evaluations.SETS_FILE).exists()  # --plan writes nothing
 
-    rerun.register_set(paths, chosen)
-    sets = json.loads((sweep_dir / rerun.SETS_FILE).read_text())
+    evaluations.register_set(paths, chosen)
+    sets = json.loads((sweep_dir / evaluations.SETS_FILE).read_text())
     assert list(sets) == ["original", chosen.name] and sets["original"]["sampler.k"] == 5
-    again = rerun.evaluation_set(paths, k3)
+    again = evaluations.evaluation_set(paths, k3)
     assert (again.name, again.new) == (chosen.name, False)
-    assert rerun.evaluation_set(paths, cfg).name == "original"
-    renamed = rerun.with_set(k3, specs, chosen.name)
+    assert evaluations.evaluation_set(paths, cfg).name == "original"
+    renamed = evaluations.with_set(k3, specs, chosen.name)
     assert k3.sampler.variant == chosen.name and {s.config.sampler.variant for s in renamed} == {chosen.name}
     assert [rerun.trial_key(s) for s in renamed] == [rerun.trial_key(s) for s in specs]
 
@@ -183,12 +183,12 @@ def test_a_new_grader_version_regrades_the_stored_completions(tmp_path, monkeypa
     cfg, planned_id, planned = sweep.plan([*SMALL, f"store.root={tmp_path}"])
     sweep_id, specs, _ = rerun.address(cfg, planned_id, planned)
     paths = sweep_paths(str(tmp_path), sweep_id)
-    rerun.register_set(paths, rerun.evaluation_set(paths, cfg))
-    monkeypatch.setattr(rerun, "GRADER_VERSION", rerun.GRADER_VERSION + 1)
-    chosen = rerun.evaluation_set(paths, cfg)
+    evaluations.register_set(paths, evaluations.evaluation_set(paths, cfg))
+    monkeypatch.setattr(evaluations, "GRADER_VERSION", evaluations.GRADER_VERSION + 1)
+    chosen = evaluations.evaluation_set(paths, cfg)
     assert chosen.new and chosen.regrade_from == "original" and chosen.changed[0][0] == "grader_version"
-    rerun.register_set(paths, chosen)
-    assert rerun.regrade_sources(paths, chosen.name) == ["original"]
+    evaluations.register_set(paths, chosen)
+    assert evaluations.regrade_sources(paths, chosen.name) == ["original"]
     assert "re-graded from the completions of original (no sampling)" in chosen.line()
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from orchestrator.sweep import evicted_line
+from orchestrator.jobs import evicted_line
 from orchestrator.retention import Retention, evicted, kind_of, record_written, store_bytes
 from store.layout import sweep_paths
 from workers.sample import train_subset
