@@ -24,7 +24,7 @@ CURATION_SWEEP ?=
 # none of them, so the CPU install removes them.
 CUDA_ONLY_WHEELS := torchvision torchaudio torchcodec
 
-.PHONY: setup sweep curate test test-unit bench bench-analysis gpu-smoke gpu-visible cuda-deps-check clean
+.PHONY: setup sweep curate test test-unit bench bench-trial bench-analysis gpu-smoke gpu-visible cuda-deps-check clean
 
 $(STAMP): pyproject.toml $(if $(CUDA_SET),$(CUDA_REQS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ test-unit: $(STAMP)
 bench: $(STAMP)   ## evaluation speed: scorer and sampler vs naive loops, sweep overhead -> bench.json
 	$(PY) -m bench.evaluation
 
+bench-trial: $(STAMP)   ## per-trial fixed cost (start-up + setup) beside a bare TorchTrainer -> bench_trial.json
+	$(PY) -m bench.trial_overhead $(ARGS)
+
 # With the bundle of `make device-bundle` (the lent GPU machine: no network, its own torch) it runs from that, else
 # from .venv (a GPU machine after `make setup`, where its vLLM stage runs too).
 SMOKE_BUNDLE := $(wildcard .device-bundle/device-site.tar.xz)
@@ -77,4 +80,4 @@ bench-analysis: $(STAMP)   ## analysis fit on 2M..20M generated records
 	$(PY) -m bench.analysis
 
 clean:
-	rm -rf runs mlruns bench.json
+	rm -rf runs mlruns bench.json bench_trial.json
