@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode = "cfg" if "--cfg" in argv else "plan" if "--plan" in argv else "run"
     overrides = [a for a in argv if a not in ("--cfg", "--plan", "--new")]
-    from orchestrator import evaluations, rerun
+    from orchestrator import evaluations, rerun, schedule
     from orchestrator.lease import Lease, LeaseHeld
     from store import io
     from store.layout import sweep_paths
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # addressed again under the lease: a driver that held it may have stored trials meanwhile
             sweep_id, specs, stored = rerun.address(cfg, planned_id, planned, fresh="--new" in argv)
-            sweep.connect_and_place(cfg, specs)  # Ray up and able to hold the pool and each trial
+            schedule.connect_and_place(cfg, specs)  # Ray up and able to hold the pool and each trial
         except (ConfigError, StorageError, TrackingError, PlacementError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -103,6 +103,19 @@ def _route_ray_loggers(handler: logging.Handler) -> None:
         logger.propagate = False
 
 
+def connect_and_place(cfg, specs: list[TrialSpec], log_dir: Path | None = None, check: bool = True):
+    """Start or join Ray (its logs to `log_dir`, once the sweep has one) and check that the cluster holds the
+    sampling pool and each trial (PlacementError naming the field and what the cluster has: Ray itself would
+    wait for good); None when not checked."""
+    init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, log_dir)
+    if not (check and cfg.cluster.check_placement):
+        return None
+    planned = check_placement(specs, cfg.sampler)
+    if planned.note:
+        print(f"note: {planned.note}")
+    return planned
+
+
 def check_placement(specs: list[TrialSpec], sampler):
     """Refuse (PlacementError, one line) a pool or a trial that the joined cluster cannot hold; else where
     the pool and the largest trial will go."""

@@ -117,26 +117,12 @@ def check(cfg: DictConfig, specs: list[TrialSpec]) -> None:
     """That the planned sweep can run here, before anything is written: the store writable, the tracking
     server answering, Ray up and able to hold the pool and each trial (StorageError, TrackingError,
     PlacementError: one line each)."""
+    from orchestrator import schedule
     from orchestrator.tracking import check_tracking
 
     io.check_writable(io.normalize(cfg.store.root))
     check_tracking(tracking_uri(cfg))
-    connect_and_place(cfg, specs)
-
-
-def connect_and_place(cfg: DictConfig, specs: list[TrialSpec], log_dir: Path | None = None, check: bool = True):
-    """Start or join Ray (its logs to `log_dir`, once the sweep has one) and check that the cluster holds the
-    sampling pool and each trial (PlacementError naming the field and what the cluster has: Ray itself would
-    wait for good); None when not checked."""
-    from orchestrator import schedule
-
-    schedule.init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.num_gpus, log_dir)
-    if not (check and cfg.cluster.check_placement):
-        return None
-    planned = schedule.check_placement(specs, cfg.sampler)
-    if planned.note:
-        print(f"note: {planned.note}")
-    return planned
+    schedule.connect_and_place(cfg, specs)
 
 
 def ensure_base_model(cfg: DictConfig, log=print) -> str:
@@ -290,7 +276,8 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
     listener = Listener(outbox, children, paths, retention, cfg.sampler.variant)
     robustness_not_evaluated = 0
     try:
-        connect_and_place(cfg, specs, paths.logs, check=not placed)  # resume and curate come without main's check
+        # Ray up (its logs to the sweep's), the cluster checked (resume and curate come without main's check)
+        schedule.connect_and_place(cfg, specs, paths.logs, check=not placed)
         prepare_deepspeed_ops()
         pool = pool or schedule.start_pool(cfg.sampler)
         trials = schedule.Trials(specs, paths, base_model, cfg.sweep.max_concurrent_trials, pool,
