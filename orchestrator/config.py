@@ -18,7 +18,8 @@ from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from store.names import CURATION_STRATEGIES
 from workers.settings import BaseStage, TrainSettings
-from workers.tasks import GENERATED
+from workers.backends import BACKENDS
+from workers.tasks import TASKS, generated_tasks
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -31,6 +32,12 @@ class ConfigError(ValueError):
 def _check(ok: bool, field_name: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(redact(f"{field_name}={value!r}: {rule}"))
+
+
+def _one_of(names) -> str:
+    """'a, b or c'."""
+    names = list(names)
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
 def _check_resources(field_name: str, resources, prefix: str) -> None:
@@ -47,8 +54,9 @@ class ModelConfig:
 
 
 def validate_model(m: DictConfig, task: DictConfig, prefix: str = "") -> None:
-    _check(task.name in GENERATED or m.path is not None, f"{prefix}model.path", m.path,
-           f"the built-in tiny model is only built for the built-in tasks ({', '.join(GENERATED)}); give an HF "
+    generated = generated_tasks()
+    _check(task.name in generated or m.path is not None, f"{prefix}model.path", m.path,
+           f"the built-in tiny model is only built for the built-in tasks ({', '.join(generated)}); give an HF "
            "model path")
     if m.path is not None:
         from workers.models import model_exists
@@ -59,7 +67,7 @@ def validate_model(m: DictConfig, task: DictConfig, prefix: str = "") -> None:
 
 @dataclass
 class TaskConfig:
-    name: str = "synthetic"  # synthetic | skills (built in, generated) | gsm8k | math (JSONL files)
+    name: str = "synthetic"  # a registered task (workers/tasks): synthetic, skills, choices (generated), gsm8k, math
     seed: int = 0
     train_fraction: float = 1.0
     n_train: int = 256
@@ -82,8 +90,7 @@ class TaskConfig:
 
 def validate_task(k: DictConfig, prefix: str = "") -> None:
     _check(0 < k.train_fraction <= 1, f"{prefix}task.train_fraction", k.train_fraction, "must be in (0, 1]")
-    _check(k.name in (*GENERATED, "gsm8k", "math"), f"{prefix}task.name", k.name,
-           f"must be {', '.join(GENERATED)}, gsm8k or math")
+    _check(k.name in TASKS, f"{prefix}task.name", k.name, f"must be {_one_of(TASKS)}")
     _check(k.n_train >= 1 and k.n_test >= 1, f"{prefix}task.n_train/n_test", (k.n_train, k.n_test), "must be >= 1")
     _check(1 <= k.min_steps <= k.max_steps, f"{prefix}task.min_steps", k.min_steps, "must be in [1, task.max_steps]")
     _check(k.max_number >= 2, f"{prefix}task.max_number", k.max_number, "must be >= 2")
@@ -155,7 +162,7 @@ def validate_train(t: DictConfig, prefix: str = "") -> None:
 
 @dataclass
 class SamplerConfig:
-    backend: str = "auto"  # auto | hf | vllm
+    backend: str = "auto"  # auto or a registered backend (workers/backends): hf, vllm
     k: int = 5
     temperature: float = 0.8
     top_p: float = 0.95
@@ -190,7 +197,8 @@ def validate_sampler(s: DictConfig, prefix: str = "") -> None:
     _check(s.max_new_tokens >= 1, f"{prefix}sampler.max_new_tokens", s.max_new_tokens, "must be >= 1")
     _check(s.batch_tokens >= 1, f"{prefix}sampler.batch_tokens", s.batch_tokens, "must be >= 1")
     _check(s.score_batch_tokens >= 1, f"{prefix}sampler.score_batch_tokens", s.score_batch_tokens, "must be >= 1")
-    _check(s.backend in ("auto", "hf", "vllm"), f"{prefix}sampler.backend", s.backend, "must be auto, hf or vllm")
+    _check(s.backend in ("auto", *BACKENDS), f"{prefix}sampler.backend", s.backend,
+           f"must be {_one_of(['auto', *BACKENDS])}")
     _check(s.dtype in ("auto", "float32", "bfloat16", "float16"), f"{prefix}sampler.dtype", s.dtype,
            "must be auto, float32, bfloat16 or float16")
     _check(s.tensor_parallel_size >= 1, f"{prefix}sampler.tensor_parallel_size", s.tensor_parallel_size, "must be >= 1")
@@ -296,7 +304,7 @@ def validate_curation(cfg: DictConfig) -> None:
     _check(c.premem_at_most is None or 0 <= c.premem_at_most <= 1, "curation.premem_at_most", c.premem_at_most,
            "must be in [0, 1] or null")
     _check(c.similar in SIMILAR, "curation.similar", c.similar, f"must be one of {', '.join(SIMILAR)}")
-    _check(c.similar not in ("generator",) or task.name in GENERATED, "curation.similar", c.similar,
+    _check(c.similar not in ("generator",) or task.name in generated_tasks(), "curation.similar", c.similar,
            f"the generator makes the built-in task's problems; task.name={task.name} takes neighbors or command")
     _check(c.similar != "neighbors" or c.candidates is not None, "curation.candidates", c.candidates,
            "neighbors needs a candidate pool: a JSONL file in the task's format")
@@ -304,7 +312,7 @@ def validate_curation(cfg: DictConfig) -> None:
            "file does not exist")
     _check(c.similar != "command" or bool((c.command or "").strip()), "curation.command", c.command,
            "the command that writes new examples (argv with {selected} {out} {n} {seed})")
-    _check(c.similar != "auto" or task.name in GENERATED or c.candidates is not None or bool(c.command),
+    _check(c.similar != "auto" or task.name in generated_tasks() or c.candidates is not None or bool(c.command),
            "curation.similar", c.similar, f"task.name={task.name}: give curation.candidates (a pool to pick "
            "neighbours from) or curation.command")
     _check(c.command_timeout_s > 0, "curation.command_timeout_s", c.command_timeout_s, "must be > 0")
@@ -509,7 +517,7 @@ def similar_source(cfg: DictConfig) -> str:
     c = cfg.curation
     if c.similar != "auto":
         return c.similar
-    if cfg.task.name in GENERATED and c.candidates is None and not c.command:
+    if cfg.task.name in generated_tasks() and c.candidates is None and not c.command:
         return "generator"
     return "neighbors" if c.candidates is not None else "command"
 

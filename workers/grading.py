@@ -24,6 +24,20 @@ class Grade:
     timed_out: bool = False  # equivalence was not decided within the time limit: graded wrong
 
 
+# Every grader by name (name -> grade(completion, gold) -> Grade): GSM8k's and MATH's here, a task module's own
+# (choices) registered when it is imported (importing workers.tasks does that), so grading imports no task.
+GRADERS: dict[str, Callable[[str, str], Grade]] = {}
+
+
+def register_grader(name: str):
+    """Decorator: `grade(completion, gold) -> Grade` as the grader of splits whose `grader` is `name`."""
+    def register(grade: Callable[[str, str], Grade]) -> Callable[[str, str], Grade]:
+        GRADERS[name] = grade
+        return grade
+
+    return register
+
+
 # ----------------------------------------------------------------------------------------------- GSM8k
 _NUMBER = r"-?\$?\s*-?[\d,]*\.?\d+"
 _HASH_ANSWER = re.compile(r"####\s*(" + _NUMBER + r")")
@@ -50,6 +64,7 @@ def extract_gsm8k_answer(completion: str) -> str | None:
     return None
 
 
+@register_grader("gsm8k")
 def grade_gsm8k(completion: str, gold: str) -> Grade:
     extracted = extract_gsm8k_answer(completion)
     if extracted is None:
@@ -171,6 +186,7 @@ def math_equivalent(answer: str, gold: str) -> bool:
     return verdict if verdict is not None else math_verify_equivalent(answer, gold)
 
 
+@register_grader("math")
 def grade_math(completion: str, gold: str) -> Grade:
     """One sample, graded in this process without a time limit (tests, notebooks); the pool grades through
     `Grader`, which bounds each answer's time."""
@@ -281,26 +297,13 @@ def _serve_math_verify() -> None:
             out.flush()
 
 
-# Graders that a task module defines for its own answer format (name -> grade(completion, gold) -> Grade), each
-# registered when its task module is imported (loading the task does that), so grading imports no task.
-TASK_GRADERS: dict[str, Callable[[str, str], Grade]] = {}
-
-
-def register_grader(name: str):
-    """Decorator: `grade(completion, gold) -> Grade` as the grader of splits whose `grader` is `name`."""
-    def register(grade: Callable[[str, str], Grade]) -> Callable[[str, str], Grade]:
-        TASK_GRADERS[name] = grade
-        return grade
-
-    return register
-
-
 class Grader:
-    """Grades a task's samples: GSM8k in place; MATH by the cheap check, then math-verify with a time limit
-    in `workers` child processes side by side (sympy is single-threaded; a GPU node's sampler has cores)."""
+    """Grades a task's samples by the grader registered under `task` (GRADERS), in place; MATH by the cheap
+    check, then math-verify with a time limit in `workers` child processes side by side (sympy is
+    single-threaded; a GPU node's sampler has cores)."""
 
     def __init__(self, task: str, timeout_s: float = 5.0, workers: int = 1):
-        if task not in ("gsm8k", "math", *TASK_GRADERS):
+        if task not in GRADERS:
             raise ValueError(f"no grader for task {task!r}")
         self.task = task
         self.verifiers = [MathVerifier(timeout_s) for _ in range(workers)] if task == "math" else []
@@ -308,10 +311,8 @@ class Grader:
         self.known: dict[tuple[str, str], bool | None] = {}
 
     def grade(self, completions: list[str], golds: list[str]) -> list[Grade]:
-        if self.task == "gsm8k":
-            return [grade_gsm8k(c, g) for c, g in zip(completions, golds)]
-        if self.task in TASK_GRADERS:
-            return [TASK_GRADERS[self.task](c, g) for c, g in zip(completions, golds)]
+        if self.task != "math":  # MATH's grade_math is replaced by the batched, time-bounded check below
+            return [GRADERS[self.task](c, g) for c, g in zip(completions, golds)]
         extracted = [last_boxed(c) for c in completions]
         # k samples of a question often box the same answer: each distinct (answer, gold) is decided once,
         # by the cheap check where it can, else by math-verify

@@ -124,3 +124,19 @@ def test_saving_and_loading_a_model_draw_no_progress_bars(tiny_model_dir, tmp_pa
     out, err = capfd.readouterr()
     assert "Loading weights" not in out + err and "Writing model shards" not in out + err
     assert (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+def test_backends_are_made_by_registered_name_and_validated_against_the_registry():
+    """A backend is a name in workers.backends.BACKENDS: make_backend builds it (importing its module only
+    then), and sampler.backend accepts auto or a registered name, nothing else."""
+    import pytest
+
+    from orchestrator.config import ConfigError, compose_config, validate
+    from workers.backends import BACKENDS, make_backend
+
+    assert list(BACKENDS) == ["hf", "vllm"]
+    assert isinstance(make_backend("hf"), HFBackend) and isinstance(make_backend("auto"), HFBackend)
+    with pytest.raises(ValueError, match="unknown sampler backend 'x'"):
+        make_backend("x")
+    with pytest.raises(ConfigError, match=r"^sampler.backend='x': must be auto, hf or vllm$"):
+        validate(compose_config(["sampler.backend=x"]))

@@ -241,6 +241,25 @@ def test_unknown_task_has_no_grader():
         Grader("mmlu")
 
 
+def test_a_registered_grader_grades_the_splits_that_name_it():
+    """Grader reads the registry: GSM8k's, MATH's and a task module's own grader (choices, registered when
+    workers.tasks is imported) by name; one registered later grades as soon as it is."""
+    from workers.grading import GRADERS, Grade, register_grader
+    import workers.tasks  # noqa: F401  (registers the task modules' graders)
+
+    assert {"gsm8k", "math", "choices"} <= set(GRADERS)
+    assert Grader("gsm8k").grade(["so #### 5"], ["5"])[0].correct
+
+    @register_grader("exact")
+    def grade_exact(completion: str, gold: str) -> Grade:
+        return Grade(completion.strip() == gold, True, completion.strip())
+
+    try:
+        assert [g.correct for g in Grader("exact").grade([" 7", "8"], ["7", "7"])] == [True, False]
+    finally:
+        GRADERS.pop("exact")
+
+
 def test_grader_remembers_decided_pairs_but_not_timeouts():
     grader = Grader("math", timeout_s=1.0)
     try:

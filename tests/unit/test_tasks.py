@@ -79,3 +79,47 @@ def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(DatasetFileError, match=message):
         read_jsonl("gsm8k", path, "train", 0)
+
+
+# ------------------------------------------------------------------------------------------ the registries
+def test_each_task_registers_its_name_kind_and_grader_in_one_place():
+    """The registry is what every stage asks: the conf/task presets name exactly the registered tasks, each
+    task's grader is a registered grader, and a generated task's splits name that grader."""
+    from orchestrator.config import CONF_DIR
+    from workers.grading import GRADERS
+    from workers.tasks import GENERATED, TASKS
+
+    assert list(TASKS) == ["synthetic", "skills", "choices", "gsm8k", "math"]
+    assert {p.stem for p in (CONF_DIR / "task").glob("*.yaml")} == set(TASKS)
+    assert GENERATED == {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills",
+                         "choices": "workers.tasks.choices"}
+    for name, entry in TASKS.items():
+        assert entry.grader in GRADERS, name
+        if entry.generated:
+            assert load_task(name, seed=0, train_fraction=1.0, n_train=4, n_test=2).grader == entry.grader
+
+
+def test_a_registered_task_is_loaded_validated_and_gets_a_base_model():
+    """A new task module needs its decorator only: load_task builds it, task.name accepts it, the tiny base
+    model is built for it; a name nobody registered is refused in one line listing the registered ones."""
+    from orchestrator.config import ConfigError, compose_config, validate
+    from workers.tasks import TASKS, generator, register_task
+    from workers.tasks.example import Example, Splits
+
+    @register_task("toy", generated=True, grader="gsm8k")
+    def make_splits(seed: int, n_train: int, n_test: int, **difficulty) -> Splits:
+        make = [Example(f"{split}-{i}", f"{i} + {seed}?", f"#### {i + seed}", str(i + seed))
+                for split, n in (("train", n_train), ("test", n_test)) for i in range(n)]
+        return Splits(make[:n_train], make[n_train:], "gsm8k")
+
+    try:
+        splits = load_task("toy", seed=2, train_fraction=1.0, n_train=3, n_test=1, min_steps=2)
+        assert [e.answer for e in splits.train] == ["2", "3", "4"] and splits.grader == "gsm8k"
+        assert generator("toy").__name__ == __name__
+        validate(compose_config(["task.name=toy"]))
+    finally:
+        TASKS.pop("toy")
+    with pytest.raises(ConfigError, match=r"^task.name='toy': must be synthetic, skills, choices, gsm8k or math$"):
+        validate(compose_config(["task.name=toy"]))
+    with pytest.raises(ValueError, match="unknown task 'toy'"):
+        load_task("toy", seed=2, train_fraction=1.0, n_train=3, n_test=1)

@@ -2,20 +2,30 @@
 from __future__ import annotations
 
 from workers.tasks.example import Example, PromptFormat, Splits, subsample_train
+from workers.tasks.registry import TASKS, TaskEntry, register_task
 
-__all__ = ["Example", "PromptFormat", "Splits", "GENERATED", "TASK_ARGS", "generator", "load_task", "task_args"]
+# The built-in tasks, each registering itself (workers/tasks/registry.py): synthetic, skills and choices are
+# generated offline from a seed (each module: make_examples, make_splits, new_examples for curation,
+# parse_problem); gsm8k and math are read from files (jsonl.py).
+from workers.tasks import synthetic, skills, choices, jsonl  # noqa: E402,F401  (registration order: synthetic first)
 
-# The built-in tasks, generated offline from a seed (each module: make_examples, make_splits, new_examples for
-# curation, parse_problem); gsm8k and math are read from files.
-GENERATED = {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills",
-             "choices": "workers.tasks.choices"}
+__all__ = ["Example", "PromptFormat", "Splits", "GENERATED", "TASKS", "TASK_ARGS", "TaskEntry", "generated_tasks",
+           "generator", "load_task", "register_task", "task_args"]
+
+
+def generated_tasks() -> dict[str, str]:
+    """The registered tasks built offline from a seed, name -> generator module, in registration order."""
+    return {name: entry.module for name, entry in TASKS.items() if entry.generated}
+
+
+GENERATED = generated_tasks()  # the built-in generated tasks (importers that only ask which tasks are generated)
 
 
 def generator(name: str):
-    """The module that generates built-in task `name`."""
+    """The module that generates task `name` (KeyError: not a generated task)."""
     import importlib
 
-    return importlib.import_module(GENERATED[name])
+    return importlib.import_module(generated_tasks()[name])
 
 
 TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
@@ -33,14 +43,13 @@ def load_task(name: str, *, seed: int, train_fraction: float, n_train: int, n_te
               **difficulty) -> Splits:
     """Build or read the task's splits; train_fraction subsamples the train split (seeded), and the examples
     of `added_path` (curation's new data) join the train split after that."""
-    if name in GENERATED:
-        splits = generator(name).make_splits(seed=seed, n_train=n_train, n_test=n_test, **difficulty)
-    elif name in ("gsm8k", "math"):
-        from workers.tasks.jsonl import load_splits
-
-        splits = load_splits(name, path=path, test_path=test_path, n_train=n_train, n_test=n_test)
-    else:
+    if name not in TASKS:
         raise ValueError(f"unknown task {name!r}")
+    entry = TASKS[name]
+    if entry.generated:
+        splits = entry.load(seed=seed, n_train=n_train, n_test=n_test, **difficulty)
+    else:
+        splits = entry.load(path=path, test_path=test_path, n_train=n_train, n_test=n_test)
     splits = subsample_train(splits, train_fraction, seed)
     if added_path:
         from workers.tasks.jsonl import read_added

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from workers.grading import Grade, register_grader
 from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
+from workers.tasks.registry import register_task
 from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN
 
 START_LOW = (10, 20)  # the start's range: from a low end in this range...
@@ -186,6 +187,7 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 3, max_steps:
     return distinct_examples(n, prefix, draw, exclude)
 
 
+@register_task("choices", generated=True, grader=GRADER)
 def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 3, max_steps: int = 4,
                 max_number: int = 20) -> Splits:
     """Disjoint seeded train/test splits, graded by the verifier."""

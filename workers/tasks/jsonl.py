@@ -7,6 +7,7 @@ from pathlib import Path
 
 from workers.grading import gold_answer_gsm8k, gold_answer_math
 from workers.tasks.example import Example, Splits
+from workers.tasks.registry import register_task
 
 FIELDS = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
 HUB = {"gsm8k": ("openai/gsm8k", "main"), "math": ("hendrycks/competition_math", None)}
@@ -86,3 +87,13 @@ def load_splits(name: str, path: str | None, test_path: str | None, n_train: int
     train = read_jsonl(name, path, "train", n_train) if path else _from_hub(name, "train", n_train)
     test = read_jsonl(name, test_path, "test", n_test) if test_path else _from_hub(name, "test", n_test)
     return Splits(train, test, name)
+
+
+@register_task("gsm8k", generated=False, grader="gsm8k")
+def load_gsm8k(path: str | None, test_path: str | None, n_train: int, n_test: int) -> Splits:
+    return load_splits("gsm8k", path, test_path, n_train, n_test)
+
+
+@register_task("math", generated=False, grader="math")
+def load_math(path: str | None, test_path: str | None, n_train: int, n_test: int) -> Splits:
+    return load_splits("math", path, test_path, n_train, n_test)

@@ -24,7 +24,10 @@ import re
 from dataclasses import dataclass
 
 from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
+from workers.tasks.registry import register_task
 from workers.tasks.synthetic import ITEMS, NAMES, PRONOUN, QUESTION_FRAME
+
+GRADER = "gsm8k"  # answers end in GSM8k's '#### N'
 
 # step kind -> share of all steps; the order is of increasing difficulty for a model that has to learn it
 SKILLS = {"add": 0.34, "sub": 0.26, "boxes": 0.18, "times": 0.12, "share": 0.10}
@@ -190,10 +193,11 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps:
     return distinct_examples(n, prefix, draw, exclude)
 
 
+@register_task("skills", generated=True, grader=GRADER)
 def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 4,
                 max_number: int = 20) -> Splits:
     """Disjoint seeded train/test splits, both drawn from the same skill distribution."""
-    return disjoint_splits(make_examples, seed, n_train, n_test, "gsm8k", min_steps=min_steps,
+    return disjoint_splits(make_examples, seed, n_train, n_test, GRADER, min_steps=min_steps,
                            max_steps=max_steps, max_number=max_number)
 
 

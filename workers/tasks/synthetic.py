@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 
 from workers.tasks.example import Example, Splits, disjoint_splits, distinct_examples
+from workers.tasks.registry import register_task
 
+GRADER = "gsm8k"  # answers end in GSM8k's '#### N'
 PRONOUN = {"Ava": "she", "Ben": "he", "Cara": "she", "Dan": "he", "Eli": "he", "Fay": "she", "Gus": "he",
            "Hana": "she", "Ivan": "he", "Jo": "she", "Kim": "she", "Leo": "he", "Mia": "she", "Noa": "she",
            "Omar": "he", "Pia": "she", "Raj": "he", "Sam": "he", "Tess": "she", "Uma": "she"}
@@ -109,10 +111,11 @@ def make_examples(seed: int, n: int, prefix: str, min_steps: int = 2, max_steps:
     return distinct_examples(n, prefix, draw, exclude)
 
 
+@register_task("synthetic", generated=True, grader=GRADER)
 def make_splits(seed: int, n_train: int, n_test: int, min_steps: int = 2, max_steps: int = 3,
                 max_number: int = 20) -> Splits:
     """Disjoint seeded train/test splits of the synthetic task."""
-    return disjoint_splits(make_examples, seed, n_train, n_test, "gsm8k", min_steps=min_steps,
+    return disjoint_splits(make_examples, seed, n_train, n_test, GRADER, min_steps=min_steps,
                            max_steps=max_steps, max_number=max_number)
 
 
