@@ -108,7 +108,7 @@ def one_variant(variant: str, repeats: int, store: str) -> dict:
     try:
         from workers.deepspeed_ops import prepare_deepspeed_ops
     except ImportError:  # before workers/deepspeed_ops.py
-        from workers.train import prepare_deepspeed_ops
+        from workers.deepspeed_ops import prepare_deepspeed_ops
     started = time.time()
     schedule.init_ray(None, None, None, Path(store) / "bench-logs")
     prepare_deepspeed_ops(log=lambda line: None)

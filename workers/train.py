@@ -24,11 +24,6 @@ from workers.settings import TrainSettings, cache_root, linear_warmup_decay, sav
 from workers.tasks import Example, PromptFormat, load_task
 from workers.tokens import SupervisedData, collate
 
-# Moved out (the base model: workers/base_model.py; the driver's op build: workers/deepspeed_ops.py); importable
-# from here until orchestrator/sweep.py imports them from their modules.
-from workers.base_model import BaseStage, build_base_model_reproducibly  # noqa: F401,E402
-from workers.deepspeed_ops import prepare_deepspeed_ops  # noqa: F401,E402
-
 TRAINER_STATE = "trainer_state.json"
 
 
