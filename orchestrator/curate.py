@@ -39,7 +39,7 @@ from orchestrator.config import ConfigError, similar_source, to_yaml, tracking_u
 from orchestrator.plan import TrialSpec, typed_config
 from orchestrator.rerun import RUNTIME_FIELDS, config_hash, without_fields
 from store.layout import SweepPaths, sweep_paths, write_text_atomic
-from workers.tasks import GENERATED, Example, load_task, task_args
+from workers.tasks import Example, generated_tasks, load_task, task_args
 
 ALLOWED = ("train.", "sampler.", "tracking.", "cluster.", "sweep.max_concurrent_trials", "sweep.nll_threshold")
 
@@ -119,7 +119,7 @@ def obtain(cfg: DictConfig, likes: list[Example | None], train: list[Example], e
     from workers.tasks import similar
 
     source, task = similar_source(cfg), cfg.task
-    file_format = "gsm8k" if task.name in GENERATED else task.name  # the built-in tasks write GSM8k's format
+    file_format = "gsm8k" if task.name in generated_tasks() else task.name  # the built-in tasks write GSM8k's format
     if source == "generator":
         from workers.tasks import generator
 

@@ -37,7 +37,11 @@ def eval_settings(sampler: dict) -> dict:
 
 def eval_variant(sampler: dict) -> str:
     """The records set these evaluation settings get after the sweep's first: `eval-` and 8 hex of them."""
-    return f"eval-{config_hash(eval_settings(sampler))}"
+    return _set_name(eval_settings(sampler))
+
+
+def _set_name(settings: dict) -> str:
+    return f"eval-{config_hash(settings)}"
 
 
 def _sampling_only(settings: dict) -> dict:
@@ -86,8 +90,7 @@ def evaluation_set(paths: SweepPaths, cfg: DictConfig) -> EvaluationSet:
     changed = tuple((k, original.get(k), v) for k, v in settings.items() if original.get(k) != v)
     regrade_from = next((name for name, stored in sets.items()
                          if _sampling_only(stored) == _sampling_only(settings)), None)
-    return EvaluationSet(eval_variant(OmegaConf.to_container(cfg.sampler, resolve=True)), settings, True, changed,
-                         regrade_from)
+    return EvaluationSet(_set_name(settings), settings, True, changed, regrade_from)
 
 
 def register_set(paths: SweepPaths, chosen: EvaluationSet) -> None:

@@ -36,10 +36,13 @@ def pending_evaluations(paths: SweepPaths, specs: list[TrialSpec], base_model: s
     from orchestrator.tracking import variant_suffix
 
     pending, trained, evaluated, train_losses = [], 0, 0, {}
+    sources_of: dict[str, list[str]] = {}  # records set -> the stored sets it is re-graded from
     for spec in specs:
         _, template = trial_jobs(spec, paths, base_model)
         done_marker = DONE_MARKER + variant_suffix(template.variant)
-        sources = regrade_sources(paths, template.variant)
+        if template.variant not in sources_of:
+            sources_of[template.variant] = regrade_sources(paths, template.variant)
+        sources = sources_of[template.variant]
         for checkpoint in paths.trial_checkpoints(spec.run_id):
             state = json.loads(io.read_text(io.join(checkpoint, "trainer_state.json")))
             step = int(state["step"])

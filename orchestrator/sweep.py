@@ -22,7 +22,7 @@ from orchestrator.config import (Config, ConfigError, compose_config, take_crede
 from orchestrator.plan import TrialSpec, expand_grid
 from store import io
 from store.layout import SweepPaths, base_model_dir, open_sweep, sweep_paths, write_text_atomic
-from workers.tasks import GENERATED
+from workers.tasks import generated_tasks
 
 KEY_PARAMS = ("train.lr", "train.epochs", "task.train_fraction", "seed", "task.name", "model.name",
               "train.global_batch_size", "train.zero_stage", "train.precision", "sampler.k", "sampler.temperature")
@@ -98,7 +98,7 @@ def check_task_files(specs: list[TrialSpec]) -> None:
         task = spec.config.task
         for field, split, limit in (("path", "train", task.n_train), ("test_path", "test", task.n_test)):
             location = getattr(task, field)
-            if task.name in GENERATED or not location or (task.name, location, limit) in seen:
+            if task.name in generated_tasks() or not location or (task.name, location, limit) in seen:
                 continue
             seen.add((task.name, location, limit))
             try:
@@ -172,7 +172,7 @@ def log_task_datasets(tracker, specs: list[TrialSpec], children: dict[str, str],
                          **({"added_path": task.added_path} if task.added_path else {})}
             built[key] = {
                 split: (f"{task.name}-{split}", pd.DataFrame([vars(e) for e in examples]),
-                        location if task.name not in GENERATED and location else generated)
+                        location if task.name not in generated_tasks() and location else generated)
                 for split, examples, location in (("train", splits.train, task.path),
                                                   ("test", splits.test, task.test_path))}
         tracker.log_datasets(children[spec.run_id], built[key])

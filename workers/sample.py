@@ -173,39 +173,37 @@ def evaluate_checkpoint(backend: Backend, job: EvalJob, splits: Splits, grader: 
                       metrics)
 
 
-def regrade_checkpoint(job: EvalJob, grader: Grader) -> EvalResult:
+def regrade_checkpoint(job: EvalJob, splits: Splits, grader: Grader) -> EvalResult:
     """The records of `job.variant` from another set's stored completions of the same checkpoint, sampled with
     the same settings: every completion graded again by `grader`, reference NLLs and sample counts kept."""
+    import pandas as pd
+
     t0 = time.perf_counter()
-    records = io.read_parquet(job.regrade_records)
-    completions = io.read_parquet(job.regrade_completions).to_pylist()
-    answers = {}  # (split, example_id) -> the reference answer the grader compares with
-    splits = load_task(**job.task)
-    for split, examples in (("train", splits.train), ("test", splits.test)):
-        answers.update({(split, e.example_id): e.answer for e in examples})
+    records = io.read_parquet(job.regrade_records).to_pandas()
+    completions = io.read_parquet(job.regrade_completions).to_pandas()
+    gold = {(split, e.example_id): e.answer for split, examples in (("train", splits.train), ("test", splits.test))
+            for e in examples}
     # stored completions carry the answer prefix already (_grade_all grades and stores the prefixed text)
-    grades = grader.grade([c["completion"] for c in completions],
-                          [answers[(c["split"], c["example_id"])] for c in completions])
-    correct: dict[tuple, int] = {}
-    for c, g in zip(completions, grades):
-        key = (c["split"], c["example_id"])
-        correct[key] = correct.get(key, 0) + int(g.correct)
-        c.update(variant=job.variant, extracted=g.extracted, correct=g.correct, parsed=g.parsed)
-    rows = records.to_pylist()
+    grades = grader.grade(completions.completion.tolist(),
+                          [gold[key] for key in zip(completions.split, completions.example_id)])
+    completions = completions.assign(variant=job.variant, extracted=[g.extracted for g in grades],
+                                     correct=[g.correct for g in grades], parsed=[g.parsed for g in grades],
+                                     timed_out=[g.timed_out for g in grades])
+    n_correct = completions.groupby(["split", "example_id"]).correct.sum()
+    keys = pd.MultiIndex.from_arrays([records.split, records.example_id])
+    records = records.assign(n_correct=n_correct.reindex(keys, fill_value=0).to_numpy().astype(np.int64),
+                             variant=job.variant)
     metrics = {}
     for split in ("train", "test"):
-        mine = [r for r in rows if r["split"] == split]
-        for r in mine:
-            r.update(n_correct=correct.get((split, r["example_id"]), 0), variant=job.variant)
-        graded = [(c, g) for c, g in zip(completions, grades) if c["split"] == split]
-        n = max(1, sum(r["n_samples"] for r in mine))
-        metrics[f"{split}_acc"] = sum(r["n_correct"] for r in mine) / n
-        metrics[f"{split}_unparsed_frac"] = sum(not g.parsed for _, g in graded) / n
-        metrics[f"{split}_grade_timeouts"] = sum(g.timed_out for _, g in graded)
-    train_nll = [r["ref_nll"] for r in rows if r["split"] == "train"]
-    metrics["ref_nll_mean"] = float(np.mean(train_nll)) if train_nll else float("nan")
-    io.write_parquet(pa.Table.from_pylist(completions, schema=COMPLETIONS_SCHEMA), job.completions_path)
-    write_records(rows, job.records_path)  # last, as in a sampling: its presence marks the checkpoint done
+        samples = max(1, int(records.n_samples[records.split == split].sum()))
+        graded = completions[completions.split == split]
+        metrics[f"{split}_acc"] = int(graded.correct.sum()) / samples
+        metrics[f"{split}_unparsed_frac"] = int((~graded.parsed).sum()) / samples
+        metrics[f"{split}_grade_timeouts"] = int(graded.timed_out.sum())
+    metrics["ref_nll_mean"] = float(records.ref_nll[records.split == "train"].mean())
+    io.write_parquet(pa.Table.from_pandas(completions[COMPLETIONS_SCHEMA.names], schema=COMPLETIONS_SCHEMA,
+                                          preserve_index=False), job.completions_path)
+    write_records(pa.Table.from_pandas(records, preserve_index=False), job.records_path)  # last: marks it done
     metrics.update(eval_seconds=time.perf_counter() - t0, grade_seconds=time.perf_counter() - t0)
     return EvalResult(job.run_id, job.step, job.epoch, job.variant, job.records_path, job.completions_path, metrics)
 
@@ -240,7 +238,7 @@ class SamplerActor:
             self._graders[grader_key] = Grader(*grader_key)
         try:
             if job.regrade_records:
-                return regrade_checkpoint(job, self._graders[grader_key])
+                return regrade_checkpoint(job, splits, self._graders[grader_key])
             return evaluate_checkpoint(self.backend, job, splits, self._graders[grader_key])
         except Exception as exc:
             # An engine that failed mid-request may be wedged: the next checkpoint builds a fresh one.

@@ -254,7 +254,8 @@ def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of
     step = int(source.name.split(".")[0].removeprefix("step_"))
     job = replace(template.job(step, 1.0, "no weights: not loaded"), regrade_records=str(source),
                   regrade_completions=paths.completions_file(spec.run_id, step, name))
-    evaluated = regrade_checkpoint(job, Grader(load_task(**job.task).grader, job.grade_timeout_s, 1))
+    splits = load_task(**job.task)
+    evaluated = regrade_checkpoint(job, splits, Grader(splits.grader, job.grade_timeout_s, 1))
     regraded, sampled = pd.read_parquet(evaluated.records_path), pd.read_parquet(source)
     pd.testing.assert_frame_equal(regraded.drop(columns="variant"), sampled.drop(columns="variant"))
     assert (regraded.variant == "regraded").all() and evaluated.metrics["test_acc"] == pytest.approx(

@@ -87,11 +87,11 @@ def test_each_task_registers_its_name_kind_and_grader_in_one_place():
     task's grader is a registered grader, and a generated task's splits name that grader."""
     from orchestrator.config import CONF_DIR
     from workers.grading import GRADERS
-    from workers.tasks import GENERATED, TASKS
+    from workers.tasks import TASKS, generated_tasks
 
     assert list(TASKS) == ["synthetic", "skills", "choices", "gsm8k", "math"]
     assert {p.stem for p in (CONF_DIR / "task").glob("*.yaml")} == set(TASKS)
-    assert GENERATED == {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills",
+    assert generated_tasks() == {"synthetic": "workers.tasks.synthetic", "skills": "workers.tasks.skills",
                          "choices": "workers.tasks.choices"}
     for name, entry in TASKS.items():
         assert entry.grader in GRADERS, name

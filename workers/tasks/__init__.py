@@ -9,7 +9,7 @@ from workers.tasks.registry import TASKS, TaskEntry, register_task
 # parse_problem); gsm8k and math are read from files (jsonl.py).
 from workers.tasks import synthetic, skills, choices, jsonl  # noqa: E402,F401  (registration order: synthetic first)
 
-__all__ = ["Example", "PromptFormat", "Splits", "GENERATED", "TASKS", "TASK_ARGS", "TaskEntry", "generated_tasks",
+__all__ = ["Example", "PromptFormat", "Splits", "TASKS", "TASK_ARGS", "TaskEntry", "generated_tasks",
            "generator", "load_task", "register_task", "task_args"]
 
 
@@ -18,14 +18,14 @@ def generated_tasks() -> dict[str, str]:
     return {name: entry.module for name, entry in TASKS.items() if entry.generated}
 
 
-GENERATED = generated_tasks()  # the built-in generated tasks (importers that only ask which tasks are generated)
-
 
 def generator(name: str):
     """The module that generates task `name` (KeyError: not a generated task)."""
     import importlib
 
-    return importlib.import_module(generated_tasks()[name])
+    if not TASKS[name].generated:
+        raise KeyError(name)
+    return importlib.import_module(TASKS[name].module)
 
 
 TASK_ARGS = ("name", "seed", "train_fraction", "n_train", "n_test", "min_steps", "max_steps", "max_number",
