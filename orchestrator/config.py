@@ -233,16 +233,17 @@ class SweepConfig:
     # (0: says who holds it and exits 1); a lease whose heartbeat is older than lease_stale_s is taken over
     lease_wait_s: float = 86400.0
     lease_stale_s: float = 120.0
+    # a grid sized for CPUs (the demo's): refused beside train.use_gpu=true, so that a GPU cluster never runs it by
+    # accident; a guard, not a setting, so it is not part of a sweep's address
+    cpu_only: bool = False
 
 
 def validate_sweep(cfg: DictConfig, prefix: str = "") -> None:
     """The sweep group's checks; with the whole config, whose fields color_by names."""
     w = cfg.sweep
-    # keyed on the sweep's name: the demo's grid has no value of its own that tells it from a GPU user's grid
-    # (sweep=small has its learning rates), and a field to mark it would change every sweep's id
-    _check(not (cfg.train.use_gpu and w.name == "default"), f"{prefix}sweep", "default",
-           "the CPU demo's grid (lr 1e-3 and 3e-3, up to 24 epochs, 44 checkpoints) is not for train.use_gpu=true: "
-           "use sweep=gpu (the paper's settings), sweep=small, or a grid of your own")
+    _check(not (cfg.train.use_gpu and w.cpu_only), f"{prefix}sweep.cpu_only", w.cpu_only,
+           f"sweep={w.name} is a grid sized for CPUs, not for train.use_gpu=true: use sweep=gpu (the paper's "
+           "settings), sweep=small, or set sweep.cpu_only=false beside a grid of your own")
     _check(w.lease_wait_s >= 0, f"{prefix}sweep.lease_wait_s", w.lease_wait_s, "must be >= 0")
     _check(w.lease_stale_s > 0, f"{prefix}sweep.lease_stale_s", w.lease_stale_s, "must be > 0")
     _check(w.nll_threshold > 0, f"{prefix}sweep.nll_threshold", w.nll_threshold, "must be > 0")

@@ -29,7 +29,7 @@ from store.names import ORIGINAL
 RUNTIME_FIELDS = (
     "tracking", "cluster", "store", "curation",
     "sweep.name", "sweep.grid", "sweep.max_concurrent_trials", "sweep.color_by", "sweep.nll_threshold",
-    "sweep.robustness_variant", "sweep.lease_stale_s", "sweep.lease_wait_s",
+    "sweep.robustness_variant", "sweep.lease_stale_s", "sweep.lease_wait_s", "sweep.cpu_only",
     "task.nll_threshold",  # the analysis' τ: every rerun fits again
     "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker", "train.resources_per_worker",
     "train.keep_engine_states", "train.max_failures", "train.placement_strategy", "train.dist_backend", "train.env",
