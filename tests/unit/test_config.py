@@ -263,14 +263,15 @@ def test_the_robustness_table_reaches_the_terminal_and_the_run_description():
 
 def test_gpu_commands_run_the_gpu_grid_not_the_cpu_demo(monkeypatch):
     """train=gpu with the default group (the CPU demo: lr 1e-3/3e-3, 24-epoch arms, sweep.cpu_only) is refused in
-    one line, on a GPU cluster too, and passes once the grid is declared for any device; the GPU clusters' commands name sweep=gpu, the paper's settings, which train=gpu's lr does
-    not contradict."""
-    with pytest.raises(ConfigError, match=r"^sweep.cpu_only=True: sweep=default is a grid sized for CPUs, .* use sweep=gpu"):
+    one line, on a GPU cluster too, and passes once the grid is declared for any device; the GPU clusters'
+    commands name sweep=gpu, the paper's settings, which train=gpu's lr does not contradict."""
+    cpu_grid_refused = r"^sweep.cpu_only=True: sweep=default is a grid sized for CPUs, .* use sweep=gpu"
+    with pytest.raises(ConfigError, match=cpu_grid_refused):
         plan_sweep(["train=gpu", "sampler=vllm_gpu"])
     monkeypatch.setenv("PREMEM_STORE_ROOT", "/tmp/store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     for cluster in ("compose", "kuberay"):
-        with pytest.raises(ConfigError, match=r"^sweep.cpu_only=True: sweep=default is a grid sized for CPUs, .* use sweep=gpu"):
+        with pytest.raises(ConfigError, match=cpu_grid_refused):
             plan_sweep([f"cluster={cluster}", "train=gpu", "sampler=vllm_gpu"])
         validate(compose_config([f"cluster={cluster}", "train=gpu", "sampler=vllm_gpu", "sweep.cpu_only=false"]))
         cfg = compose_config([f"cluster={cluster}", *GPU_GRID])
