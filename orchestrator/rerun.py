@@ -33,7 +33,8 @@ RUNTIME_FIELDS = (
     "task.nll_threshold",  # the analysis' τ: every rerun fits again
     "train.use_gpu", "train.cpus_per_worker", "train.gpus_per_worker", "train.resources_per_worker",
     "train.keep_engine_states", "train.max_failures", "train.placement_strategy", "train.dist_backend", "train.env",
-    "sampler.num_actors", "sampler.cpus_per_actor", "sampler.nice", "sampler.gpus_per_actor",
+    "sampler.num_actors", "sampler.cpus_per_actor", "sampler.nice", "sampler.max_backlog",
+    "sampler.gpus_per_actor",
     "sampler.resources_per_actor", "sampler.batch_tokens", "sampler.score_batch_tokens",
     "sampler.tensor_parallel_size", "sampler.gpu_memory_utilization", "sampler.enforce_eager",
     "sampler.grade_workers",

@@ -161,7 +161,7 @@ def start_pool(sampler):
     vllm_options = {k: sampler[k] for k in VLLM_OPTIONS}
     pool_cls = ray.remote(num_cpus=0, resources=HEAD_NODE)(SamplingPool)
     return pool_cls.options(name=pool_name(), namespace=NAMESPACE, lifetime=None).remote(
-        sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options)
+        sampler.num_actors, options, sampler.backend, threads, sampler.nice, vllm_options, sampler.max_backlog)
 
 
 def record_placement(pool, paths: SweepPaths) -> str:
@@ -254,10 +254,13 @@ def run_trial(config: dict) -> dict:
             worker_runtime_env={"env_vars": dict(train_cfg.env)} if train_cfg.env else None,
             callbacks=[RouteCheckpoints(template, train_cfg.keep_engine_states), TuneReportCallback()]),
     )
+    # where the pool shares cores with training, a trial starts once evaluation has caught up (sampler.max_backlog)
+    eval_wait = ray.get(ray.get_actor(pool_name(), namespace=NAMESPACE).room.remote())
     started = time.time()
     result = trainer.fit()
     ended = time.time()
-    return {"final_step": (result.metrics or {}).get("step", 0), **trial_timings(started, ended, result.metrics)}
+    return {"final_step": (result.metrics or {}).get("step", 0), **trial_timings(started, ended, result.metrics),
+            "eval_wait_seconds": eval_wait}
 
 
 def dist_backend(train_cfg) -> str:

@@ -250,17 +250,23 @@ class SamplingPool:
     """Named async actor: a FIFO of checkpoints served by a fixed set of sampler actors.
 
     A sampler actor that dies (killed, its node lost) is restarted by Ray, and the checkpoint it held is
-    evaluated once more; a second loss, or an evaluation that fails by itself, is reported as failed."""
+    evaluated once more; a second loss, or an evaluation that fails by itself, is reported as failed.
+
+    `max_backlog` > 0 bounds how far training runs ahead of evaluation: a trial waits to start (`room`) while
+    more checkpoints than that wait for the pool or are being evaluated (sampler.max_backlog)."""
 
     RETRIES_AFTER_ACTOR_LOSS = 1
 
     def __init__(self, n_actors: int, actor_options: dict, backend: str, threads: int, nice: int = 0,
-                 vllm_options: dict | None = None):
+                 vllm_options: dict | None = None, max_backlog: int = 0):
         import ray
 
         remote_cls = ray.remote(SamplerActor)
         self.actors = [remote_cls.options(**actor_options).remote(backend, threads, nice, vllm_options)
                        for _ in range(n_actors)]
+        self.max_backlog = max_backlog
+        self.backlog = 0  # checkpoints submitted and not yet finished (evaluated or failed)
+        self.backlog_fell = asyncio.Event()
         self.idle: asyncio.Queue | None = None
         self.finished: list[EvalResult] = []
         self.failed: list[tuple[dict, str, str]] = []  # (job, one line, traceback)
@@ -293,11 +299,27 @@ class SamplingPool:
 
     async def submit(self, job: EvalJob) -> None:
         await self._ensure_idle()
+        self.backlog += 1
         task = asyncio.get_running_loop().create_task(self._run(job))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    async def room(self) -> float:
+        """Return once the backlog is at most `max_backlog` (at once without a limit): the seconds waited."""
+        started = time.monotonic()
+        while self.max_backlog and self.backlog > self.max_backlog:
+            self.backlog_fell.clear()
+            await self.backlog_fell.wait()
+        return time.monotonic() - started
+
     async def _run(self, job: EvalJob) -> None:
+        try:
+            await self._evaluate(job)
+        finally:
+            self.backlog -= 1
+            self.backlog_fell.set()
+
+    async def _evaluate(self, job: EvalJob) -> None:
         idle = await self._ensure_idle()
         for attempt in range(1 + self.RETRIES_AFTER_ACTOR_LOSS):
             actor = await idle.get()
