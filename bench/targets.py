@@ -83,8 +83,9 @@ def table(bench: dict, trial: dict, clone: dict | None) -> list[tuple[str, str, 
     if clone:
         base = f"{clone['base_build_seconds']:.0f} s" if clone["base_build_seconds"] is not None else "?"
         rows.append(("first fit from a fresh clone (install, base model, sweep)",
-                     f"{clone['first_fit_seconds'] / 60:.1f} min (install {clone['setup_seconds'] / 60:.1f}, "
-                     f"base model {base}, sweep {clone['sweep_elapsed_minutes']} min)",
+                     f"{clone['first_fit_seconds'] / 60:.1f} min (install {clone['setup_seconds'] / 60:.1f} min, "
+                     f"make sweep {clone['make_sweep_seconds'] / 60:.1f} min: base model {base} inside its "
+                     f"summary's elapsed {clone['sweep_elapsed_minutes']} min)",
                      f"<= {TARGETS['first_fit_minutes']:.0f} min"))
         rows.append(("fresh-clone make test (install included)",
                      f"{clone['fresh_clone_test_seconds'] / 60:.1f} min (" + ", ".join(

@@ -136,6 +136,9 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
     location = base_model_dir(cfg.store.root, key)
     if io.is_file(io.join(location, "config.json")):
         log(f"base model: reusing {location}")
+        if changed := base_model_package_changes(location):
+            log(f"note: the cached base model was built with other packages ({', '.join(changed)}); built "
+                f"now it would have other weights, and the sweep other figures: a store without it rebuilds it")
         return location
     log(f"base model: building the tiny model and pretraining it on the task family -> {location}")
     threads = int(cfg.cluster.num_cpus or 2)
@@ -146,6 +149,17 @@ def ensure_base_model(cfg: DictConfig, log=print) -> str:
         build_base_model_reproducibly(Path(tmp) / "model", stage, task, prompt, threads=threads, log=log)
         io.upload_dir(Path(tmp) / "model", location)
     return location
+
+
+def base_model_package_changes(location: str) -> list[str]:
+    """The packages whose versions differ between the cached base model's build and this environment (none known
+    for a model built before its build file named them)."""
+    from workers.base_model import BUILD_FILE
+    from workers.models import package_changes, package_versions
+
+    build_file = io.join(location, BUILD_FILE)
+    built_with = json.loads(io.read_text(build_file)).get("packages") if io.is_file(build_file) else None
+    return package_changes(built_with, package_versions()) if built_with else []
 
 
 def expected_checkpoints(specs: list[TrialSpec]) -> int:

@@ -133,7 +133,10 @@ class Tracker:
     def start_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str,
                     parent_id: str | None = None) -> str:
         """A sweep's run; nested under `parent_id` when the sweep is a round of a curation."""
+        from workers.models import package_versions
+
         tags = {SWEEP_TAG: sweep_id, "sweep_name": name, "git_commit": git_commit(), HEARTBEAT_TAG: _now(),
+                **{f"package.{k}": v for k, v in package_versions().items()},  # the driver's environment
                 **({"mlflow.parentRunId": parent_id} if parent_id else {})}
         run = self.client.create_run(self.experiment_id, run_name=sweep_id, tags=tags)
         self.log_artifacts(run.info.run_id, [config_yaml, plan_json])

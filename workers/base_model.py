@@ -23,6 +23,7 @@ from workers.settings import BaseStage, linear_warmup_decay
 REPRODUCIBLE_MKL = {"MKL_CBWR": "AVX2,STRICT"}
 KEY_VERSION = 2  # part of every cached base model's key: bumped when the build changes what a key gives
 DIFFICULTY = ("min_steps", "max_steps", "max_number")
+BUILD_FILE = "base_stage.json"  # beside the weights: the stage, the task family, the steps, the packages' versions
 
 
 def base_model_key(model, task) -> dict:
@@ -66,7 +67,7 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
     import torch
     from torch.utils.data import DataLoader
 
-    from workers.models import build_tiny_model, build_tokenizer, save_pretrained_atomic
+    from workers.models import build_tiny_model, build_tokenizer, package_versions, save_pretrained_atomic
     from workers.tasks import PromptFormat, generator
     from workers.tokens import SupervisedData, collate
 
@@ -102,7 +103,8 @@ def build_base_model(out_dir: str | Path, stage: BaseStage, task: dict, prompt: 
                     f"({time.perf_counter() - started:.0f}s)")
     model.eval()
     path = save_pretrained_atomic(model, tokenizer, out_dir)
-    (path / "base_stage.json").write_text(json.dumps({"stage": asdict(stage), "task": difficulty, "steps": total}))
+    (path / BUILD_FILE).write_text(json.dumps({"stage": asdict(stage), "task": difficulty, "steps": total,
+                                               "packages": package_versions()}))
     return path
 
 

@@ -8,6 +8,28 @@ from pathlib import Path
 import torch
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+# The packages whose versions can change what a seed trains, samples or scores: one seed gives the same base model
+# bit for bit on one set of them, and another model on another set (docs/results.md, 2026-12-03).
+WEIGHT_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "deepspeed", "ray", "vllm")
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of WEIGHT_PACKAGES (those installed), read from their metadata."""
+    from importlib import metadata
+
+    versions = {}
+    for name in WEIGHT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def package_changes(built_with: dict[str, str], now: dict[str, str]) -> list[str]:
+    """'name old -> new' for each package whose version differs between a model's build and now."""
+    return [f"{name} {built_with.get(name, 'none')} -> {now.get(name, 'none')}"
+            for name in sorted(set(built_with) | set(now)) if built_with.get(name) != now.get(name)]
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.conftest import FIT_OR_WHY
 from tests.integration.conftest import SMALL as SWEEP
 from tests.integration.conftest import run_python as _run
+from workers.models import package_versions
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +70,9 @@ def test_mlflow_has_parent_children_metrics_and_artifacts(sweep, mlflow_server):
     parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`premem.sweep` = '{sweep_dir.name}'")[0]
     assert {"premem_r2", "premem_slope", "premem_intercept"} <= set(parent.data.metrics)
     assert parent.data.tags["git_commit"] and parent.info.status == "FINISHED"
+    # the packages a rerun needs to give the same weights
+    assert {k: v for k, v in parent.data.tags.items() if k.startswith("package.")} == {
+        f"package.{k}": v for k, v in package_versions().items()}
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "plan.json", "analysis"} <= parent_artifacts
     assert "analysis/premem_vs_test.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}

@@ -1,4 +1,5 @@
-"""The base model's key: one definition of what the model every trial starts from depends on."""
+"""The base model's key: one definition of what the model every trial starts from depends on; and the packages
+its build file records."""
 import json
 
 from orchestrator.config import compose_config
@@ -43,3 +44,21 @@ def test_only_what_changes_the_weights_changes_the_key():
 def test_a_given_model_is_keyed_by_its_path():
     cfg = compose_config(["model.path=/models/x"])
     assert base_model_key(cfg.model, cfg.task) == {"path": "/models/x"}
+
+
+def test_a_cached_base_model_built_with_other_packages_is_named(tmp_path):
+    """The build file records the packages' versions; reusing the model under other versions says which differ
+    (the same seed gives other weights there), and a model whose build file predates the record says nothing."""
+    from orchestrator.sweep import base_model_package_changes
+    from workers.base_model import BUILD_FILE
+    from workers.models import package_changes, package_versions
+
+    now = package_versions()
+    assert {"torch", "transformers", "tokenizers", "numpy"} <= set(now)
+    (tmp_path / BUILD_FILE).write_text(json.dumps({"steps": 1, "packages": now}))
+    assert base_model_package_changes(str(tmp_path)) == []
+    (tmp_path / BUILD_FILE).write_text(json.dumps({"steps": 1, "packages": {**now, "transformers": "4.0.0"}}))
+    assert base_model_package_changes(str(tmp_path)) == [f"transformers 4.0.0 -> {now['transformers']}"]
+    (tmp_path / BUILD_FILE).write_text(json.dumps({"steps": 1}))
+    assert base_model_package_changes(str(tmp_path)) == []
+    assert package_changes({"vllm": "0.1"}, {}) == ["vllm 0.1 -> none"]
