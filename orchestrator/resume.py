@@ -95,15 +95,10 @@ def resume_sweep(cfg, paths: SweepPaths, specs: list[TrialSpec], base_model: str
     from orchestrator.sweep import execute, trial_params
     from orchestrator.tracking import CHECKPOINT_METRICS, PARENT_METRICS, variant_suffix
 
-    try:
-        parent, children = tracker.find_sweep(paths.sweep_id)
-    except LookupError:  # the driver died before it made the sweep's MLflow runs
-        parent, children = tracker.start_sweep(paths.sweep_id, cfg.sweep.name, paths.file("config.yaml"),
-                                               paths.file("plan.json"), parent_id), {}
-    for spec in specs:
-        if spec.run_id not in children:  # a new grid point, or a trial the dead driver had not opened
-            children[spec.run_id] = tracker.start_trial(parent, spec.run_id, spec.label, trial_params(spec))
-    children = {spec.run_id: children[spec.run_id] for spec in specs}  # points dropped from the command stay as they are
+    # new grid points get runs; points dropped from the command stay as they are
+    parent, children = tracker.continue_sweep(paths.sweep_id, cfg.sweep.name, paths.file("config.yaml"),
+                                              paths.file("plan.json"),
+                                              {s.run_id: (s.label, trial_params(s)) for s in specs}, parent_id)
     for run in [parent, *children.values()]:
         tracker.reopen(run)
     suffix = variant_suffix(cfg.sampler.variant)  # this command's records set: its own metric names

@@ -157,14 +157,45 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         return run.info.run_id
 
+    def continue_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str,
+                       trials: dict[str, tuple[str, dict[str, object]]],
+                       parent_id: str | None = None) -> tuple[str, dict[str, str]]:
+        """A planned sweep's runs for a driver that goes on with it: (parent run id, {records run_id: child run
+        id}) for every trial in `trials` ({run_id: (label, params)}). Runs a dead driver made are kept; runs it
+        had not made are made now; and since MLflow makes a run and logs its params or artifacts in separate
+        calls, what a driver killed between two calls left out (a trial's params, the sweep's config and plan)
+        is logged now. Trials of the stored sweep that `trials` leaves out are left as they are."""
+        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
+        if not parents:  # the driver died before it made the sweep's runs
+            parent, found = self.start_sweep(sweep_id, name, config_yaml, plan_json, parent_id), {}
+        else:
+            parent = parents[0].info.run_id
+            if not self.client.list_artifacts(parent):
+                self.log_artifacts(parent, [config_yaml, plan_json])
+            found = {c.data.tags[RUN_ID_TAG]: c for c in self._children(parent) if RUN_ID_TAG in c.data.tags}
+        children = {}
+        for run_id, (label, params) in trials.items():
+            if run_id not in found:
+                children[run_id] = self.start_trial(parent, run_id, label, params)
+                continue
+            child = found[run_id]
+            missing = {k: v for k, v in params.items() if k not in child.data.params}
+            if missing:
+                self.client.log_batch(child.info.run_id, params=[Param(k, str(v)[:500]) for k, v in missing.items()])
+            children[run_id] = child.info.run_id
+        return parent, children
+
+    def _children(self, parent: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                                       max_results=10000)
+
     def find_sweep(self, sweep_id: str) -> tuple[str, dict[str, str]]:
         """(parent run id, {records run_id: child run id}) of an earlier sweep, for re-evaluation."""
         parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
         if not parents:
             raise LookupError(f"no MLflow run tagged {SWEEP_TAG}={sweep_id} in {self.uri}")
         parent = parents[0].info.run_id
-        children = self.client.search_runs([self.experiment_id],
-                                           filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000)
+        children = self._children(parent)
         return parent, {c.data.tags[RUN_ID_TAG]: c.info.run_id for c in children if RUN_ID_TAG in c.data.tags}
 
     def find_curation(self, curation_id: str) -> str:

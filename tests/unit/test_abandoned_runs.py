@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.tracking import ABANDONED_TAG, HEARTBEAT_TAG, Heartbeat, Outbox, Tracker
+from orchestrator.tracking import ABANDONED_TAG, HEARTBEAT_TAG, RUN_ID_TAG, SWEEP_TAG, Heartbeat, Outbox, Tracker
 
 
 def _sweep(tracker: Tracker, tmp_path, name: str, beat_age_s: float, parent: str | None = None) -> tuple[str, str]:
@@ -62,3 +62,40 @@ def test_heartbeat_refreshes_the_tag(tmp_path):
     assert outbox.close(timeout_s=30) == 0
     assert heartbeat() > stale + 3000  # the hour-old beat replaced by a fresh one
     assert tracker.end_abandoned(600) == []
+
+
+def test_a_resumed_sweep_completes_the_runs_a_killed_driver_left_half_made(tmp_path):
+    """MLflow makes a run, then logs its params or artifacts, in separate calls: a driver SIGKILLed between them
+    left a trial run without params and a sweep run without its config. The driver that goes on keeps those runs
+    (no second run per trial), logs what they lack, makes the runs never made, and leaves dropped trials alone."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", str(tmp_path / "artifacts"))
+    config, plan = tmp_path / "config.yaml", tmp_path / "plan.json"
+    config.write_text("a: 1\n")
+    plan.write_text("[]\n")
+    # the dead driver's state: a sweep run without artifacts, one full trial, one trial without params, one dropped
+    parent = tracker.client.create_run(tracker.experiment_id, run_name="s-1",
+                                       tags={SWEEP_TAG: "s-1"}).info.run_id
+    full = tracker.start_trial(parent, "s-1-t00", "lr=0.1", {"lr": 0.1, "seed": 0})
+    bare = tracker.client.create_run(tracker.experiment_id, run_name="lr=0.2",
+                                     tags={"mlflow.parentRunId": parent, RUN_ID_TAG: "s-1-t01"}).info.run_id
+    dropped = tracker.start_trial(parent, "s-1-t09", "lr=9", {"lr": 9, "seed": 0})
+    trials = {"s-1-t00": ("lr=0.1", {"lr": 0.1, "seed": 0}), "s-1-t01": ("lr=0.2", {"lr": 0.2, "seed": 0}),
+              "s-1-t02": ("lr=0.3", {"lr": 0.3, "seed": 0})}
+
+    found, children = tracker.continue_sweep("s-1", "small", str(config), str(plan), trials)
+
+    assert found == parent and children["s-1-t00"] == full and children["s-1-t01"] == bare
+    assert set(children) == set(trials)
+    params = {run_id: tracker.client.get_run(child).data.params for run_id, child in children.items()}
+    assert params == {"s-1-t00": {"lr": "0.1", "seed": "0"}, "s-1-t01": {"lr": "0.2", "seed": "0"},
+                      "s-1-t02": {"lr": "0.3", "seed": "0"}}
+    assert {a.path for a in tracker.client.list_artifacts(parent)} == {"config.yaml", "plan.json"}
+    assert tracker.client.get_run(dropped).data.params == {"lr": "9", "seed": "0"}
+    assert len(tracker._children(parent)) == 4  # nothing made twice
+    # and again: nothing to add, nothing made
+    assert tracker.continue_sweep("s-1", "small", str(config), str(plan), trials) == (parent, children)
+    assert len(tracker._children(parent)) == 4
+    # a sweep whose driver died before making any run: made now
+    other, made = tracker.continue_sweep("s-2", "small", str(config), str(plan), {"s-2-t00": ("x", {"lr": 1})})
+    assert tracker.client.get_run(made["s-2-t00"]).data.params == {"lr": "1"}
+    assert tracker.client.get_run(made["s-2-t00"]).data.tags["mlflow.parentRunId"] == other
