@@ -302,7 +302,9 @@ def execute(cfg: DictConfig, paths, specs: list[TrialSpec], base_model: str | di
         for run_id in progress.done:  # a trial that ended as the events stopped; repeating a deletion is a no-op
             retention.trial_finished(run_id)
         print(schedule.record_placement(pool, paths))
-        write_text_atomic(paths.file("analysis", "timings.json"), json.dumps(progress.timings, indent=1))
+        timings = paths.file("analysis", "timings.json")  # a rerun adds the trials it ran to the earlier ones'
+        earlier = json.loads(io.read_text(timings)) if io.is_file(timings) else {}
+        write_text_atomic(timings, json.dumps({**earlier, **progress.timings}, indent=1))
         if cfg.sweep.robustness_variant:  # each trial's last checkpoint again, under the perturbation
             perturbed = {**OmegaConf.to_container(cfg.sampler), "answer_prefix": cfg.sweep.robustness_prefix,
                          "variant": robustness_set(cfg.sweep.robustness_variant, cfg.sampler.variant)}

@@ -120,7 +120,11 @@ def test_trials_and_samplers_run_where_the_config_places_them(cluster, reference
     assert placement["ray::SamplingPool"] == {head} and placement["ray::TrainController"] == {head}
 
 
-def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, reference, mlflow_server, tmp_path):
+def test_killed_train_worker_resumes_and_killed_sampler_evaluates_again(cluster, store, reference, mlflow_server,
+                                                                       tmp_path):
+    """Two faults in one sweep (each sweep costs a minute of the suite): the train worker SIGKILLed after the
+    first registered checkpoint resumes from its engine checkpoint with the uninterrupted loss curve; then a
+    sampler actor SIGKILLed mid-evaluation has that checkpoint evaluated again (a retry, not a failure)."""
     before = process_table()
     known = sweeps_in(store)
     driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
@@ -132,6 +136,11 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
     assert workers, "no train worker to kill"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: pids_titled("ray::SamplerActor.evaluate", before) or driver.proc.poll() is not None,
+               what="an evaluation in progress")
+    evaluating = pids_titled("ray::SamplerActor.evaluate", before)
+    assert evaluating, "the sweep ended with no evaluation caught in progress:\n" + driver.output[-3000:]
+    os.kill(evaluating[0], signal.SIGKILL)
     assert driver.wait() == 0, driver.output
 
     states = [json.loads((c / "trainer_state.json").read_text()) for c in checkpoints(sweep)]
@@ -140,26 +149,11 @@ def test_killed_train_worker_resumes_from_its_engine_checkpoint(cluster, store, 
     assert sorted(resumed) == sorted(uninterrupted) == list(range(1, 97))
     # weights, Adam moments, LR schedule, data order and RNG all came back: the curve is the same
     assert max(abs(resumed[s] - uninterrupted[s]) for s in resumed) < 1e-4
+    assert "evaluation RETRY" in driver.output and "FAILED" not in driver.output
     curves = check_exactly_once(sweep, mlflow_server)
     assert len(next(c for k, c in curves.items() if k != "parent")["train_loss"]) == 96
     assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
-    report("train worker SIGKILLed", driver.seconds, reference[2])
-
-
-def test_killed_sampler_actor_has_its_checkpoint_evaluated_again(cluster, store, reference, mlflow_server, tmp_path):
-    before = process_table()
-    known = sweeps_in(store)
-    driver = Driver(["-m", "orchestrator", "--new", f"store.root={store}", f"tracking.uri={mlflow_server}",
-                     f"cluster.address={cluster.address}", *FAULT_SWEEP, *PLACED], tmp_path / "driver.log")
-    wait_until(lambda: pids_titled("ray::SamplerActor.evaluate", before), what="an evaluation in progress")
-    for pid in pids_titled("ray::SamplerActor.evaluate", before)[:1]:
-        os.kill(pid, signal.SIGKILL)
-    assert driver.wait() == 0, driver.output
-    assert "evaluation RETRY" in driver.output and "FAILED" not in driver.output
-    sweep = started_sweep(store, known)
-    check_exactly_once(sweep, mlflow_server)
-    assert_no_leftovers(before, keep=tuple(cluster.temp_dirs))
-    report("sampler actor SIGKILLed mid-evaluation", driver.seconds, reference[2])
+    report("train worker SIGKILLed, then a sampler actor mid-evaluation", driver.seconds, reference[2])
 
 
 def test_killed_driver_is_resumed_without_rerunning_or_duplicating(small_base_models, reference, tmp_path):

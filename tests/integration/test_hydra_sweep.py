@@ -6,19 +6,19 @@ import json
 
 import pytest
 
-from tests.integration.conftest import run_python
+from tests.integration.conftest import run_python, with_small_base
 
 pytestmark = pytest.mark.slow
 
 TINY = ["sweep=small", "task.n_train=16", "task.n_test=8", "train.epochs=1", "sampler.k=1", "sampler.max_new_tokens=16",
-        "model.base_stage.n_examples=200", "model.base_stage.epochs=1",
+        "model.base_stage.n_examples=600", "model.base_stage.epochs=1",  # SMALL's base: the session's copy
         "cluster.num_cpus=3", "sweep.max_concurrent_trials=2"]  # two trials at once beside the pool
 
 
-def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server):
+def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server, small_base_models):
     from mlflow.tracking import MlflowClient
 
-    store = tmp_path / "store"
+    store = with_small_base(tmp_path / "store", small_base_models)
     result = run_python(["-m", "orchestrator", "-m", "train.lr=1e-3,3e-3", "seed=0,1", *TINY, f"store.root={store}",
                          f"tracking.uri={mlflow_server}", "tracking.experiment=hydra-multirun"], timeout=900)
     (sweep_dir,) = (store / "sweeps").iterdir()  # one sweep, not one per Hydra job

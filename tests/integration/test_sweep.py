@@ -166,7 +166,10 @@ def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, ml
 
     store, sweep_dir, _ = sweep
     records, checkpoints = stored_files(sweep_dir, "records"), stored_files(sweep_dir, "checkpoints")
+    timings = json.loads((sweep_dir / "analysis" / "timings.json").read_text())
+    assert len(timings) == 2
     result = _run(sweep_args(store, mlflow_server), timeout=900)
+    assert json.loads((sweep_dir / "analysis" / "timings.json").read_text()) == timings  # kept, not emptied
     assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
     assert "0 of them new" in result.stdout and "2 of 2 trials finished" in result.stdout, result.stdout
     assert "0 of them to evaluate" in result.stdout, result.stdout
