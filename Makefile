@@ -48,7 +48,7 @@ curate: $(STAMP)  ## curation rounds and the data-efficiency curve -> curation.j
 
 test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed, mlflow server)
 	$(PY) -m pytest -q -m "not slow" tests
-	$(PY) -m pytest -q -m slow tests --durations=15
+	$(PY) -m pytest -q -m slow tests --durations=0 --durations-min=5
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
