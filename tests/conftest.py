@@ -44,9 +44,9 @@ def wait_for_http(url: str, proc, log: Path, what: str, seconds: float = 120) ->
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
         try:
-            requests.get(url, timeout=2)
+            requests.get(url, timeout=10)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet; or listening, its first answer slow
             time.sleep(0.5)
     proc.kill()
     pytest.fail(f"{what} did not start: {log.read_text()[-2000:]}")
