@@ -154,8 +154,11 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id, run_name=label,
             tags={"mlflow.parentRunId": parent_id, RUN_ID_TAG: run_id})
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        self._log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def _log_params(self, mlflow_run_id: str, params: dict[str, object]) -> None:
+        self.client.log_batch(mlflow_run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
 
     def continue_sweep(self, sweep_id: str, name: str, config_yaml: str, plan_json: str,
                        trials: dict[str, tuple[str, dict[str, object]]],
@@ -181,7 +184,7 @@ class Tracker:
             child = found[run_id]
             missing = {k: v for k, v in params.items() if k not in child.data.params}
             if missing:
-                self.client.log_batch(child.info.run_id, params=[Param(k, str(v)[:500]) for k, v in missing.items()])
+                self._log_params(child.info.run_id, missing)
             children[run_id] = child.info.run_id
         return parent, children
 
