@@ -157,6 +157,16 @@ class RayCluster:
         subprocess.run(["pkill", "-9", "-f", temp_dir], capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def local_ray() -> str:
+    """`cluster.address=...` of one Ray on this host that the drivers of the sweep, Hydra, vLLM and tracking-server
+    tests share: each would otherwise start and stop a Ray of its own (~6 s, and its daemons' CPU, a driver). Three
+    CPUs: two trials at once beside the pool. The embedded default's own local Ray stays under test where it is
+    the subject (test_faults' killed driver, `make sweep`); tests whose cluster is the subject start theirs."""
+    with ray_cluster_at([{"num_cpus": 3}]) as cluster:
+        yield f"cluster.address={cluster.address}"
+
+
 @contextlib.contextmanager
 def ray_cluster_at(nodes: list[dict], env: dict | None = None, dashboard_port: int | None = None):
     """`ray start` a head and workers on this host; each node dict: num_cpus, optional num_gpus and resources. `env` is

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from store import io
 from tests.conftest import REPO, free_port, make_bucket
 from tests.integration.conftest import FIT_OR_WHY, SMALL, mlflow_server_at, ray_cluster_at
 
@@ -58,10 +59,13 @@ def files_holding(secret_values: dict[str, str], roots: list[Path]) -> list[str]
 
 
 @pytest.fixture(scope="module")
-def deployed(s3_server, tmp_path_factory):
+def deployed(s3_server, tmp_path_factory, small_base_models):
     secret_values = {"AWS_SECRET_ACCESS_KEY": secrets.token_hex(20), "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
                      "MLflow password": secrets.token_hex(16), "Ray token": secrets.token_hex(24)}
     bucket = make_bucket("premem-deploy")
+    # the session's base model in the bucket's store (building one into a bucket is test_object_store's)
+    for model in small_base_models.iterdir():
+        io.upload_dir(model, f"{bucket}/store/base_models/{model.name}")
     aws = {"AWS_ACCESS_KEY_ID": secret_values["AWS_ACCESS_KEY_ID"],
            "AWS_SECRET_ACCESS_KEY": secret_values["AWS_SECRET_ACCESS_KEY"]}
     mlflow_root = tmp_path_factory.mktemp("mlflow-auth")
@@ -121,6 +125,7 @@ def test_the_rayjob_entrypoint_finishes_the_sweep_on_a_token_auth_cluster(deploy
     assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
     assert "premem-deploy' succeeded" in deployed["status"].stdout + deployed["status"].stderr
     assert FIT_OR_WHY.search(submitted.stdout)
+    assert "base model: reusing s3://premem-deploy/store/base_models/" in submitted.stdout  # the seeded one
     records = [k for k in deployed["objects"] if k.startswith("store/sweeps/") and "/records/" in k]
     assert len(records) == 2  # 1 trial x 2 epochs, in the bucket
     runs = deployed["runs"]

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.slow
 
 TINY = ["sweep=small", "task.n_train=16", "task.n_test=8", "train.epochs=1", "sampler.k=1", "sampler.max_new_tokens=16",
         "model.base_stage.n_examples=600", "model.base_stage.epochs=1",  # SMALL's base: the session's copy
-        "cluster.num_cpus=3", "sweep.max_concurrent_trials=2"]  # two trials at once beside the pool
+        "sweep.max_concurrent_trials=2"]  # two trials at once beside the pool (local_ray has 3 CPUs)
 
 
-def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server, small_base_models):
+def test_a_multirun_over_two_fields_is_one_sweep(tmp_path, mlflow_server, small_base_models, local_ray):
     from mlflow.tracking import MlflowClient
 
     store = with_small_base(tmp_path / "store", small_base_models)
-    result = run_python(["-m", "orchestrator", "-m", "train.lr=1e-3,3e-3", "seed=0,1", *TINY, f"store.root={store}",
+    result = run_python(["-m", "orchestrator", "-m", "train.lr=1e-3,3e-3", "seed=0,1", *TINY, local_ray, f"store.root={store}",
                          f"tracking.uri={mlflow_server}", "tracking.experiment=hydra-multirun"], timeout=900)
     (sweep_dir,) = (store / "sweeps").iterdir()  # one sweep, not one per Hydra job
     plan = json.loads((sweep_dir / "plan.json").read_text())

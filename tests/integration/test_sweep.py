@@ -19,14 +19,14 @@ from workers.models import package_versions
 pytestmark = pytest.mark.slow
 
 # and the robustness pass: each trial's last checkpoint again with the answer forced to start "First,"
-SMALL = [*SWEEP, "cluster.num_cpus=2", "sweep.robustness_variant=prefixed"]
+SMALL = [*SWEEP, "sweep.robustness_variant=prefixed"]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, mlflow_server):
+def sweep(tmp_path_factory, mlflow_server, local_ray):
     store = tmp_path_factory.mktemp("store")
     result = _run(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
-                   "tracking.experiment=integration", *SMALL], timeout=1200)
+                   "tracking.experiment=integration", *SMALL, local_ray], timeout=1200)
     sweep_dir = next((store / "sweeps").iterdir())
     return store, sweep_dir, result.stdout
 
@@ -132,11 +132,11 @@ def test_records_from_mlflow_feed_analysis(sweep, mlflow_server, tmp_path):
     assert result["r2"] == pytest.approx(parent.data.metrics["premem_r2"], abs=1e-9, nan_ok=True)
 
 
-def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server):
+def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server, local_ray):
     store, sweep_dir, _ = sweep
     result = _run(["-m", "orchestrator.reeval", str(sweep_dir), "sampler.variant=first",
                    "sampler.answer_prefix=First", "sampler.k=2", f"tracking.uri={mlflow_server}",
-                   "tracking.experiment=integration", "cluster.num_cpus=2"], timeout=900)
+                   "tracking.experiment=integration", local_ray], timeout=900)
     files = sorted((sweep_dir / "records").rglob("*.first.parquet"))
     assert len(files) == 4
     frame = pd.concat(pd.read_parquet(f) for f in files)
@@ -151,9 +151,9 @@ def test_reevaluation_with_a_prompt_variant(sweep, mlflow_server):
 
 
 # ------------------------------------------------------------------------- rerun is resume (docs/rerun.md)
-def sweep_args(store, mlflow_server, *extra: str) -> list[str]:
+def sweep_args(store, mlflow_server, local_ray, *extra: str) -> list[str]:
     return ["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
-            "tracking.experiment=integration", *SMALL, *extra]
+            "tracking.experiment=integration", *SMALL, local_ray, *extra]
 
 
 def stored_files(sweep_dir, what: str) -> dict:
@@ -161,14 +161,14 @@ def stored_files(sweep_dir, what: str) -> dict:
             if p.is_file() and p.name != "checkpoint_manager_snapshot.json"}
 
 
-def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, mlflow_server):
+def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, mlflow_server, local_ray):
     from tests.integration.exactly_once import assert_mlflow_exactly_once
 
     store, sweep_dir, _ = sweep
     records, checkpoints = stored_files(sweep_dir, "records"), stored_files(sweep_dir, "checkpoints")
     timings = json.loads((sweep_dir / "analysis" / "timings.json").read_text())
     assert len(timings) == 2
-    result = _run(sweep_args(store, mlflow_server), timeout=900)
+    result = _run(sweep_args(store, mlflow_server, local_ray), timeout=900)
     assert json.loads((sweep_dir / "analysis" / "timings.json").read_text()) == timings  # kept, not emptied
     assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
     assert "0 of them new" in result.stdout and "2 of 2 trials finished" in result.stdout, result.stdout
@@ -180,7 +180,8 @@ def test_the_same_command_again_continues_the_sweep_and_trains_nothing(sweep, ml
     assert_mlflow_exactly_once(mlflow_server, "integration", sweep_dir.name, n_trials=2)  # one parent, found again
 
 
-def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_once(sweep, mlflow_server, tmp_path):
+def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_once(sweep, mlflow_server, local_ray,
+                                                                                   tmp_path):
     """Two drivers of the same grown command at once: one holds the sweep's lease and trains the new point in
     the same sweep under the same parent run; the other says who holds it, waits, then finds nothing to do. The
     end-of-sweep fit covers all three trials."""
@@ -189,7 +190,7 @@ def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_
 
     store, sweep_dir, _ = sweep
     checkpoints = stored_files(sweep_dir, "checkpoints")
-    grown = sweep_args(store, mlflow_server, "sweep.grid.train.lr=[1e-3,3e-3,1e-2]")
+    grown = sweep_args(store, mlflow_server, local_ray, "sweep.grid.train.lr=[1e-3,3e-3,1e-2]")
     first = Driver(grown, tmp_path / "first.log")
     time.sleep(2)
     second = Driver(grown, tmp_path / "second.log")
@@ -208,7 +209,8 @@ def test_a_grid_grown_by_one_point_started_twice_at_once_trains_only_that_point_
     assert len(points) == 6 and points.run_id.nunique() == 3  # the fit covers every trial the command names
 
 
-def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of_their_own(sweep, mlflow_server):
+def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of_their_own(sweep, mlflow_server,
+                                                                                          local_ray):
     """`sampler.k` changed on the first command: the same sweep, nothing trained, every checkpoint of the trials
     it names evaluated again into records set `eval-<hash>` (the third trial, not named, is left alone); the fit
     reads that set only, under its own names in MLflow; the original records are untouched. A grader change
@@ -218,7 +220,7 @@ def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of
 
     store, sweep_dir, _ = sweep
     records, checkpoints = stored_files(sweep_dir, "records"), stored_files(sweep_dir, "checkpoints")
-    result = _run(sweep_args(store, mlflow_server, "sampler.k=1"), timeout=900)
+    result = _run(sweep_args(store, mlflow_server, local_ray, "sampler.k=1"), timeout=900)
     assert [p.name for p in (store / "sweeps").iterdir()] == [sweep_dir.name]
     records_set = json.loads((sweep_dir / "evaluations.json").read_text())
     assert list(records_set)[0] == "original" and records_set["original"]["sampler.k"] == 3
@@ -241,7 +243,7 @@ def test_other_evaluation_settings_evaluate_the_stored_checkpoints_into_a_set_of
     assert all(f"premem_train_acc_{name}" in c for c in fitted.values())
 
     # the same command again: the set is found, nothing evaluated again
-    again = _run(sweep_args(store, mlflow_server, "sampler.k=1"), timeout=900)
+    again = _run(sweep_args(store, mlflow_server, local_ray, "sampler.k=1"), timeout=900)
     assert "0 of them to evaluate" in again.stdout and "new evaluation settings" not in again.stdout, again.stdout
     assert len(list((sweep_dir / "records").rglob(f"*.{name}.parquet"))) == 4
 

@@ -20,7 +20,8 @@ def postgres():
         yield uri
 
 
-def test_concurrent_trials_log_through_a_server_outage_and_lose_nothing(postgres, tmp_path, small_base_models):
+def test_concurrent_trials_log_through_a_server_outage_and_lose_nothing(postgres, tmp_path, small_base_models,
+                                                                         local_ray):
     """Two trials at once log to `mlflow server` on PostgreSQL; the server is stopped once the first records are
     written and started again: training goes on, the driver says the server is back, and every metric of both
     trials lands once (one sweep carries both claims: each sweep here costs a minute of the suite)."""
@@ -33,7 +34,7 @@ def test_concurrent_trials_log_through_a_server_outage_and_lose_nothing(postgres
     store = with_small_base(tmp_path / "store", small_base_models)
     driver = Driver(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={uri}", "tracking.experiment=pg",
                      *ONE_LONG_TRIAL, "sweep.grid.train.lr=[1e-3,3e-3]", "sweep.max_concurrent_trials=2",
-                     "cluster.num_cpus=3"], tmp_path / "driver.log")
+                     local_ray], tmp_path / "driver.log")
     try:
         # records only: a walk through checkpoints/ races the engine states the sweep deletes as it goes
         wait_until(lambda: list((store / "sweeps").glob("*/records/**/*.original.parquet")), what="the first records")

