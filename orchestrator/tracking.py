@@ -168,11 +168,10 @@ class Tracker:
         had not made are made now; and since MLflow makes a run and logs its params or artifacts in separate
         calls, what a driver killed between two calls left out (a trial's params, the sweep's config and plan)
         is logged now. Trials of the stored sweep that `trials` leaves out are left as they are."""
-        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
-        if not parents:  # the driver died before it made the sweep's runs
+        parent = self._sweep_parent(sweep_id)
+        if parent is None:  # the driver died before it made the sweep's runs
             parent, found = self.start_sweep(sweep_id, name, config_yaml, plan_json, parent_id), {}
         else:
-            parent = parents[0].info.run_id
             if not self.client.list_artifacts(parent):
                 self.log_artifacts(parent, [config_yaml, plan_json])
             found = {c.data.tags[RUN_ID_TAG]: c for c in self._children(parent) if RUN_ID_TAG in c.data.tags}
@@ -188,16 +187,19 @@ class Tracker:
             children[run_id] = child.info.run_id
         return parent, children
 
+    def _sweep_parent(self, sweep_id: str) -> str | None:
+        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
+        return parents[0].info.run_id if parents else None
+
     def _children(self, parent: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
                                        max_results=10000)
 
     def find_sweep(self, sweep_id: str) -> tuple[str, dict[str, str]]:
         """(parent run id, {records run_id: child run id}) of an earlier sweep, for re-evaluation."""
-        parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_id}'")
-        if not parents:
+        parent = self._sweep_parent(sweep_id)
+        if parent is None:
             raise LookupError(f"no MLflow run tagged {SWEEP_TAG}={sweep_id} in {self.uri}")
-        parent = parents[0].info.run_id
         children = self._children(parent)
         return parent, {c.data.tags[RUN_ID_TAG]: c.info.run_id for c in children if RUN_ID_TAG in c.data.tags}
 
