@@ -47,11 +47,11 @@ curate: $(STAMP)  ## curation rounds and the data-efficiency curve -> curation.j
 	$(PY) -m orchestrator.curate $(or $(CURATION_SWEEP),$$(ls -td $(STORE)/sweeps/lr_epochs-* | head -1)) $(ARGS)
 
 test: $(STAMP)    ## unit tests, then the integration tests (real Ray, DeepSpeed, mlflow server)
-	$(PY) -m pytest -q -m "not slow" tests --durations=15
+	$(PY) -m pytest -q -m "not slow" tests -n auto --durations=15
 	$(PY) -m pytest -q -m slow tests --durations=0 --durations-min=5
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" tests -n auto
 
 bench: $(STAMP)   ## evaluation speed, the default sweep, per-trial fixed cost; the speed targets' table -> bench*.json
 	$(PY) -m bench.evaluation

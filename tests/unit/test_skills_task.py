@@ -113,18 +113,25 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_a_base_build_is_deterministic_whatever_the_thread_count(tmp_path):
-    """Same seed, same tokenizer and the same weights bit for bit, built with 1 or 2 threads: a fresh store
+def test_a_base_build_is_deterministic_whatever_the_thread_count_and_prints_only_its_progress(tmp_path, capfd,
+                                                                                            monkeypatch):
+    """Same seed, same tokenizer and the same weights bit for bit, built with 2 or 1 threads: a fresh store
     rebuilds the cached base model exactly, so a rerun from scratch gives the same figures. (Without MKL's
-    strict mode, 1 and 2 threads gave different weights on this machine's AVX-512 CPU.)"""
+    strict mode, 1 and 2 threads gave different weights on this machine's AVX-512 CPU.) Another seed gives other
+    weights. The build's child process says nothing on the terminal but its progress: no DeepSpeed accelerator
+    warning, no transformers bar (the first lines a new user sees from `make sweep`). Three builds, one test:
+    each is a process that imports torch, transformers and DeepSpeed (~12 s of 2 cores)."""
     import torch
 
-    first, again, other_threads = (_small_base(tmp_path / "a", 2), _small_base(tmp_path / "b", 2),
-                                   _small_base(tmp_path / "c", 1))
-    assert (first / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
-    a, b, c = _weights(first), _weights(again), _weights(other_threads)
-    assert a.keys() == b.keys() == c.keys()
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    lines = []
+    first, other_threads = _small_base(tmp_path / "a", 2, log=lines.append), _small_base(tmp_path / "c", 1)
+    out, err = capfd.readouterr()
+    assert lines and all(line.startswith("base model: step ") for line in lines)
+    assert out == "" and err == "", err
+    assert (first / "tokenizer.json").read_bytes() == (other_threads / "tokenizer.json").read_bytes()
+    a, c = _weights(first), _weights(other_threads)
+    assert a.keys() == c.keys()
     assert all(torch.equal(a[name], c[name]) for name in a)
     other_seed = _weights(_small_base(tmp_path / "d", 2, seed=1))
     assert not all(torch.equal(a[name], other_seed[name]) for name in a)
@@ -142,14 +149,3 @@ def test_references_longer_than_the_sampler_may_write_are_named_before_the_sweep
     suggested = int(note.rsplit("sampler.max_new_tokens=", 1)[1].split()[0])
     assert suggested > 64 and cut_answers_note(specs, models, suggested) is None
     assert note.count("task skills") == 1  # one line per task and model, not per trial
-
-
-def test_a_base_build_writes_only_its_progress_lines(tmp_path, capfd, monkeypatch):
-    """The build's child process says nothing on the terminal but its progress: no DeepSpeed accelerator
-    warning, no transformers bar (the first lines a new user sees from `make sweep`)."""
-    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
-    lines = []
-    _small_base(tmp_path / "base", 1, log=lines.append)
-    out, err = capfd.readouterr()
-    assert lines and all(line.startswith("base model: step ") for line in lines)
-    assert out == "" and err == "", err
