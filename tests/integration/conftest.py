@@ -161,8 +161,8 @@ class RayCluster:
 def local_ray() -> str:
     """`cluster.address=...` of one Ray on this host that the drivers of the sweep, Hydra, vLLM and tracking-server
     tests share: each would otherwise start and stop a Ray of its own (~6 s, and its daemons' CPU, a driver). Three
-    CPUs: two trials at once beside the pool. The embedded default's own local Ray stays under test where it is
-    the subject (test_faults' killed driver, `make sweep`); tests whose cluster is the subject start theirs."""
+    CPUs: two trials at once beside the pool. The embedded default's own local Ray is under test where it is the
+    subject (test_faults' killed driver: its Ray dies with it); tests whose cluster is the subject start theirs."""
     with ray_cluster_at([{"num_cpus": 3}]) as cluster:
         yield f"cluster.address={cluster.address}"
 
