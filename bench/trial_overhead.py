@@ -6,9 +6,9 @@ For each variant, in a process of its own with its own local Ray (a variant chan
     TorchTrainer, DeepSpeed on CPU) over the cached base model, its phases from `schedule.trial_timings`
     (start-up, setup, train compute, checkpoint, other); a stand-in pool takes its checkpoints unevaluated, so
     no sampler shares the CPUs (inside a sweep the pool does, and every phase is slower).
-Variants (VARIANT_ENV): the Train V2 settings of `schedule.job_env` off one by one. Medians of --repeats; prints a
+Variants (VARIANT_ENV): the settings of `schedule.job_env` off one by one. Medians of --repeats; prints a
 table and writes BENCH_TRIAL_OUT (default bench_trial.json).
-    python -m bench.trial_overhead [--repeats 3] [--store /tmp/premem-bench-trial] [--variants ray-defaults,head,now]
+    python -m bench.trial_overhead [--repeats 3] [--store /tmp/premem-bench-trial] [--variants ray-defaults,head,keep-imports,now]
 """
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ VARIANT_ENV = {
     "ray-defaults": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
                      "RAY_TRAIN_METRICS_ENABLED": "1"},
     "head": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_METRICS_ENABLED": "1"},
+    "keep-imports": {"PREMEM_KEEP_OPTIONAL_IMPORTS": "1"},  # workers import mlflow and scikit-learn again
     "now": {},
 }
 
@@ -144,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--store", default="/tmp/premem-bench-trial")
-    parser.add_argument("--variants", default="ray-defaults,head,now")
+    parser.add_argument("--variants", default="ray-defaults,head,keep-imports,now")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant here, JSON to stdout
     args = parser.parse_args()
     if args.one:

@@ -59,7 +59,10 @@ def job_env() -> dict[str, str]:
             # Prometheus metrics. Off, a trial starts fewer processes on CPUs its workers need
             # (bench/trial_overhead.py).
             **{name: os.environ.get(name, "0")
-               for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")}}
+               for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_METRICS_ENABLED")},
+            # "1": train workers and samplers import mlflow and scikit-learn as their libraries do
+            # (workers/lean_imports.py: skipped, they start seconds sooner)
+            "PREMEM_KEEP_OPTIONAL_IMPORTS": os.environ.get("PREMEM_KEEP_OPTIONAL_IMPORTS", "0")}
 
 
 def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, log_dir: Path | None = None) -> None:

@@ -213,8 +213,10 @@ class SamplerActor:
     """Holds one backend (one model in memory at a time) and evaluates checkpoints handed to it."""
 
     def __init__(self, backend: str, threads: int, nice: int = 0, vllm_options: dict | None = None):
+        from workers.lean_imports import skip_unused_optional_imports
         from workers.placement import hide_unassigned_gpus
 
+        skip_unused_optional_imports()  # before the backend imports transformers
         hide_unassigned_gpus()  # before the backend touches CUDA
         if nice:  # on a machine shared with training, sample with the cycles training leaves
             os.nice(nice)

@@ -145,6 +145,9 @@ def _set_rng_state(state: dict) -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     """One worker of a trial's TorchTrainer: DeepSpeed finetuning with an HF checkpoint per save point."""
+    from workers.lean_imports import skip_unused_optional_imports
+
+    skip_unused_optional_imports()  # before deepspeed's and transformers' imports
     import deepspeed
     import ray.train
     import torch.distributed as dist
